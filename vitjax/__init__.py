@@ -1,0 +1,8 @@
+"""vitjax: PaddleClas's DeiT and TNT vision transformers in JAX/Flax."""
+
+from vitjax.models import EvalTransform, ModelSpec, create_model, get_spec, list_models
+from vitjax.models.posemb import resize_position_embeddings
+
+__version__ = "0.1.0"
+
+__all__ = ["EvalTransform", "ModelSpec", "create_model", "get_spec", "list_models", "resize_position_embeddings"]

@@ -1,0 +1,207 @@
+"""TNT (Transformer in Transformer), as PaddleClas builds it.
+
+Each 16x16 image patch is cut into a 4x4 grid of "pixel" (word) embeddings by a 7x7,
+stride-4 convolution applied to the patch on its own (zero padding at the patch
+border). An inner transformer mixes the 16 words of every patch; their concatenation
+is projected into the patch (sentence) embedding, which an outer transformer mixes.
+
+Names follow PaddleClas's ``state_dict`` keys, as in ``deit.py``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+from einops import rearrange
+
+from vitjax.models.layers import Dtype, DropPath, Mlp, dense, layer_norm, multi_head_attention, trunc_normal
+
+
+@dataclasses.dataclass(frozen=True)
+class TNTArch:
+    embed_dim: int
+    in_dim: int
+    depth: int
+    num_heads: int
+    in_num_heads: int = 4
+    patch_size: int = 16
+    img_size: int = 224
+    first_stride: int = 4
+    mlp_ratio: float = 4.0
+    qkv_bias: bool = False
+    epsilon: float = 1e-5
+    in_chans: int = 3
+
+    def __post_init__(self):
+        # PaddleClas's block reshapes the words of a patch straight into the patch
+        # width, and adds pixel_pos of length patch_size to the words of a patch.
+        if self.num_pixel * self.in_dim != self.embed_dim or self.num_pixel != self.patch_size:
+            raise ValueError(f"unsupported TNT shape {self}: needs words*in_dim == embed_dim and words == patch_size")
+
+    @property
+    def new_patch_size(self) -> int:
+        return math.ceil(self.patch_size / self.first_stride)
+
+    @property
+    def num_pixel(self) -> int:
+        return self.new_patch_size**2
+
+    @property
+    def grid_size(self) -> int:
+        return self.img_size // self.patch_size
+
+    @property
+    def num_prefix_tokens(self) -> int:
+        return 1
+
+
+class Attention(nn.Module):
+    """TNT's attention: q and k from one ``qk`` projection, v from its own ``v`` projection."""
+
+    dim: int
+    num_heads: int
+    qkv_bias: bool
+    attn_drop_rate: float = 0.0
+    proj_drop_rate: float = 0.0
+    dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array, deterministic: bool) -> jax.Array:
+        *lead, tokens, _ = x.shape
+        x = x.reshape(-1, tokens, self.dim)
+        head_dim = self.dim // self.num_heads
+        qk = dense(2 * self.dim, "qk", use_bias=self.qkv_bias, dtype=self.dtype)(x)
+        qk = qk.reshape(x.shape[0], tokens, 2, self.num_heads, head_dim)
+        v = dense(self.dim, "v", use_bias=self.qkv_bias, dtype=self.dtype)(x)
+        v = v.reshape(x.shape[0], tokens, self.num_heads, head_dim)
+        dropout = None
+        if self.attn_drop_rate > 0.0 and not deterministic:
+            dropout = lambda w: nn.Dropout(self.attn_drop_rate)(w, deterministic=False)  # noqa: E731
+        out = multi_head_attention(qk[:, :, 0], qk[:, :, 1], v, dropout).reshape(x.shape[0], tokens, self.dim)
+        out = dense(self.dim, "proj", dtype=self.dtype)(out)
+        out = nn.Dropout(self.proj_drop_rate)(out, deterministic=deterministic)
+        return out.reshape(*lead, tokens, self.dim)
+
+
+class Block(nn.Module):
+    """One TNT block: inner transformer on words, projection into patches, outer transformer."""
+
+    arch: TNTArch
+    drop_rate: float = 0.0
+    attn_drop_rate: float = 0.0
+    drop_path_rate: float = 0.0
+    dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, pixel_embed: jax.Array, patch_embed: jax.Array, deterministic: bool):
+        arch, eps = self.arch, self.arch.epsilon
+        drop_path = DropPath(self.drop_path_rate)
+        drop_path_in = DropPath(self.drop_path_rate, sample_dims=2)
+
+        def attention(dim: int, heads: int, name: str) -> Attention:
+            return Attention(dim, heads, arch.qkv_bias, self.attn_drop_rate, self.drop_rate, self.dtype, name=name)
+
+        # Inner transformer over the words of each patch: [batch, patches, words, in_dim].
+        y = attention(arch.in_dim, arch.in_num_heads, "attn_in")(layer_norm(eps, "norm_in", self.dtype)(pixel_embed), deterministic)
+        pixel_embed = pixel_embed + drop_path_in(y, deterministic)
+        y = layer_norm(eps, "norm_mlp_in", self.dtype)(pixel_embed)
+        y = Mlp(4 * arch.in_dim, arch.in_dim, self.drop_rate, self.dtype, name="mlp_in")(y, deterministic)
+        pixel_embed = pixel_embed + drop_path_in(y, deterministic)
+
+        # Words of a patch, concatenated, are added to that patch (not to the class token).
+        batch, patches = pixel_embed.shape[:2]
+        words = pixel_embed.reshape(batch, patches, arch.num_pixel * arch.in_dim)
+        words = layer_norm(eps, "norm1_proj", self.dtype)(words)
+        words = dense(arch.embed_dim, "proj", use_bias=False, dtype=self.dtype)(words)
+        words = layer_norm(eps, "norm2_proj", self.dtype)(words)
+        patch_embed = jnp.concatenate([patch_embed[:, :1], patch_embed[:, 1:] + words], axis=1)
+
+        # Outer transformer over the class token and the patches.
+        y = attention(arch.embed_dim, arch.num_heads, "attn_out")(layer_norm(eps, "norm_out", self.dtype)(patch_embed), deterministic)
+        patch_embed = patch_embed + drop_path(y, deterministic)
+        y = layer_norm(eps, "norm_mlp", self.dtype)(patch_embed)
+        y = Mlp(int(arch.embed_dim * arch.mlp_ratio), arch.embed_dim, self.drop_rate, self.dtype, name="mlp")(
+            y, deterministic
+        )
+        patch_embed = patch_embed + drop_path(y, deterministic)
+        return pixel_embed, patch_embed
+
+
+class PixelEmbed(nn.Module):
+    """Cuts images into patches and each patch into a grid of word embeddings.
+
+    Returns ``[batch, patches, words, in_dim]`` with words in row-major order.
+    """
+
+    arch: TNTArch
+    dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, images: jax.Array) -> jax.Array:
+        arch = self.arch
+        p = arch.patch_size
+        batch = images.shape[0]
+        patches = rearrange(images, "b (gh p1) (gw p2) c -> (b gh gw) p1 p2 c", p1=p, p2=p)
+        pad = 3
+        words = nn.Conv(
+            arch.in_dim,
+            (7, 7),
+            strides=(arch.first_stride, arch.first_stride),
+            padding=((pad, pad), (pad, pad)),
+            dtype=self.dtype,
+            name="proj",
+        )(patches)
+        return words.reshape(batch, arch.grid_size**2, arch.num_pixel, arch.in_dim)
+
+
+class TNT(nn.Module):
+    """A TNT classifier (``TNT_small``/``TNT_base`` in PaddleClas)."""
+
+    arch: TNTArch
+    num_classes: int = 1000
+    drop_rate: float = 0.0
+    attn_drop_rate: float = 0.0
+    drop_path_rate: float = 0.0
+    dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, images: jax.Array, train: bool = False) -> jax.Array:
+        arch, eps = self.arch, self.arch.epsilon
+        if images.ndim != 4 or images.shape[1:] != (arch.img_size, arch.img_size, arch.in_chans):
+            raise ValueError(
+                f"expected NHWC images of shape [batch, {arch.img_size}, {arch.img_size}, {arch.in_chans}], "
+                f"got {tuple(images.shape)}"
+            )
+        deterministic = not train
+        num_patches = arch.grid_size**2
+        cls_token = self.param("cls_token", trunc_normal, (1, 1, arch.embed_dim))
+        patch_pos = self.param("patch_pos", trunc_normal, (1, num_patches + 1, arch.embed_dim))
+        pixel_pos = self.param("pixel_pos", trunc_normal, (1, arch.patch_size, arch.in_dim))
+
+        pixel_embed = PixelEmbed(arch, self.dtype, name="pixel_embed")(images.astype(self.dtype))
+        pixel_embed = pixel_embed + pixel_pos.astype(pixel_embed.dtype)
+        batch = pixel_embed.shape[0]
+
+        patch_embed = pixel_embed.reshape(batch, num_patches, arch.num_pixel * arch.in_dim)
+        patch_embed = layer_norm(eps, "norm1_proj", self.dtype)(patch_embed)
+        patch_embed = dense(arch.embed_dim, "proj", dtype=self.dtype)(patch_embed)
+        patch_embed = layer_norm(eps, "norm2_proj", self.dtype)(patch_embed)
+        cls = jnp.broadcast_to(cls_token, (batch, 1, arch.embed_dim)).astype(patch_embed.dtype)
+        patch_embed = jnp.concatenate([cls, patch_embed], axis=1) + patch_pos.astype(patch_embed.dtype)
+        patch_embed = nn.Dropout(self.drop_rate)(patch_embed, deterministic=deterministic)
+
+        rates = np.linspace(0.0, self.drop_path_rate, arch.depth)
+        for i in range(arch.depth):
+            pixel_embed, patch_embed = Block(
+                arch, self.drop_rate, self.attn_drop_rate, float(rates[i]), self.dtype, name=f"blocks_{i}"
+            )(pixel_embed, patch_embed, deterministic)
+
+        features = layer_norm(eps, "norm", self.dtype)(patch_embed)[:, 0]
+        if self.num_classes <= 0:
+            return features
+        return dense(self.num_classes, "head", dtype=self.dtype)(features)
