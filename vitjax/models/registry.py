@@ -53,7 +53,7 @@ class ModelSpec:
 _REGISTRY: dict[str, ModelSpec] = {}
 
 DEIT_EVAL_224 = EvalTransform(resize_short=256, crop_size=224)
-DEIT_EVAL_384 = EvalTransform(resize_short=384, crop_size=384)
+DEIT_EVAL_384 = EvalTransform(resize_short=438, crop_size=384)
 TNT_EVAL_224 = EvalTransform(resize_short=248, crop_size=224, mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5))
 
 

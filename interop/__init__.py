@@ -1,0 +1,25 @@
+"""Interop with PaddleClas: ``.pdparams`` weights, Paddle inference models, deployment.
+
+Importing this package does not import Paddle; the functions that need it import it
+when called.
+"""
+
+from interop.pdparams import PdparamsError, read_pdparams, write_pdparams
+from interop.weights import (
+    WeightMismatchError,
+    load_pdparams,
+    save_pdparams,
+    state_dict_to_variables,
+    variables_to_state_dict,
+)
+
+__all__ = [
+    "PdparamsError",
+    "WeightMismatchError",
+    "load_pdparams",
+    "read_pdparams",
+    "save_pdparams",
+    "state_dict_to_variables",
+    "variables_to_state_dict",
+    "write_pdparams",
+]
