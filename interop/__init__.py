@@ -7,6 +7,7 @@ when called.
 from interop.pdparams import PdparamsError, read_pdparams, write_pdparams
 from interop.weights import (
     WeightMismatchError,
+    guess_model,
     load_pdparams,
     save_pdparams,
     state_dict_to_variables,
@@ -16,6 +17,7 @@ from interop.weights import (
 __all__ = [
     "PdparamsError",
     "WeightMismatchError",
+    "guess_model",
     "load_pdparams",
     "read_pdparams",
     "save_pdparams",

@@ -20,7 +20,7 @@ from flax.traverse_util import flatten_dict, unflatten_dict
 from interop.mapping import KeyRule, is_head_key, key_table
 from interop.pdparams import PdparamsError, read_pdparams, write_pdparams
 from vitjax.models.posemb import POSITION_EMBEDDING_NAMES, resize_position_embeddings
-from vitjax.models.registry import create_model, get_spec
+from vitjax.models.registry import create_model, get_spec, list_models
 
 HeadPolicy = Literal["strict", "reinit", "skip"]
 Variables = dict[str, Any]
@@ -158,3 +158,24 @@ def load_pdparams(path: str | os.PathLike, model_name: str, **kwargs) -> Variabl
 def save_pdparams(variables: Variables, model_name: str, path: str | os.PathLike) -> None:
     """Writes Flax variables as a ``.pdparams`` file PaddleClas loads strictly."""
     write_pdparams(variables_to_state_dict(variables, model_name), path)
+
+
+def guess_model(state: Mapping[str, np.ndarray], source: str = "state dict") -> str:
+    """The registered model whose PaddleClas keys and shapes ``state`` has exactly.
+
+    Raises :class:`WeightMismatchError` when no model (or more than one) fits.
+    """
+    has_head = "head.weight" in state
+    num_classes = infer_num_classes(state)
+    fits = []
+    for name in list_models(include_test=True):
+        table = key_table(name, has_head=has_head)
+        if [r.paddle_key for r in table] != list(state) and {r.paddle_key for r in table} != set(state):
+            continue
+        expected = _expected_shapes(name, num_classes, None)
+        if all(tuple(rule.to_flax(np.asarray(state[rule.paddle_key])).shape) == expected[rule.flax_path] for rule in table):
+            fits.append(name)
+    if len(fits) != 1:
+        problem = "matches no registered model" if not fits else f"matches several models ({', '.join(fits)})"
+        raise WeightMismatchError(f"{source}: {problem}; pass the model name explicitly")
+    return fits[0]

@@ -1,0 +1,74 @@
+"""Orbax checkpoints: model variables on their own, and training state in a workdir.
+
+* A *variables checkpoint* is a directory written by :func:`save_variables`
+  (``{'params': ...}``), e.g. weights imported from PaddleClas.
+* A *workdir* is what ``python -m vitjax.main`` writes; its checkpoints live in
+  ``workdir/checkpoints/<step>/`` under an orbax ``CheckpointManager``.
+
+:func:`load_variables` accepts either and returns ``{'params': ...}`` as numpy arrays.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+
+CHECKPOINT_DIR = "checkpoints"
+STATE_ITEM = "state"
+
+
+class CheckpointError(ValueError):
+    """A path that holds no usable checkpoint."""
+
+
+def save_variables(path: str | os.PathLike, variables: dict[str, Any]) -> Path:
+    """Writes ``{'params': ...}`` as an orbax checkpoint directory (atomically: orbax
+    writes to a temporary directory and renames it when complete)."""
+    path = Path(path).absolute()
+    if path.exists():
+        raise CheckpointError(f"{path}: already exists; refusing to overwrite")
+    tree = {"params": jax.tree.map(np.asarray, dict(variables["params"]))}
+    with ocp.StandardCheckpointer() as checkpointer:
+        checkpointer.save(path, tree)
+        checkpointer.wait_until_finished()
+    return path
+
+
+def _is_orbax_checkpoint(path: Path) -> bool:
+    return (path / "_CHECKPOINT_METADATA").exists() or (path / "_METADATA").exists()
+
+
+def latest_step(workdir: str | os.PathLike) -> int | None:
+    directory = Path(workdir).absolute() / CHECKPOINT_DIR
+    if not directory.is_dir():
+        return None
+    with ocp.CheckpointManager(directory, options=ocp.CheckpointManagerOptions(read_only=True)) as manager:
+        return manager.latest_step()
+
+
+def load_variables(path: str | os.PathLike, step: int | None = None) -> dict[str, Any]:
+    """Model variables from a variables checkpoint or a training workdir (latest step)."""
+    path = Path(path).absolute()
+    if not path.exists():
+        raise CheckpointError(f"{path}: no such checkpoint or workdir")
+    if (path / CHECKPOINT_DIR).is_dir():
+        directory = path / CHECKPOINT_DIR
+        with ocp.CheckpointManager(directory, options=ocp.CheckpointManagerOptions(read_only=True)) as manager:
+            step = manager.latest_step() if step is None else step
+            if step is None:
+                raise CheckpointError(f"{path}: workdir has no finished checkpoint yet")
+            restored = manager.restore(step, args=ocp.args.Composite(**{STATE_ITEM: ocp.args.StandardRestore()}))
+        state = restored[STATE_ITEM]
+        return {"params": jax.tree.map(np.asarray, state["params"])}
+    if _is_orbax_checkpoint(path):
+        with ocp.StandardCheckpointer() as checkpointer:
+            tree = checkpointer.restore(path)
+        if "params" not in tree:
+            raise CheckpointError(f"{path}: checkpoint has no 'params' entry")
+        return {"params": jax.tree.map(np.asarray, tree["params"])}
+    raise CheckpointError(f"{path}: neither an orbax checkpoint nor a workdir with {CHECKPOINT_DIR}/")

@@ -1,0 +1,1 @@
+"""Input pipelines: PaddleClas-exact eval transforms, file lists, tfds, scikit-learn digits."""
