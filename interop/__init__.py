@@ -4,6 +4,14 @@ Importing this package does not import Paddle; the functions that need it import
 when called.
 """
 
+from interop.inference import (
+    ImportedModel,
+    InferenceModelError,
+    export_inference_model,
+    export_onnx,
+    load_inference_model,
+    read_inference_model,
+)
 from interop.pdparams import PdparamsError, read_pdparams, write_pdparams
 from interop.weights import (
     WeightMismatchError,
@@ -15,6 +23,12 @@ from interop.weights import (
 )
 
 __all__ = [
+    "ImportedModel",
+    "InferenceModelError",
+    "export_inference_model",
+    "export_onnx",
+    "load_inference_model",
+    "read_inference_model",
     "PdparamsError",
     "WeightMismatchError",
     "guess_model",
