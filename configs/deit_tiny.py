@@ -1,0 +1,7 @@
+"""DeiT_tiny_patch16_224 on ImageNet with PaddleClas's DeiT recipe."""
+
+from vitjax.configlib import imagenet_config
+
+
+def get_config(arg=None):
+    return imagenet_config("DeiT_tiny_patch16_224")

@@ -1,0 +1,7 @@
+"""TNT_small on ImageNet with PaddleClas's TNT recipe (momentum SGD, piecewise decay, 120 epochs)."""
+
+from vitjax.configlib import imagenet_config
+
+
+def get_config(arg=None):
+    return imagenet_config("TNT_small")

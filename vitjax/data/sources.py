@@ -1,0 +1,166 @@
+"""Random-access image sources: scikit-learn digits, PaddleClas file lists, tfds.
+
+A source maps an index to ``(RGB uint8 HWC image, label)``; random access is what
+makes the data order a pure function of (seed, step), so runs resume exactly.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Protocol, Sequence
+
+import numpy as np
+from PIL import Image
+
+from vitjax.data.transforms import ImageError, load_rgb
+
+
+class DataError(ValueError):
+    """A dataset that cannot be used: missing files, malformed lists, bad options."""
+
+
+class Source(Protocol):
+    num_classes: int
+    class_names: Sequence[str] | None
+
+    def __len__(self) -> int: ...
+
+    def load(self, index: int) -> tuple[np.ndarray, int]: ...
+
+    def describe(self, index: int) -> str: ...
+
+
+class DigitsSource:
+    """scikit-learn's 8x8 handwritten digits (real scans, shipped with the package),
+    upsampled to ``size`` pixels RGB. A fixed stratified 80/20 split gives train/validation."""
+
+    num_classes = 10
+    class_names = tuple(str(d) for d in range(10))
+
+    def __init__(self, split: str, size: int = 32):
+        from sklearn.datasets import load_digits
+        from sklearn.model_selection import train_test_split
+
+        if split not in ("train", "validation"):
+            raise DataError(f"digits has splits 'train' and 'validation', not {split!r}")
+        digits = load_digits()
+        index = np.arange(len(digits.target))
+        train, val = train_test_split(index, test_size=0.2, random_state=0, stratify=digits.target)
+        chosen = train if split == "train" else val
+        pixels = (digits.images[chosen] * (255.0 / 16.0)).round().astype(np.uint8)
+        self.images = np.stack(
+            [np.asarray(Image.fromarray(p).resize((size, size), Image.BICUBIC).convert("RGB")) for p in pixels]
+        )
+        self.labels = digits.target[chosen].astype(np.int32)
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def load(self, index: int) -> tuple[np.ndarray, int]:
+        return self.images[index], int(self.labels[index])
+
+    def describe(self, index: int) -> str:
+        return f"digits[{index}]"
+
+
+class FileListSource:
+    """PaddleClas's file lists: ``<root>/<list>`` with one ``relative/path.jpg label`` per line."""
+
+    def __init__(self, root: str | os.PathLike, list_file: str, delimiter: str | None = None, num_classes: int | None = None):
+        self.root = Path(root)
+        list_path = Path(list_file) if Path(list_file).is_absolute() else self.root / list_file
+        if not list_path.is_file():
+            raise DataError(f"{list_path}: file list not found")
+        self.paths, labels = [], []
+        for number, line in enumerate(list_path.read_text().splitlines(), start=1):
+            if not line.strip():
+                continue
+            parts = line.strip().split(delimiter)
+            if len(parts) < 2:
+                raise DataError(f"{list_path}:{number}: expected 'path label', got {line!r}")
+            try:
+                labels.append(int(parts[-1]))
+            except ValueError:
+                raise DataError(f"{list_path}:{number}: label {parts[-1]!r} is not an integer") from None
+            self.paths.append(" ".join(parts[:-1]))
+        if not self.paths:
+            raise DataError(f"{list_path}: file list is empty")
+        self.labels = np.asarray(labels, np.int32)
+        self.num_classes = num_classes or int(self.labels.max()) + 1
+        self.class_names = None
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def load(self, index: int) -> tuple[np.ndarray, int]:
+        return load_rgb(self.root / self.paths[index]), int(self.labels[index])
+
+    def describe(self, index: int) -> str:
+        return str(self.root / self.paths[index])
+
+
+class TfdsSource:
+    """A tensorflow-datasets image classification split, read with random access.
+
+    The dataset is prepared on first use in the ArrayRecord format (random access is
+    what deterministic resumption needs); ``manual_dir`` is where datasets such as
+    ``imagenet2012`` expect their downloaded archives.
+    """
+
+    def __init__(self, name: str, split: str, data_dir: str = "", manual_dir: str = ""):
+        import tensorflow_datasets as tfds
+
+        try:
+            builder = tfds.builder(name, data_dir=data_dir or None, file_format="array_record")
+        except Exception as e:  # tfds raises many types for unknown names/bad dirs
+            raise DataError(f"tfds dataset {name!r}: {e}") from None
+        if not builder.is_prepared():
+            config = tfds.download.DownloadConfig(manual_dir=manual_dir or None)
+            try:
+                builder.download_and_prepare(download_config=config, file_format="array_record")
+            except Exception as e:
+                raise DataError(f"tfds dataset {name!r} could not be prepared in {builder.data_dir}: {e}") from None
+        if builder.info.file_format.value != "array_record":
+            raise DataError(
+                f"tfds dataset {name!r} in {builder.data_dir} is stored as {builder.info.file_format.value}; "
+                "random access needs ArrayRecord: rebuild it with `tfds build --file_format=array_record`"
+            )
+        image_key, label_key = builder.info.supervised_keys or ("image", "label")
+        self._image_key, self._label_key = image_key, label_key
+        self._data = builder.as_data_source(split=split)
+        label = builder.info.features[label_key]
+        self.num_classes = label.num_classes
+        self.class_names = label.names
+        self.name, self.split = name, split
+
+    def __len__(self) -> int:
+        return len(self._data)
+
+    def load(self, index: int) -> tuple[np.ndarray, int]:
+        try:
+            example = self._data[index]
+        except Exception as e:
+            raise ImageError(f"{self.describe(index)}: cannot decode example ({e})") from None
+        image = np.asarray(example[self._image_key])
+        if image.ndim == 2 or image.shape[-1] == 1:
+            image = np.repeat(image.reshape(image.shape[0], image.shape[1], 1), 3, axis=-1)
+        return image.astype(np.uint8), int(example[self._label_key])
+
+    def describe(self, index: int) -> str:
+        return f"tfds:{self.name}/{self.split}[{index}]"
+
+
+def make_source(data_config, *, train: bool, img_size: int = 32) -> Source:
+    """The source ``config.data`` names, for its train or eval split."""
+    kind = data_config.source
+    split = data_config.train_split if train else data_config.eval_split
+    if kind == "digits":
+        return DigitsSource("train" if train else "validation", size=img_size)
+    if kind == "filelist":
+        if not data_config.root:
+            raise DataError("data.source=filelist needs data.root (the image root)")
+        return FileListSource(data_config.root, data_config.train_list if train else data_config.val_list)
+    if kind.startswith("tfds:"):
+        return TfdsSource(kind[len("tfds:") :], split, data_config.data_dir, data_config.manual_dir)
+    raise DataError(f"unknown data.source {kind!r}: expected digits, filelist or tfds:<name>")
