@@ -5,6 +5,12 @@
                                               orbax dir / training workdir -> .pdparams,
                                               or .pdparams -> .pdparams (new head/resolution)
   verify   FILE.pdparams [--model NAME]       our logits vs the Paddle mirror's on random images
+  export   SRC OUT_DIR [--model NAME]         write a Paddle inference model (PIR or --format legacy;
+                                              --logits drops the softmax; --onnx adds inference.onnx)
+  import   MODEL_DIR DST [--model NAME]       inference model dir -> orbax variables dir or .pdparams
+  onnx     MODEL_DIR [OUT.onnx]               Paddle2ONNX conversion of an exported (PIR) dir
+  backends                                    which deployment backends run on this machine
+  parity   SRC --out DIR [--model NAME]       JAX vs every backend: parity.md + parity.json, exit 1 on failure
 """
 
 from __future__ import annotations
@@ -13,9 +19,11 @@ import argparse
 import sys
 from pathlib import Path
 
+from interop.deploy import BackendUnavailable, InputShapeError
 from interop.pdparams import PdparamsError, read_pdparams
 from interop.weights import guess_model, infer_num_classes, save_pdparams, state_dict_to_variables
 from vitjax.checkpoints import CheckpointError, load_variables, save_variables
+from vitjax.data.transforms import ImageError
 
 def _model_name(args, state, source) -> str:
     return args.model or guess_model(state, source=source)
@@ -76,6 +84,68 @@ def verify(args) -> int:
     return 0 if ok else 1
 
 
+def export(args) -> int:
+    from interop.inference import export_inference_model, export_onnx
+
+    out = export_inference_model(args.src, args.model, args.out_dir, softmax=not args.logits, format=args.format, overwrite=args.overwrite)
+    print(f"{args.src} -> {out} ({args.format}, {'logits' if args.logits else 'softmax probabilities'})")
+    if args.onnx:
+        print(f"{out} -> {export_onnx(out, overwrite=True)}")
+    return 0
+
+
+def import_model(args) -> int:
+    from interop.inference import read_inference_model
+
+    imported = read_inference_model(args.model_dir, args.model, verify=not args.no_verify)
+    dst = Path(args.dst)
+    if dst.suffix == ".pdparams":
+        save_pdparams(imported.variables, imported.model_name, dst)
+    else:
+        save_variables(dst, imported.variables)
+    check = "not verified" if imported.max_abs_diff is None else f"max |output difference| {imported.max_abs_diff:.3g}"
+    output = "softmax" if imported.softmax else "logits"
+    print(f"{args.model_dir} -> {dst} ({imported.model_name}, {imported.format}, {output} output, {check})")
+    return 0
+
+
+def onnx(args) -> int:
+    from interop.inference import export_onnx
+
+    print(f"{args.model_dir} -> {export_onnx(args.model_dir, args.out, opset=args.opset, overwrite=args.overwrite)}")
+    return 0
+
+
+def backends(args) -> int:
+    from interop.deploy import BACKENDS, backend_status
+
+    for backend in BACKENDS:
+        ok, reason = backend_status(backend)
+        print(f"{backend:16s} {'available' if ok else 'unavailable'}: {reason}")
+    return 0
+
+
+def parity(args) -> int:
+    from interop.parity import TOLERANCES, Tolerance, load_photos, run_parity, write_report
+
+    tolerances = {"fp32": Tolerance(args.atol_logits, args.atol_probs)} if args.atol_logits is not None else None
+    if args.atol_logits is None and args.atol_probs is not None:
+        tolerances = {"fp32": Tolerance(TOLERANCES["fp32"].logits, args.atol_probs)}
+    report = run_parity(
+        args.src, args.out, args.model, backends=args.backends, photos=load_photos(args.images) if args.images else None,
+        latency_runs=args.runs, threads=args.threads, tolerances=tolerances,
+    )
+    md, js = write_report(report, args.out)
+    for backend, entry in report["backends"].items():
+        if not entry["available"]:
+            print(f"{backend:16s} not run: {entry['reason']}")
+            continue
+        worst = max(m["max_abs_logits"] for m in entry["inputs"].values())
+        print(f"{backend:16s} {'ok' if entry['passed'] else 'FAILED'}: max |logit difference| {worst:.3g}")
+    print(f"report: {md} and {js}")
+    return 0 if report["passed"] else 1
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m interop", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -99,6 +169,40 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model")
     p.add_argument("--batch", type=int, default=2)
     p.add_argument("--atol", type=float, default=1e-4)
+    p = sub.add_parser("export", help="write a Paddle inference model directory")
+    p.set_defaults(run=export)
+    p.add_argument("src", help=".pdparams file, orbax variables checkpoint or training workdir")
+    p.add_argument("out_dir")
+    p.add_argument("--model", help="registered model name (guessed from a .pdparams file when omitted)")
+    p.add_argument("--format", choices=["pir", "legacy"], default="pir")
+    p.add_argument("--logits", action="store_true", help="output logits instead of softmax probabilities")
+    p.add_argument("--onnx", action="store_true", help="also write inference.onnx (Paddle2ONNX)")
+    p.add_argument("--overwrite", action="store_true")
+    p = sub.add_parser("import", help="recover Flax variables from a Paddle inference model directory")
+    p.set_defaults(run=import_model)
+    p.add_argument("model_dir")
+    p.add_argument("dst", help="orbax variables directory, or a .pdparams file")
+    p.add_argument("--model", help="registered model name (inferred from the parameters when omitted)")
+    p.add_argument("--no-verify", action="store_true", help="skip running the file's program against ours")
+    p = sub.add_parser("onnx", help="convert an exported inference model to ONNX")
+    p.set_defaults(run=onnx)
+    p.add_argument("model_dir")
+    p.add_argument("out", nargs="?")
+    p.add_argument("--opset", type=int, default=13)
+    p.add_argument("--overwrite", action="store_true")
+    p = sub.add_parser("backends", help="list deployment backends and whether they run here")
+    p.set_defaults(run=backends)
+    p = sub.add_parser("parity", help="check every backend against JAX and write a report")
+    p.set_defaults(run=parity)
+    p.add_argument("src", help=".pdparams file, orbax variables checkpoint or training workdir")
+    p.add_argument("--out", required=True, help="directory for the report and the exported models")
+    p.add_argument("--model")
+    p.add_argument("--backends", nargs="+", help="default: all")
+    p.add_argument("--images", nargs="+", help="photos to check (default: scikit-image's sample photos)")
+    p.add_argument("--runs", type=int, default=10, help="timed runs per batch size")
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--atol-logits", type=float, help="fp32 tolerance on logits (default 1e-4)")
+    p.add_argument("--atol-probs", type=float, help="fp32 tolerance on probabilities (default 1e-4)")
     return parser
 
 
@@ -106,7 +210,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.run(args)
-    except (PdparamsError, CheckpointError) as e:
+    except (PdparamsError, CheckpointError, ImageError, BackendUnavailable, InputShapeError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
 

@@ -1,0 +1,312 @@
+"""One predictor interface over every way we run a classifier.
+
+``predictor.predict(images)`` takes an NCHW float32 batch (PaddleClas's deploy
+layout) and returns what the model outputs: probabilities for an exported model
+with softmax (the default), logits otherwise. Backends:
+
+=================  ==========================================================
+``jax``            our Flax model under ``jax.jit`` (the reference)
+``paddle-cpu``     Paddle Inference on CPU (oneDNN on or off, thread count)
+``paddle-gpu``     Paddle Inference on a CUDA GPU
+``paddle-trt-fp32`` / ``paddle-trt-fp16``
+                   TensorRT through Paddle Inference, dynamic batch shapes
+``onnxruntime``    ONNX Runtime (CPU) on the Paddle2ONNX export
+=================  ==========================================================
+
+A backend this machine cannot run raises :class:`BackendUnavailable` saying why;
+nothing ever falls back to another backend, so a report never claims a backend
+was checked when it was not. Paddle's predictor is configured as PaddleClas's
+``deploy/utils/predictor.py`` configures it (same switches, same meaning).
+"""
+
+from __future__ import annotations
+
+import abc
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from interop.inference import InferenceModelError, locate_inference_model
+
+BACKENDS = ("jax", "paddle-cpu", "paddle-gpu", "paddle-trt-fp32", "paddle-trt-fp16", "onnxruntime")
+
+
+class BackendUnavailable(RuntimeError):
+    """A backend this machine (or this Paddle build) cannot run."""
+
+
+class InputShapeError(ValueError):
+    """A batch that does not fit the model's input."""
+
+
+class Predictor(abc.ABC):
+    """Runs one model on NCHW float32 batches; subclasses differ only in the engine."""
+
+    backend: str
+    img_size: int
+    max_batch: int | None = None
+
+    def predict(self, images: np.ndarray) -> np.ndarray:
+        return self._run(self._checked(images))
+
+    def _checked(self, images: Any) -> np.ndarray:
+        images = np.asarray(images)
+        want = f"[N, 3, {self.img_size}, {self.img_size}]"
+        if images.ndim != 4 or images.shape[1:] != (3, self.img_size, self.img_size) or images.shape[0] < 1:
+            raise InputShapeError(f"{self.backend}: input of shape {list(images.shape)} does not fit the model input {want} (NCHW)")
+        if not np.issubdtype(images.dtype, np.floating):
+            raise InputShapeError(f"{self.backend}: input of dtype {images.dtype}; the model takes float32 (normalized images)")
+        if self.max_batch is not None and images.shape[0] > self.max_batch:
+            raise InputShapeError(f"{self.backend}: batch of {images.shape[0]} exceeds the engine's maximum batch {self.max_batch}")
+        return np.ascontiguousarray(images, dtype=np.float32)
+
+    @abc.abstractmethod
+    def _run(self, images: np.ndarray) -> np.ndarray: ...
+
+
+class JaxPredictor(Predictor):
+    """Our Flax model, compiled once per batch size; NCHW in, like the exported models."""
+
+    backend = "jax"
+
+    def __init__(self, variables, model_name: str, *, softmax: bool = True, num_classes: int | None = None, img_size: int | None = None):
+        import jax
+
+        from interop.weights import infer_num_classes, variables_to_state_dict
+        from vitjax.models.registry import create_model, get_spec
+
+        state = variables_to_state_dict(variables, model_name)
+        num_classes = infer_num_classes(state) if num_classes is None else num_classes
+        self.img_size = int(img_size or get_spec(model_name).img_size)
+        model = create_model(model_name, num_classes=num_classes, img_size=self.img_size)
+
+        def forward(params, images_nchw):
+            logits = model.apply(params, images_nchw.transpose(0, 2, 3, 1))
+            return jax.nn.softmax(logits, axis=-1) if softmax else logits
+
+        self._forward, self._variables = jax.jit(forward), variables
+
+    def _run(self, images: np.ndarray) -> np.ndarray:
+        return np.asarray(self._forward(self._variables, images))
+
+
+def gpu_status() -> tuple[bool, str]:
+    """Whether Paddle can use a CUDA GPU here, and if not, why."""
+    import paddle
+
+    if not paddle.device.is_compiled_with_cuda():
+        return False, f"this paddlepaddle {paddle.__version__} build has no CUDA support (install paddlepaddle-gpu)"
+    if paddle.device.cuda.device_count() < 1:
+        return False, "no CUDA GPU is visible"
+    return True, "CUDA GPU present"
+
+
+def tensorrt_status() -> tuple[bool, str]:
+    """Whether Paddle Inference was built with TensorRT and a GPU is present."""
+    ok, reason = gpu_status()
+    if not ok:
+        return ok, reason
+    from paddle import inference
+
+    if tuple(inference.get_trt_compile_version()) == (0, 0, 0):
+        return False, "this Paddle Inference build has no TensorRT support"
+    return True, "TensorRT available"
+
+
+def onnxruntime_status() -> tuple[bool, str]:
+    try:
+        import onnxruntime  # noqa: F401
+    except ImportError:
+        return False, "onnxruntime is not installed (pip install onnxruntime)"
+    return True, "onnxruntime installed"
+
+
+def backend_status(backend: str) -> tuple[bool, str]:
+    """``(available, reason)`` for a backend name from :data:`BACKENDS`."""
+    if backend not in BACKENDS:
+        raise ValueError(f"unknown backend {backend!r}; choose from {', '.join(BACKENDS)}")
+    if backend == "jax":
+        return True, "always available"
+    if backend == "onnxruntime":
+        return onnxruntime_status()
+    try:
+        import paddle  # noqa: F401
+    except ImportError:
+        return False, "paddlepaddle is not installed (pip install paddlepaddle)"
+    if backend == "paddle-cpu":
+        return True, "Paddle Inference CPU"
+    if backend == "paddle-gpu":
+        return gpu_status()
+    return tensorrt_status()
+
+
+class PaddleInferencePredictor(Predictor):
+    """Paddle Inference on an exported model directory, configured like PaddleClas's deploy predictor.
+
+    Program and parameter files are passed explicitly: Paddle 3's ``Config(dir, prefix)``
+    only looks for ``inference.json``, and legacy ``.pdmodel`` directories must run too.
+    """
+
+    def __init__(
+        self,
+        model_dir: str | os.PathLike,
+        *,
+        device: str = "cpu",
+        mkldnn: bool = True,
+        threads: int = 1,
+        tensorrt: str | None = None,
+        max_batch: int = 8,
+        gpu_mem_mb: int = 500,
+        ir_optim: bool = True,
+    ):
+        if tensorrt not in (None, "fp32", "fp16"):
+            raise ValueError(f"tensorrt precision {tensorrt!r}; use 'fp32' or 'fp16'")
+        self.backend = "paddle-cpu" if device == "cpu" else f"paddle-trt-{tensorrt}" if tensorrt else "paddle-gpu"
+        ok, reason = backend_status(self.backend)
+        if not ok:
+            raise BackendUnavailable(f"{self.backend}: unavailable: {reason}")
+        from paddle import inference
+
+        files = locate_inference_model(model_dir)
+        config = inference.Config(str(files.program), str(files.params))
+        if device == "cpu":
+            config.disable_gpu()
+            if mkldnn:
+                config.set_mkldnn_cache_capacity(10)  # one cached kernel set per input shape, as PaddleClas
+                config.enable_mkldnn()
+            else:
+                config.disable_mkldnn()
+            config.set_cpu_math_library_num_threads(int(threads))
+        else:
+            config.enable_use_gpu(int(gpu_mem_mb), 0)
+        config.disable_glog_info()
+        config.switch_ir_optim(ir_optim)
+        self.img_size = _declared_img_size(files)
+        if tensorrt:
+            self.max_batch = int(max_batch)
+            precision = inference.PrecisionType.Half if tensorrt == "fp16" else inference.PrecisionType.Float32
+            config.enable_tensorrt_engine(
+                workspace_size=1 << 30, max_batch_size=self.max_batch, min_subgraph_size=3,
+                precision_mode=precision, use_static=False, use_calib_mode=False,
+            )
+            shape = [3, self.img_size, self.img_size]
+            config.set_trt_dynamic_shape_info({"x": [1, *shape]}, {"x": [self.max_batch, *shape]}, {"x": [1, *shape]})
+        if files.format == "legacy":
+            # PaddleClas enables memory optimisation; Paddle Inference 3.3.1 fails to create a
+            # predictor for any PIR program with it ("Not find ... memory_optimize_pass").
+            config.enable_memory_optim()
+        config.switch_use_feed_fetch_ops(False)
+        self.mkldnn, self.threads, self.format = bool(mkldnn and device == "cpu"), int(threads), files.format
+        try:
+            self._predictor = inference.create_predictor(config)
+        except Exception as e:  # Paddle raises RuntimeError/ValueError/OSError with C++ traces
+            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise InferenceModelError(f"{files.program}: Paddle Inference cannot load it ({first})") from None
+        self._input = self._predictor.get_input_handle(self._predictor.get_input_names()[0])
+        self._output = self._predictor.get_output_handle(self._predictor.get_output_names()[0])
+
+    def _run(self, images: np.ndarray) -> np.ndarray:
+        self._input.reshape(list(images.shape))
+        self._input.copy_from_cpu(images)
+        self._predictor.run()
+        return self._output.copy_to_cpu()
+
+
+def _declared_img_size(files) -> int:
+    """The resolution an exported model declares for its input ``x``, read from the program file."""
+    try:
+        shape = _pir_input_shape(files.program) if files.format == "pir" else _legacy_input_shape(files.program)
+    except (ValueError, KeyError, IndexError, TypeError) as e:
+        raise InferenceModelError(f"{files.program}: unreadable program ({type(e).__name__}: {e})") from None
+    if shape is None or len(shape) != 4 or shape[1] != 3:
+        raise InferenceModelError(f"{files.program}: no [N, 3, S, S] input named 'x' (found {shape})")
+    return int(shape[-1])
+
+
+def _pir_input_shape(program: Path) -> list[int] | None:
+    import json
+
+    ops = json.loads(program.read_text())["program"]["regions"][0]["blocks"][0]["ops"]
+    for op in ops:
+        if op.get("#", "").endswith(".data"):
+            attrs = {a["N"]: a["AT"]["D"] for a in op.get("A", []) if isinstance(a, dict)}
+            if attrs.get("name") == "x":
+                return list(attrs["shape"])
+    return None
+
+
+def _legacy_input_shape(program: Path) -> list[int] | None:
+    from paddle.base.proto import framework_pb2
+
+    desc = framework_pb2.ProgramDesc.FromString(program.read_bytes())
+    for var in desc.blocks[0].vars:
+        if var.name == "x":
+            return list(var.type.dense_tensor.tensor.dims)
+    return None
+
+
+class OnnxRuntimePredictor(Predictor):
+    """ONNX Runtime (CPU execution provider) on an ``.onnx`` file from :func:`interop.export_onnx`."""
+
+    backend = "onnxruntime"
+
+    def __init__(self, onnx_path: str | os.PathLike, *, threads: int = 1):
+        ok, reason = onnxruntime_status()
+        if not ok:
+            raise BackendUnavailable(f"onnxruntime: unavailable: {reason}")
+        import onnxruntime
+
+        path = Path(onnx_path)
+        if not path.is_file():
+            raise InferenceModelError(f"{path}: no such ONNX model")
+        options = onnxruntime.SessionOptions()
+        options.intra_op_num_threads = int(threads)
+        options.inter_op_num_threads = 1
+        options.log_severity_level = 3
+        try:
+            self._session = onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        except Exception as e:
+            raise InferenceModelError(f"{path}: ONNX Runtime cannot load it ({str(e).strip().splitlines()[0]})") from None
+        (inp,) = self._session.get_inputs()
+        self._input_name = inp.name
+        self.img_size = int(inp.shape[-1])
+        self.threads = int(threads)
+
+    def _run(self, images: np.ndarray) -> np.ndarray:
+        return self._session.run(None, {self._input_name: images})[0]
+
+
+def create_predictor(
+    backend: str,
+    *,
+    model_dir: str | os.PathLike | None = None,
+    onnx_path: str | os.PathLike | None = None,
+    variables=None,
+    model_name: str | None = None,
+    softmax: bool = True,
+    threads: int = 1,
+    mkldnn: bool = True,
+    max_batch: int = 8,
+) -> Predictor:
+    """The predictor for ``backend`` (see :data:`BACKENDS`); raises :class:`BackendUnavailable`
+    rather than substituting another backend."""
+    ok, reason = backend_status(backend)
+    if not ok:
+        raise BackendUnavailable(f"{backend}: unavailable: {reason}")
+    if backend == "jax":
+        if variables is None or model_name is None:
+            raise ValueError("jax backend: pass variables and model_name")
+        return JaxPredictor(variables, model_name, softmax=softmax)
+    if backend == "onnxruntime":
+        if onnx_path is None:
+            raise ValueError("onnxruntime backend: pass onnx_path")
+        return OnnxRuntimePredictor(onnx_path, threads=threads)
+    if model_dir is None:
+        raise ValueError(f"{backend} backend: pass model_dir")
+    if backend == "paddle-cpu":
+        return PaddleInferencePredictor(model_dir, device="cpu", mkldnn=mkldnn, threads=threads)
+    if backend == "paddle-gpu":
+        return PaddleInferencePredictor(model_dir, device="gpu")
+    return PaddleInferencePredictor(model_dir, device="gpu", tensorrt=backend.rsplit("-", 1)[-1], max_batch=max_batch)

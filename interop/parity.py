@@ -1,0 +1,256 @@
+"""Parity report: does every deployment backend compute what the JAX model computes?
+
+:func:`run_parity` exports the model twice (the shipped model with softmax, and a
+logits variant so logits can be compared directly), converts both to ONNX, and runs
+the JAX model and every backend on the same inputs: a random batch and real photos
+put through the model's eval transform. It records, per backend and input set, the
+max abs difference of logits and of probabilities against JAX, top-1 and top-5
+agreement, and latency at batch 1/4/8 on this machine; :func:`write_report` writes it
+as markdown and JSON. A backend this machine cannot run is listed with the reason,
+never replaced.
+
+Tolerances (max abs difference against JAX): fp32 backends 1e-4 on logits and on
+probabilities (softmax's Jacobian has infinity-norm <= 1/2, so a 1e-4 logit error
+cannot move a probability by more); TensorRT fp16 a looser, documented bound
+(:data:`TOLERANCES`): fp16 keeps 11 significant bits (relative rounding 4.9e-4 per
+op), which compounds over a dozen transformer blocks.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import platform
+import statistics
+import time
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from interop.deploy import BACKENDS, BackendUnavailable, Predictor, backend_status, create_predictor
+from interop.inference import export_inference_model, export_onnx, resolve_variables
+
+
+@dataclasses.dataclass(frozen=True)
+class Tolerance:
+    logits: float
+    probs: float
+
+
+TOLERANCES = {"fp32": Tolerance(logits=1e-4, probs=1e-4), "fp16": Tolerance(logits=5e-2, probs=1e-2)}
+LATENCY_BATCHES = (1, 4, 8)
+
+
+def precision_of(backend: str) -> str:
+    return "fp16" if backend.endswith("fp16") else "fp32"
+
+
+def _softmax(logits: np.ndarray) -> np.ndarray:
+    shifted = logits - logits.max(axis=-1, keepdims=True)
+    e = np.exp(shifted.astype(np.float64))
+    return (e / e.sum(axis=-1, keepdims=True)).astype(np.float32)
+
+
+def compare(reference_logits: np.ndarray, logits: np.ndarray, reference_probs: np.ndarray, probs: np.ndarray) -> dict[str, float]:
+    """Max abs differences and top-1/top-5 agreement (fraction of rows; top-5 as sets)."""
+    top5 = lambda x: np.sort(np.argsort(-x, axis=-1)[:, :5], axis=-1)  # noqa: E731
+    return {
+        "max_abs_logits": float(np.abs(logits - reference_logits).max()),
+        "max_abs_probs": float(np.abs(probs - reference_probs).max()),
+        "top1_agreement": float(np.mean(probs.argmax(-1) == reference_probs.argmax(-1))),
+        "top5_agreement": float(np.mean(np.all(top5(probs) == top5(reference_probs), axis=-1))),
+    }
+
+
+def measure_latency(predictor: Predictor, images: np.ndarray, batches: Sequence[int], runs: int, warmup: int = 2) -> dict[str, dict[str, float]]:
+    """Median wall time of ``predictor.predict`` per batch size (ms), and images per second."""
+    table = {}
+    for batch in batches:
+        x = np.ascontiguousarray(images[:batch])
+        for _ in range(warmup):
+            predictor.predict(x)
+        times = []
+        for _ in range(runs):
+            start = time.perf_counter()
+            predictor.predict(x)
+            times.append(time.perf_counter() - start)
+        median = statistics.median(times)
+        table[str(batch)] = {"median_ms": median * 1e3, "min_ms": min(times) * 1e3, "images_per_s": batch / median}
+    return table
+
+
+def default_photos() -> list[tuple[str, np.ndarray]]:
+    """A few real photographs (scikit-image's sample data, bundled with it: no download)."""
+    try:
+        from skimage import data
+    except ImportError:
+        return []
+    return [(f"skimage.data.{n}", getattr(data, n)()) for n in ("astronaut", "chelsea", "coffee", "rocket")]
+
+
+def load_photos(paths: Sequence[str | os.PathLike]) -> list[tuple[str, np.ndarray]]:
+    from vitjax.data.transforms import load_rgb
+
+    return [(str(p), load_rgb(p)) for p in paths]
+
+
+def photo_batch(photos: Sequence[tuple[str, np.ndarray]], model_name: str) -> np.ndarray:
+    """Photos through the model's eval transform, as one NCHW float32 batch."""
+    from vitjax.data.transforms import preprocess_eval
+    from vitjax.models.registry import get_spec
+
+    transform = get_spec(model_name).eval_transform
+    return np.stack([preprocess_eval(image, transform).transpose(2, 0, 1) for _, image in photos]).astype(np.float32)
+
+
+def _versions() -> dict[str, str]:
+    import importlib.metadata as md
+
+    versions = {}
+    for package in ("jax", "flax", "paddlepaddle", "paddle2onnx", "onnxruntime"):
+        try:
+            versions[package] = md.version(package)
+        except md.PackageNotFoundError:
+            versions[package] = "not installed"
+    return versions
+
+
+def run_parity(
+    source,
+    out_dir: str | os.PathLike,
+    model_name: str | None = None,
+    *,
+    backends: Sequence[str] | None = None,
+    photos: Sequence[tuple[str, np.ndarray]] | None = None,
+    random_batch: int = 8,
+    latency_batches: Sequence[int] = LATENCY_BATCHES,
+    latency_runs: int = 10,
+    threads: int = 1,
+    tolerances: dict[str, Tolerance] | None = None,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """Runs the parity check and returns the report (see the module docstring).
+
+    ``source``: Flax variables, a ``.pdparams`` file, an orbax checkpoint or a workdir.
+    ``out_dir`` receives the exported models (``models/``); the report is written by
+    :func:`write_report`. ``photos`` defaults to :func:`default_photos`.
+    """
+    model_name, variables = resolve_variables(source, model_name)
+    tolerances = {**TOLERANCES, **(tolerances or {})}
+    backends = list(backends or BACKENDS)
+    out_dir = Path(out_dir)
+    (out_dir / "models").mkdir(parents=True, exist_ok=True)
+    shipped = export_inference_model(variables, model_name, out_dir / "models" / "inference", softmax=True, overwrite=True)
+    logits_dir = export_inference_model(variables, model_name, out_dir / "models" / "logits", softmax=False, overwrite=True)
+    onnx_files = {}
+    if "onnxruntime" in backends and backend_status("onnxruntime")[0]:
+        onnx_files = {kind: export_onnx(d, overwrite=True) for kind, d in (("probs", shipped), ("logits", logits_dir))}
+
+    reference = create_predictor("jax", variables=variables, model_name=model_name, softmax=False)
+    size = reference.img_size
+    rows = max(random_batch, max(latency_batches))
+    inputs = {"random": np.random.RandomState(seed).standard_normal((rows, 3, size, size)).astype(np.float32)}
+    photos = default_photos() if photos is None else list(photos)
+    if photos:
+        inputs["photos"] = photo_batch(photos, model_name)
+    expected = {}
+    for name, batch in inputs.items():
+        logits = reference.predict(batch)
+        expected[name] = (logits, _softmax(logits))
+
+    results: dict[str, Any] = {}
+    for backend in backends:
+        ok, reason = backend_status(backend)
+        if not ok:
+            results[backend] = {"available": False, "reason": reason}
+            continue
+        options = dict(variables=variables, model_name=model_name, threads=threads, max_batch=rows)
+        try:
+            predictors = {
+                kind: create_predictor(
+                    backend, softmax=kind == "probs", model_dir=d, onnx_path=onnx_files.get(kind), **options
+                )
+                for kind, d in (("probs", shipped), ("logits", logits_dir))
+            }
+        except BackendUnavailable as e:
+            results[backend] = {"available": False, "reason": str(e)}
+            continue
+        tolerance = tolerances[precision_of(backend)]
+        entry: dict[str, Any] = {"available": True, "precision": precision_of(backend), "tolerance": dataclasses.asdict(tolerance), "inputs": {}}
+        passed = True
+        for name, batch in inputs.items():
+            ref_logits, ref_probs = expected[name]
+            metrics = compare(ref_logits, predictors["logits"].predict(batch), ref_probs, predictors["probs"].predict(batch))
+            metrics["passed"] = metrics["max_abs_logits"] <= tolerance.logits and metrics["max_abs_probs"] <= tolerance.probs
+            passed &= metrics["passed"]
+            entry["inputs"][name] = metrics
+        entry["latency"] = measure_latency(predictors["probs"], inputs["random"], latency_batches, latency_runs)
+        entry["passed"] = passed
+        results[backend] = entry
+
+    return {
+        "model": model_name,
+        "img_size": size,
+        "shipped_model_dir": str(shipped),
+        "inputs": {
+            "random": f"{rows} images, standard normal (seed {seed}), NCHW {size}x{size}",
+            "photos": [name for name, _ in photos] if photos else "none",
+        },
+        "tolerances": {k: dataclasses.asdict(v) for k, v in tolerances.items()},
+        "machine": {"platform": platform.platform(), "processor": platform.processor() or platform.machine(), "cpu_count": os.cpu_count(), "threads": threads},
+        "versions": _versions(),
+        "latency_runs": latency_runs,
+        "backends": results,
+        "passed": all(r.get("passed", True) for r in results.values()),
+    }
+
+
+def render_markdown(report: dict[str, Any]) -> str:
+    """The report as a markdown page: accuracy table, latency table, unavailable backends."""
+    lines = [
+        f"# Parity report: {report['model']}",
+        "",
+        f"Overall: **{'PASS' if report['passed'] else 'FAIL'}**. Reference: the JAX model (fp32).",
+        f"Machine: {report['machine']['platform']}, {report['machine']['cpu_count']} CPUs, {report['machine']['threads']} inference thread(s).",
+        "Versions: " + ", ".join(f"{k} {v}" for k, v in report["versions"].items()) + ".",
+        f"Inputs: random = {report['inputs']['random']}; photos = {report['inputs']['photos']} (through the model's eval transform).",
+        "Tolerances (max abs difference against JAX): "
+        + "; ".join(f"{k}: logits {v['logits']:g}, probabilities {v['probs']:g}" for k, v in report["tolerances"].items())
+        + ".",
+        "",
+        "## Outputs",
+        "",
+        "| backend | inputs | max abs logits | max abs probs | top-1 agree | top-5 agree | result |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for backend, entry in report["backends"].items():
+        if not entry["available"]:
+            continue
+        for name, m in entry["inputs"].items():
+            lines.append(
+                f"| {backend} | {name} | {m['max_abs_logits']:.3g} | {m['max_abs_probs']:.3g} | "
+                f"{m['top1_agreement']:.0%} | {m['top5_agreement']:.0%} | {'ok' if m['passed'] else '**FAIL**'} |"
+            )
+    batches = next((list(e["latency"]) for e in report["backends"].values() if e["available"]), [])
+    lines += ["", f"## Latency (median of {report['latency_runs']} runs, ms per batch)", ""]
+    lines.append("| backend | " + " | ".join(f"batch {b}" for b in batches) + " |")
+    lines.append("|---|" + "---|" * len(batches))
+    for backend, entry in report["backends"].items():
+        if entry["available"]:
+            lines.append(f"| {backend} | " + " | ".join(f"{entry['latency'][b]['median_ms']:.2f}" for b in batches) + " |")
+    unavailable = [(b, e["reason"]) for b, e in report["backends"].items() if not e["available"]]
+    if unavailable:
+        lines += ["", "## Not run on this machine", ""] + [f"- {b}: {reason}" for b, reason in unavailable]
+    return "\n".join(lines) + "\n"
+
+
+def write_report(report: dict[str, Any], out_dir: str | os.PathLike) -> tuple[Path, Path]:
+    """Writes ``parity.md`` and ``parity.json`` into ``out_dir``."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    md, js = out_dir / "parity.md", out_dir / "parity.json"
+    md.write_text(render_markdown(report))
+    js.write_text(json.dumps(report, indent=2) + "\n")
+    return md, js
