@@ -1,0 +1,221 @@
+"""Training: one real run, sharding strategies, resumption, preemption, NaN, modes."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import jax
+import numpy as np
+import pytest
+from flax.traverse_util import flatten_dict
+
+from vitjax import checkpoints, train
+from vitjax.configlib import base_config
+
+REPO = Path(__file__).resolve().parent.parent
+SUBPROCESS_ENV = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=8", "TF_CPP_MIN_LOG_LEVEL": "3"}
+
+
+def tiny_config(**overrides):
+    """Digits, the test-size DeiT, a few steps: seconds per run."""
+    c = base_config()
+    c.model.update(name="DeiT_test_patch8_32", num_classes=10, drop_path_rate=0.1)
+    c.augment.update(random_resized_crop=True, crop_scale=(0.7, 1.0), hflip=False, label_smoothing=0.1,
+                     mixup_alpha=0.8, cutmix_alpha=1.0)
+    c.optimizer.update(base_lr=1e-3, lr_batch_base=32, warmup_epochs=0.1, min_lr=1e-5)
+    c.update(batch_size=32, eval_batch_size=360, num_steps=6, log_every=2, checkpoint_every=3, plot=False)
+    c.data.num_workers = 1
+    for key, value in overrides.items():
+        section, _, field = key.rpartition(".")
+        (c[section] if section else c)[field] = value
+    return c
+
+
+def final_params(workdir) -> dict:
+    return flatten_dict(checkpoints.load_variables(workdir)["params"], sep="/")
+
+
+def assert_params_close(a: dict, b: dict, atol: float):
+    assert a.keys() == b.keys()
+    worst = max(float(np.abs(a[k] - b[k]).max()) for k in a)
+    assert worst <= atol, f"max parameter difference {worst}"
+
+
+def test_a_short_run_writes_metrics_tensorboard_config_plot_and_checkpoints(tmp_path):
+    config = tiny_config(plot=True, eval_every=4)
+    results = train.train_and_evaluate(config, tmp_path)
+    records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    train_records = [r for r in records if r["kind"] == "train"]
+    assert [r["step"] for r in train_records] == [1, 2, 4, 6]
+    assert all({"loss", "lr"} <= r.keys() and np.isfinite(r["loss"]) for r in train_records)
+    evals = [r for r in records if r["kind"] == "eval"]
+    assert [r["step"] for r in evals] == [4, 6] and 0 <= evals[-1]["top1"] <= evals[-1]["top5"] <= 1
+    assert results["count"] == 360
+    assert json.loads((tmp_path / "config.json").read_text())["model"]["name"] == "DeiT_test_patch8_32"
+    assert (tmp_path / "training_curves.png").read_bytes()[:4] == b"\x89PNG"
+    assert list((tmp_path / "tensorboard").iterdir())
+    assert checkpoints.latest_step(tmp_path) == 6
+
+
+def test_rerunning_a_finished_run_resumes_and_does_nothing_more(tmp_path):
+    train.train_and_evaluate(tiny_config(num_steps=3), tmp_path)
+    before = final_params(tmp_path)
+    train.train_and_evaluate(tiny_config(num_steps=3), tmp_path)
+    assert_params_close(final_params(tmp_path), before, atol=0)
+
+
+@pytest.mark.parametrize(
+    "strategy, mesh",
+    [("dp", (8, 1)), ("fsdp", (8, 1)), ("tp", (2, 4)), ("fsdp_tp", (4, 2))],
+)
+def test_sharded_training_matches_one_device(strategy, mesh, tmp_path):
+    one = tiny_config(num_steps=3, **{"mesh.data": 1})
+    train.train_and_evaluate(one, tmp_path / "one")
+    sharded = tiny_config(num_steps=3, **{"mesh.data": mesh[0], "mesh.model": mesh[1], "sharding.strategy": strategy})
+    train.train_and_evaluate(sharded, tmp_path / "sharded")
+    assert_params_close(final_params(tmp_path / "sharded"), final_params(tmp_path / "one"), atol=2e-5)
+    losses = {name: [json.loads(l)["loss"] for l in (tmp_path / name / "metrics.jsonl").read_text().splitlines()
+                     if '"train"' in l] for name in ("one", "sharded")}
+    np.testing.assert_allclose(losses["sharded"], losses["one"], rtol=1e-5)
+
+
+def test_sharding_rules_place_parameters_as_the_strategy_says():
+    from jax.sharding import PartitionSpec as P
+
+    from vitjax import sharding
+
+    exp = train.Experiment(tiny_config(**{"mesh.data": 2, "mesh.model": 4, "sharding.strategy": "fsdp_tp"}), "/tmp/unused")
+    specs = jax.tree.map(lambda s: s.spec, exp.param_shardings)
+    block = specs["blocks_0"]
+    assert block["attn"]["qkv"]["kernel"] == P("data", "model")  # [64, 192]: columns over model, rows over data
+    assert block["attn"]["proj"]["kernel"] == P("model", "data")
+    assert block["mlp"]["fc1"]["bias"] == P("model")
+    assert specs["pos_embed"] == P(None, None, "data")
+    dp = sharding.param_spec("blocks_0/attn/qkv/kernel", (64, 192), exp.mesh, "dp")
+    assert dp == P(None, None)
+    with pytest.raises(ValueError, match="unknown sharding.strategy"):
+        sharding.param_spec("x", (4,), exp.mesh, "zero3")
+
+
+def test_checkpoint_restores_onto_a_different_mesh(tmp_path):
+    train.train_and_evaluate(tiny_config(num_steps=3, **{"sharding.strategy": "fsdp"}), tmp_path)
+    saved = final_params(tmp_path)
+    # Resume the 8-device FSDP run on a single device and train on.
+    train.train_and_evaluate(tiny_config(num_steps=6, **{"mesh.data": 1}), tmp_path)
+    assert checkpoints.latest_step(tmp_path) == 6
+    restored_at_3 = flatten_dict(checkpoints.load_variables(tmp_path, step=3)["params"], sep="/")
+    assert_params_close(restored_at_3, saved, atol=0)
+
+
+def run_main(workdir, *overrides, wait=True):
+    cmd = [sys.executable, "-m", "vitjax.main", "--config", str(REPO / "configs" / "digits.py"), "--workdir", str(workdir),
+           "--config.model.num_classes=10", "--config.batch_size=32", "--config.eval_batch_size=360",
+           "--config.log_every=1", "--config.plot=False", "--config.data.num_workers=1", *overrides]
+    if not wait:
+        return subprocess.Popen(cmd, env=SUBPROCESS_ENV, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    return subprocess.run(cmd, env=SUBPROCESS_ENV, capture_output=True, text=True, timeout=600)
+
+
+def wait_for_checkpoint(workdir: Path, step: int, process, timeout=300):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if (workdir / "checkpoints" / str(step) / "_CHECKPOINT_METADATA").exists():
+            return
+        assert process.poll() is None, process.stdout.read()
+        time.sleep(0.05)
+    raise TimeoutError(f"no checkpoint {step} in {workdir}")
+
+
+@pytest.mark.slow
+def test_sigkill_mid_training_then_rerun_gives_the_uninterrupted_result(tmp_path):
+    args = ("--config.num_steps=40", "--config.checkpoint_every=10")
+    assert run_main(tmp_path / "straight", *args).returncode == 0
+
+    process = run_main(tmp_path / "killed", *args, wait=False)
+    wait_for_checkpoint(tmp_path / "killed", 10, process)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    assert checkpoints.latest_step(tmp_path / "killed") < 40
+    rerun = run_main(tmp_path / "killed", *args)
+    assert rerun.returncode == 0, rerun.stdout + rerun.stderr
+    assert "resumed" in rerun.stderr
+    assert_params_close(final_params(tmp_path / "killed"), final_params(tmp_path / "straight"), atol=0)
+
+
+@pytest.mark.slow
+def test_sigterm_saves_a_checkpoint_before_exiting(tmp_path):
+    process = run_main(tmp_path, "--config.num_steps=400", "--config.checkpoint_every=5", wait=False)
+    wait_for_checkpoint(tmp_path, 5, process)
+    process.send_signal(signal.SIGTERM)
+    output = process.communicate(timeout=120)[0]
+    assert process.returncode == 143, output
+    step = checkpoints.latest_step(tmp_path)
+    assert 5 <= step < 400
+    assert f"checkpoint saved at step {step}" in output
+
+
+def test_nan_loss_stops_the_run_naming_the_step(tmp_path):
+    config = tiny_config(num_steps=50, **{"optimizer.base_lr": 1e12, "optimizer.warmup_epochs": 0.0})
+    with pytest.raises(FloatingPointError, match=r"training loss is nan at step \d+"):
+        train.train_and_evaluate(config, tmp_path)
+
+
+def test_config_typos_are_errors_and_overrides_apply(tmp_path):
+    result = run_main(tmp_path, "--config.batch_sise=16")
+    assert result.returncode != 0 and "batch_sise" in result.stderr
+    result = run_main(tmp_path, "--config.mode=evaluate")
+    assert result.returncode != 0 and "mode must be one of" in result.stderr
+
+
+def test_eval_and_predict_modes_from_pdparams(tmp_path):
+    import interop
+
+    train.train_and_evaluate(tiny_config(num_steps=3), tmp_path / "run")
+    variables = checkpoints.load_variables(tmp_path / "run")
+    interop.save_pdparams(variables, "DeiT_test_patch8_32", tmp_path / "w.pdparams")
+    from_pdparams = train.evaluate(tiny_config(**{"init.pdparams": str(tmp_path / "w.pdparams")}), tmp_path / "eval")
+    from_workdir = train.evaluate(tiny_config(), tmp_path / "run")
+    assert from_pdparams["top1"] == from_workdir["top1"] and from_pdparams["count"] == 360
+
+    from PIL import Image
+
+    source_image = Image.fromarray(np.random.RandomState(0).randint(0, 255, (50, 40, 3), np.uint8))
+    source_image.save(tmp_path / "a.png")
+    predictions = train.predict(tiny_config(**{"predict.images": str(tmp_path / "a.png"), "predict.topk": 3}), tmp_path / "run")
+    names, probs = zip(*predictions[0])
+    assert len(names) == 3 and set(names) <= {str(d) for d in range(10)}
+    assert list(probs) == sorted(probs, reverse=True) and 0 < sum(probs) <= 1.0 + 1e-6
+
+
+def test_distillation_head_learns_the_teachers_argmax(tmp_path):
+    """With a teacher, the loss is 0.5 CE(cls, labels) + 0.5 CE(dist, argmax teacher)."""
+    import jax.numpy as jnp
+    import optax
+
+    import interop
+    import vitjax
+
+    teacher_model = vitjax.create_model("DeiT_test_patch8_32", num_classes=10)
+    teacher_vars = teacher_model.init(jax.random.key(7), jnp.zeros((1, 32, 32, 3)))
+    interop.save_pdparams(teacher_vars, "DeiT_test_patch8_32", tmp_path / "teacher.pdparams")
+    config = tiny_config(**{"model.name": "DeiT_test_distilled_patch8_32", "model.drop_path_rate": 0.0,
+                            "augment.mixup_alpha": 0.0, "augment.cutmix_alpha": 0.0, "augment.label_smoothing": 0.0,
+                            "distill.teacher": "DeiT_test_patch8_32",
+                            "distill.teacher_pdparams": str(tmp_path / "teacher.pdparams")})
+    student = train.build_model(config.model)
+    images = jax.random.normal(jax.random.key(1), (4, 32, 32, 3))
+    labels = jnp.asarray([1, 2, 3, 4])
+    params = student.init(jax.random.key(0), images)["params"]
+    tx = optax.sgd(0.0)
+    step = train.make_train_step(student, tx, optax.constant_schedule(0.0), config, train._teacher(config))
+    _, metrics = step(train.TrainState(jnp.zeros((), jnp.int32), params, tx.init(params)), images, labels)
+    cls_logits, dist_logits = student.apply({"params": params}, images, train=True, rngs={"dropout": jax.random.key(0)})
+    teacher_top = jnp.argmax(teacher_model.apply(teacher_vars, images), -1)
+    expected = 0.5 * optax.softmax_cross_entropy_with_integer_labels(cls_logits, labels).mean() + \
+        0.5 * optax.softmax_cross_entropy_with_integer_labels(dist_logits, teacher_top).mean()
+    np.testing.assert_allclose(metrics["loss"], expected, rtol=1e-5)
+    train.train_and_evaluate(config.copy_and_resolve_references(), tmp_path / "run")  # and a whole run works
