@@ -51,24 +51,33 @@ def latest_step(workdir: str | os.PathLike) -> int | None:
         return manager.latest_step()
 
 
+def _restore_on_one_device(path: Path) -> Any:
+    """Restores any orbax checkpoint onto this process's first device, whatever mesh or
+    number of hosts wrote it."""
+    device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+    with ocp.StandardCheckpointer() as checkpointer:
+        metadata = checkpointer.metadata(path).item_metadata
+        target = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device), metadata)
+        return checkpointer.restore(path, target)
+
+
 def load_variables(path: str | os.PathLike, step: int | None = None) -> dict[str, Any]:
     """Model variables from a variables checkpoint or a training workdir (latest step)."""
     path = Path(path).absolute()
     if not path.exists():
         raise CheckpointError(f"{path}: no such checkpoint or workdir")
     if (path / CHECKPOINT_DIR).is_dir():
-        directory = path / CHECKPOINT_DIR
-        with ocp.CheckpointManager(directory, options=ocp.CheckpointManagerOptions(read_only=True)) as manager:
-            step = manager.latest_step() if step is None else step
-            if step is None:
-                raise CheckpointError(f"{path}: workdir has no finished checkpoint yet")
-            restored = manager.restore(step, args=ocp.args.Composite(**{STATE_ITEM: ocp.args.StandardRestore()}))
-        state = restored[STATE_ITEM]
-        return {"params": jax.tree.map(np.asarray, state["params"])}
-    if _is_orbax_checkpoint(path):
-        with ocp.StandardCheckpointer() as checkpointer:
-            tree = checkpointer.restore(path)
-        if "params" not in tree:
-            raise CheckpointError(f"{path}: checkpoint has no 'params' entry")
-        return {"params": jax.tree.map(np.asarray, tree["params"])}
-    raise CheckpointError(f"{path}: neither an orbax checkpoint nor a workdir with {CHECKPOINT_DIR}/")
+        step = latest_step(path) if step is None else step
+        if step is None:
+            raise CheckpointError(f"{path}: workdir has no finished checkpoint yet")
+        item = path / CHECKPOINT_DIR / str(step) / STATE_ITEM
+        if not item.is_dir():
+            raise CheckpointError(f"{path}: no checkpoint for step {step}")
+        tree = _restore_on_one_device(item)
+    elif _is_orbax_checkpoint(path):
+        tree = _restore_on_one_device(path)
+    else:
+        raise CheckpointError(f"{path}: neither an orbax checkpoint nor a workdir with {CHECKPOINT_DIR}/")
+    if "params" not in tree:
+        raise CheckpointError(f"{path}: checkpoint has no 'params' entry")
+    return {"params": jax.tree.map(np.asarray, tree["params"])}

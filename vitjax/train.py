@@ -375,7 +375,8 @@ def train_and_evaluate(config, workdir: str | Path) -> dict[str, float]:
              total_steps, c.batch_size, dict(exp.mesh.shape), c.sharding.strategy)
 
     def save(step: int) -> None:
-        manager.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state)), force=True)
+        if manager.latest_step() != step:
+            manager.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state)), force=True)
 
     step = start
     with _Preemption() as preemption:
@@ -407,8 +408,7 @@ def train_and_evaluate(config, workdir: str | Path) -> dict[str, float]:
                 raise Preempted(step)
             if step >= total_steps:
                 break
-    if manager.latest_step() != step:
-        save(step)
+    save(step)
     manager.wait_until_finished()
     manager.close()
     if loader.bad_images.skipped:
