@@ -658,7 +658,7 @@ def read_inference_model(model_dir: str | os.PathLike, model_name: str | None = 
     if len(results) == 1:
         return results[0]
     if not results:
-        raise InferenceModelError(f"{files.directory}: parameters map onto a registered model but it does not compute what this graph computes ({'; '.join(failures)})")
+        raise InferenceModelError(f"{files.directory}: no registered model reproduces this graph ({'; '.join(failures)})")
     raise InferenceModelError(f"{files.directory}: fits several models ({', '.join(r.model_name for r in results)}); pass the model name")
 
 
