@@ -8,6 +8,7 @@ the models, by path, under their real module names, so their relative imports
 
 from __future__ import annotations
 
+import importlib.machinery
 import importlib.util
 import sys
 import types
@@ -23,13 +24,20 @@ def _ppcls_root() -> Path:
     return Path(list(spec.submodule_search_locations)[0]) / "ppcls"
 
 
+def _package(name: str, path: Path) -> types.ModuleType:
+    """An empty package whose submodules load from ``path`` (its own __init__ is not run)."""
+    package = types.ModuleType(name)
+    package.__path__ = [str(path)]
+    package.__spec__ = importlib.machinery.ModuleSpec(name, None, is_package=True)
+    package.__spec__.submodule_search_locations = [str(path)]
+    return package
+
+
 def _ensure_packages(root: Path) -> None:
     for name in _PACKAGES:
         if name in sys.modules:
             continue
-        package = types.ModuleType(name)
-        package.__path__ = [str(root.joinpath(*name.split(".")[1:]))]
-        sys.modules[name] = package
+        sys.modules[name] = _package(name, root.joinpath(*name.split(".")[1:]))
 
 
 def load_model_zoo(module: str) -> types.ModuleType:
@@ -74,3 +82,18 @@ def build_from_arch(spec, num_classes: int = 1000):
         )
     model.eval()
     return model
+
+
+def load_deploy_preprocess() -> types.ModuleType:
+    """PaddleClas's deploy-time preprocessing ops (``deploy/python/preprocess.py``)."""
+    package_root = _ppcls_root().parent
+    for name, sub in (("paddleclas", ""), ("paddleclas.deploy", "deploy"), ("paddleclas.deploy.python", "deploy/python")):
+        if name not in sys.modules:
+            sys.modules[name] = _package(name, package_root / sub)
+    name = "paddleclas.deploy.python.preprocess"
+    if name not in sys.modules:
+        spec = importlib.util.spec_from_file_location(name, package_root / "deploy" / "python" / "preprocess.py")
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module
+        spec.loader.exec_module(module)
+    return sys.modules[name]

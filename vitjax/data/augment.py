@@ -124,10 +124,13 @@ def parse_randaugment(spec: str) -> dict:
         if not match:
             raise ValueError(f"unknown RandAugment option {part!r} in {spec!r}")
         key, value = match.groups()
-        if key == "inc" and value != "1":
-            raise ValueError(f"only the increasing op set (inc1) is implemented: {spec!r}")
-        options.update({"m": {"magnitude": float(value)}, "mstd": {"magnitude_std": float(value)},
-                        "n": {"num_ops": int(value)}, "p": {"prob": float(value)}}.get(key, {}))
+        if key == "inc":
+            if value != "1":
+                raise ValueError(f"only the increasing op set (inc1) is implemented: {spec!r}")
+        elif key == "n":
+            options["num_ops"] = int(value)
+        else:
+            options[{"m": "magnitude", "mstd": "magnitude_std", "p": "prob"}[key]] = float(value)
     return options
 
 

@@ -1,0 +1,1 @@
+"""tfds builders the tests build locally (tfds needs them inside a package)."""

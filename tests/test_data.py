@@ -1,0 +1,159 @@
+"""Input pipelines: PaddleClas-exact eval preprocessing, file lists, tfds, sharding, bad images."""
+
+import numpy as np
+import pytest
+import skimage.data
+from PIL import Image
+
+import local_tfds.shapes  # noqa: F401  (registers the vitjax_test_shapes tfds builder)
+import paddleclas_reference
+import vitjax
+from vitjax import train
+from vitjax.data.augment import parse_randaugment, rand_augment, train_transform
+from vitjax.data.pipeline import EvalLoader, TrainLoader
+from vitjax.data.sources import DataError, DigitsSource, FileListSource, TfdsSource
+from vitjax.data.transforms import ImageError, preprocess_eval
+
+PHOTOS = {"astronaut": skimage.data.astronaut(), "chelsea": skimage.data.chelsea(), "coffee": skimage.data.coffee(),
+          "rocket": skimage.data.rocket()}
+
+
+@pytest.mark.parametrize("model_name", ["DeiT_base_patch16_224", "DeiT_base_patch16_384", "TNT_small"])
+@pytest.mark.parametrize("photo", sorted(PHOTOS))
+def test_eval_transform_equals_paddleclas_ops_on_real_photos(model_name, photo):
+    ops = paddleclas_reference.load_deploy_preprocess()
+    t = vitjax.get_spec(model_name).eval_transform
+    image = PHOTOS[photo]
+    expected = ops.ResizeImage(resize_short=t.resize_short, interpolation="bicubic", backend="pil")(image)
+    expected = ops.CropImage(size=t.crop_size)(expected)
+    expected = ops.NormalizeImage(scale=1.0 / 255.0, mean=list(t.mean), std=list(t.std), order="")(expected)
+    ours = preprocess_eval(image, t)
+    assert ours.dtype == np.float32 and ours.shape == (t.crop_size, t.crop_size, 3)
+    np.testing.assert_array_equal(ours, expected)
+
+
+def write_images(root, count=12, size=(40, 30), classes=3):
+    rng = np.random.RandomState(0)
+    lines = []
+    for i in range(count):
+        path = root / "images" / f"img_{i}.jpg"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(rng.randint(0, 255, (size[1], size[0], 3), np.uint8)).save(path)
+        lines.append(f"images/img_{i}.jpg {i % classes}")
+    return lines
+
+
+def test_file_list_source_reads_paddleclas_lists(tmp_path):
+    lines = write_images(tmp_path)
+    (tmp_path / "train_list.txt").write_text("\n".join(lines) + "\n")
+    source = FileListSource(tmp_path, "train_list.txt")
+    assert len(source) == 12 and source.num_classes == 3
+    image, label = source.load(4)
+    assert image.shape == (30, 40, 3) and image.dtype == np.uint8 and label == 1
+
+
+def test_file_list_errors_name_the_file_and_line(tmp_path):
+    with pytest.raises(DataError, match="missing.txt: file list not found"):
+        FileListSource(tmp_path, "missing.txt")
+    (tmp_path / "bad.txt").write_text("a.jpg 0\nb.jpg\n")
+    with pytest.raises(DataError, match=r"bad.txt:2: expected 'path label'"):
+        FileListSource(tmp_path, "bad.txt")
+    (tmp_path / "bad2.txt").write_text("a.jpg cat\n")
+    with pytest.raises(DataError, match=r"bad2.txt:1: label 'cat' is not an integer"):
+        FileListSource(tmp_path, "bad2.txt")
+
+
+def corrupt_list(tmp_path):
+    lines = write_images(tmp_path, count=8)
+    (tmp_path / "images" / "img_3.jpg").write_bytes(b"\xff\xd8 not really a jpeg")
+    (tmp_path / "list.txt").write_text("\n".join(lines + ["images/gone.jpg 0"]) + "\n")
+    return FileListSource(tmp_path, "list.txt")
+
+
+def eval_transform(image, rng):
+    return preprocess_eval(image, vitjax.get_spec("DeiT_test_patch8_32").eval_transform)
+
+
+def test_bad_images_are_skipped_counted_and_logged_with_their_path(tmp_path, caplog):
+    source = corrupt_list(tmp_path)
+    loader = TrainLoader(source, eval_transform, 9, seed=0, on_bad_image="skip")
+    batch = loader.batch(0)  # one epoch: all 9 entries, 2 of them unreadable
+    assert batch.images.shape == (9, 32, 32, 3) and np.isfinite(batch.images).all()
+    assert len(loader.bad_images.skipped) == 2
+    assert any("img_3.jpg: cannot decode image" in s for s in loader.bad_images.skipped)
+    assert any("gone.jpg: no such file" in s for s in loader.bad_images.skipped)
+    assert "img_3.jpg" in caplog.text
+
+    evaluation = EvalLoader(source, eval_transform, 9, on_bad_image="skip")
+    (batch,) = list(evaluation)
+    assert batch.mask.sum() == 7  # bad images are left out of the metrics, not replaced
+
+
+def test_bad_images_fail_loudly_when_configured(tmp_path):
+    loader = TrainLoader(corrupt_list(tmp_path), eval_transform, 9, seed=0, on_bad_image="fail")
+    with pytest.raises(ImageError, match=r"(img_3.jpg: cannot decode image|gone.jpg: no such file)"):
+        loader.batch(0)
+
+
+def test_batches_are_a_pure_function_of_the_step_and_hosts_read_disjoint_slices():
+    source = DigitsSource("train")
+
+    def noisy(image, rng):  # depends on the example's generator, like any augmentation
+        return eval_transform(image, rng) + rng.standard_normal((32, 32, 3)).astype(np.float32)
+
+    def loader(index=0, count=1):
+        return TrainLoader(source, noisy, 16, seed=3, process_index=index, process_count=count)
+
+    whole = loader().batch(100)
+    again = loader().batch(100)
+    np.testing.assert_array_equal(whole.images, again.images)
+    halves = [loader(i, 2).batch(100) for i in range(2)]
+    np.testing.assert_array_equal(np.concatenate([h.labels for h in halves]), whole.labels)
+    np.testing.assert_array_equal(np.concatenate([h.images for h in halves]), whole.images)
+    assert not np.array_equal(loader().batch(101).labels, whole.labels)
+    # Every example appears once per epoch.
+    epoch = np.concatenate([loader().batch(s).labels for s in range(len(source) // 16)])
+    assert np.bincount(epoch).sum() == (len(source) // 16) * 16
+
+
+def test_train_augmentation_is_deterministic_per_seed_and_stays_normalized():
+    from ml_collections import ConfigDict
+
+    augment = ConfigDict(dict(random_resized_crop=True, crop_scale=(0.08, 1.0), interpolation="bicubic", hflip=True,
+                              randaugment="rand-m9-mstd0.5-inc1", random_erasing=0.25))
+    image = PHOTOS["chelsea"]
+    make = lambda seed: train_transform(image, np.random.default_rng(seed), size=64, mean=(0.5,) * 3, std=(0.5,) * 3, augment=augment)  # noqa: E731
+    a, b, c = make(1), make(1), make(2)
+    np.testing.assert_array_equal(a, b)
+    assert a.shape == (64, 64, 3) and not np.array_equal(a, c)
+    assert parse_randaugment("rand-m9-mstd0.5-inc1") == {"magnitude": 9.0, "magnitude_std": 0.5, "num_ops": 2, "prob": 0.5}
+    with pytest.raises(ValueError, match="unknown RandAugment option"):
+        parse_randaugment("rand-m9-x3")
+    out = rand_augment(Image.fromarray(image), np.random.default_rng(0), magnitude=9, num_ops=4, prob=1.0)
+    assert out.size == (image.shape[1], image.shape[0]) and not np.array_equal(np.asarray(out), image)
+
+
+def test_tfds_source_builds_and_reads_a_local_dataset(tmp_path):
+    source = TfdsSource("vitjax_test_shapes", "train", data_dir=str(tmp_path))
+    assert len(source) == 30 and source.num_classes == 3 and list(source.class_names) == ["squares", "stripes", "noise"]
+    image, label = source.load(4)
+    assert image.shape == (24, 24, 3) and image.dtype == np.uint8 and label in (0, 1, 2)
+    assert (tmp_path / "vitjax_test_shapes").is_dir()
+    with pytest.raises(DataError, match="tfds dataset 'no_such_dataset_xyz'"):
+        TfdsSource("no_such_dataset_xyz", "train", data_dir=str(tmp_path))
+
+
+def test_training_runs_on_tfds_and_on_file_lists(tmp_path):
+    from test_train import tiny_config
+
+    config = tiny_config(num_steps=2, eval_batch_size=8, **{"model.num_classes": 3, "data.source": "tfds:vitjax_test_shapes",
+                                                              "data.data_dir": str(tmp_path / "tfds")})
+    results = train.train_and_evaluate(config, tmp_path / "tfds_run")
+    assert results["count"] == 12
+
+    lines = write_images(tmp_path / "files", count=16)
+    (tmp_path / "files" / "train_list.txt").write_text("\n".join(lines) + "\n")
+    (tmp_path / "files" / "val_list.txt").write_text("\n".join(lines[:8]) + "\n")
+    config = tiny_config(num_steps=2, eval_batch_size=8, **{"model.num_classes": 3, "data.source": "filelist",
+                                                              "data.root": str(tmp_path / "files")})
+    assert train.train_and_evaluate(config, tmp_path / "files_run")["count"] == 8
