@@ -219,3 +219,14 @@ def test_distillation_head_learns_the_teachers_argmax(tmp_path):
         0.5 * optax.softmax_cross_entropy_with_integer_labels(dist_logits, teacher_top).mean()
     np.testing.assert_allclose(metrics["loss"], expected, rtol=1e-5)
     train.train_and_evaluate(config.copy_and_resolve_references(), tmp_path / "run")  # and a whole run works
+
+
+@pytest.mark.slow
+def test_the_embedded_default_reaches_95_percent_on_held_out_digits(tmp_path):
+    """The README's first command: `python -m vitjax.main --workdir DIR` with no config."""
+    env = {k: v for k, v in SUBPROCESS_ENV.items() if k != "XLA_FLAGS"}  # one CPU device, as a user has
+    result = subprocess.run([sys.executable, "-m", "vitjax.main", "--workdir", str(tmp_path)], env=env,
+                            capture_output=True, text=True, timeout=900)
+    assert result.returncode == 0, result.stderr[-3000:]
+    evals = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines() if '"eval"' in line]
+    assert evals[-1]["count"] == 360 and evals[-1]["top1"] >= 0.95, evals[-1]
