@@ -19,6 +19,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from interop._paddle import require_paddle
 from interop.deploy import BackendUnavailable, InputShapeError
 from interop.pdparams import PdparamsError, read_pdparams
 from interop.weights import guess_model, infer_num_classes, save_pdparams, state_dict_to_variables
@@ -62,7 +63,7 @@ def convert(args) -> int:
 def verify(args) -> int:
     import jax
     import numpy as np
-    import paddle
+    paddle = require_paddle()
 
     import vitjax
     from interop.paddle_models import build_paddle_model, load_numpy_state

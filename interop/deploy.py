@@ -28,6 +28,7 @@ from typing import Any
 
 import numpy as np
 
+from interop._paddle import require_paddle
 from interop.inference import InferenceModelError, locate_inference_model
 
 BACKENDS = ("jax", "paddle-cpu", "paddle-gpu", "paddle-trt-fp32", "paddle-trt-fp16", "onnxruntime")
@@ -94,7 +95,7 @@ class JaxPredictor(Predictor):
 
 def gpu_status() -> tuple[bool, str]:
     """Whether Paddle can use a CUDA GPU here, and if not, why."""
-    import paddle
+    paddle = require_paddle()
 
     if not paddle.device.is_compiled_with_cuda():
         return False, f"this paddlepaddle {paddle.__version__} build has no CUDA support (install paddlepaddle-gpu)"
@@ -108,6 +109,7 @@ def tensorrt_status() -> tuple[bool, str]:
     ok, reason = gpu_status()
     if not ok:
         return ok, reason
+    require_paddle()
     from paddle import inference
 
     if tuple(inference.get_trt_compile_version()) == (0, 0, 0):
@@ -132,7 +134,7 @@ def backend_status(backend: str) -> tuple[bool, str]:
     if backend == "onnxruntime":
         return onnxruntime_status()
     try:
-        import paddle  # noqa: F401
+        require_paddle()
     except ImportError:
         return False, "paddlepaddle is not installed (pip install paddlepaddle)"
     if backend == "paddle-cpu":
@@ -167,6 +169,7 @@ class PaddleInferencePredictor(Predictor):
         ok, reason = backend_status(self.backend)
         if not ok:
             raise BackendUnavailable(f"{self.backend}: unavailable: {reason}")
+        require_paddle()
         from paddle import inference
 
         files = locate_inference_model(model_dir)
@@ -238,6 +241,7 @@ def _pir_input_shape(program: Path) -> list[int] | None:
 
 
 def _legacy_input_shape(program: Path) -> list[int] | None:
+    require_paddle()
     from paddle.base.proto import framework_pb2
 
     desc = framework_pb2.ProgramDesc.FromString(program.read_bytes())

@@ -43,6 +43,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from interop._paddle import require_paddle
 from interop.mapping import KeyRule, key_table
 from interop.pdparams import PdparamsError, read_pdparams
 from interop.weights import Variables, guess_model, infer_num_classes, state_dict_to_variables, variables_to_state_dict
@@ -264,7 +265,7 @@ def _mirror_with_weights(state: Mapping[str, np.ndarray], model_name: str, img_s
 
 def _export_wrapper(model, softmax: bool):
     """The mirror with PaddleClas's ``ExportModel`` output activation (softmax) appended."""
-    import paddle
+    paddle = require_paddle()
 
     class ExportModel(paddle.nn.Layer):
         def __init__(self, base_model, softmax: bool):
@@ -282,7 +283,7 @@ def _export_wrapper(model, softmax: bool):
 
 
 def _save_pir(state, model_name: str, img_size: int, softmax: bool, prefix: Path) -> None:
-    import paddle
+    paddle = require_paddle()
 
     wrapper = _export_wrapper(_mirror_with_weights(state, model_name, img_size), softmax)
     spec = paddle.static.InputSpec([None, 3, img_size, img_size], "float32", name=INPUT_NAME)
@@ -294,7 +295,7 @@ def _save_pir(state, model_name: str, img_size: int, softmax: bool, prefix: Path
 def _old_ir_shims() -> Iterator[None]:
     """Old-static-graph implementations of the two functions the mirror calls that Paddle 3.3
     only implements for dygraph and PIR. Not thread-safe: they are swapped in module-wide."""
-    import paddle
+    paddle = require_paddle()
     import paddle.nn.functional as F
     from paddle.base.layer_helper import LayerHelper
 
@@ -324,7 +325,7 @@ def _old_ir_shims() -> Iterator[None]:
 
 
 def _save_legacy(state, model_name: str, img_size: int, softmax: bool, prefix: Path) -> None:
-    import paddle
+    paddle = require_paddle()
     from paddle import pir_utils
 
     from interop.paddle_models import build_paddle_model
@@ -396,7 +397,7 @@ class LoadedProgram:
 
 def _load_program(files: InferenceModelFiles) -> LoadedProgram:
     """Loads the program and parameters with Paddle's static executor (either format)."""
-    import paddle
+    paddle = require_paddle()
     from paddle import pir_utils
 
     records = scan_params_file(files.params)

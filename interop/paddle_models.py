@@ -15,9 +15,14 @@ from __future__ import annotations
 import dataclasses
 
 import numpy as np
-import paddle
-import paddle.nn as nn
-import paddle.nn.functional as F
+
+from interop._paddle import require_paddle
+
+require_paddle()
+
+import paddle  # noqa: E402
+import paddle.nn as nn  # noqa: E402
+import paddle.nn.functional as F  # noqa: E402
 
 from interop.mapping import key_table
 from vitjax.models.deit import DeiTArch

@@ -7,6 +7,10 @@ os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 os.environ.setdefault("GLOG_minloglevel", "2")
 
+# paddlepaddle 3.3.1 segfaults when imported after TensorFlow (which tfds and clu bring in),
+# and this one process runs both: Paddle goes first (see interop/_paddle.py).
+import paddle  # noqa: E402, F401
+
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
@@ -36,8 +40,4 @@ def model_params(names, slow_unless=FAST_FULL_SIZE):
 
 @pytest.fixture(autouse=True)
 def _paddle_seed():
-    try:
-        import paddle
-    except ImportError:
-        return
     paddle.seed(1234)
