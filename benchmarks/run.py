@@ -1,0 +1,374 @@
+"""Inference and training throughput of our JAX path against the engines a user would otherwise use.
+
+    python -m benchmarks.run                       # full run (~25 min on 2 CPU cores)
+    python -m benchmarks.run --quick               # smoke test (~3 min)
+    python -m benchmarks.run --models TNT_small --batches 8 --repeats 20
+
+For every model, one random init of our Flax model gives the weights every engine runs:
+our JAX path (``jax.jit``, fp32, and bf16 compute), Paddle Inference with oneDNN (the
+exported inference model), ONNX Runtime (Paddle2ONNX of that export) and Paddle dygraph
+(our Paddle mirror). Each engine lives in its own process (``benchmarks/worker.py``), so its
+peak RSS is its own; outputs are checked against JAX fp32 before anything is timed.
+
+Within each (model, batch) cell the engines are interleaved: every repeat times one call of
+each engine, in an order rotated from repeat to repeat; warm-up calls (compilation included)
+are excluded and the median over repeats is reported. Every engine gets the same thread
+count (``--threads``, default: all cores this process may use).
+
+Writes ``<out>/latest.md`` and ``<out>/latest.json`` (``quick.*`` with ``--quick``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+from benchmarks import machine
+from benchmarks.report import render_markdown
+from benchmarks.worker import INFERENCE_ENGINES, TRAIN_ENGINES
+
+DEFAULT_MODELS = ("DeiT_tiny_patch16_224", "DeiT_small_patch16_224", "DeiT_base_patch16_224", "TNT_small")
+DEFAULT_TRAIN_MODELS = ("DeiT_tiny_patch16_224", "DeiT_small_patch16_224", "TNT_small")
+PEERS = ("paddle-inference", "onnxruntime", "paddle-dygraph")
+FP32_ATOL = 1e-4
+ROOT = Path(__file__).resolve().parent.parent
+
+
+class WorkerError(RuntimeError):
+    pass
+
+
+class Worker:
+    """One engine process; ``ask`` sends a command and waits for its answer."""
+
+    def __init__(self, engine: str, model: str, work: Path, device: str, threads: int, log_dir: Path):
+        self.engine = engine
+        env = dict(os.environ)
+        env.update(_thread_env(threads))
+        if device == "cpu":
+            env["JAX_PLATFORMS"] = "cpu"
+            env["CUDA_VISIBLE_DEVICES"] = ""
+        log_dir.mkdir(parents=True, exist_ok=True)
+        self.log_path = log_dir / f"{model}.{engine}.log"
+        self._log = open(self.log_path, "w")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "benchmarks.worker", "serve", engine, model, str(work), device, str(threads)],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self._log, text=True, cwd=ROOT, env=env,
+        )
+        self.hello = self._read()
+
+    def _read(self) -> dict:
+        line = self.proc.stdout.readline()
+        if not line:
+            self.proc.wait()
+            tail = self.log_path.read_text()[-2000:]
+            raise WorkerError(f"{self.engine}: worker exited ({self.proc.returncode}); log tail:\n{tail}")
+        return json.loads(line)
+
+    def ask(self, cmd: str, **kwargs) -> dict:
+        self.proc.stdin.write(json.dumps({"cmd": cmd, **kwargs}) + "\n")
+        self.proc.stdin.flush()
+        answer = self._read()
+        if not answer.get("ok"):
+            raise WorkerError(f"{self.engine}: {cmd} failed: {answer.get('error')}")
+        return answer
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            try:
+                self.ask("quit")
+            except (WorkerError, BrokenPipeError, OSError):
+                pass
+            try:
+                self.proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+        self._log.close()
+
+
+def _thread_env(threads: int) -> dict[str, str]:
+    n = str(threads)
+    return {"OMP_NUM_THREADS": n, "MKL_NUM_THREADS": n, "OPENBLAS_NUM_THREADS": n, "GLOG_minloglevel": "2",
+            "TF_CPP_MIN_LOG_LEVEL": "3", "FLAGS_call_stack_level": "0"}
+
+
+def _log(msg: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+
+
+def _versions() -> dict[str, str]:
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = {"python": sys.version.split()[0]}
+    for pkg in ("jax", "jaxlib", "flax", "optax", "paddlepaddle", "paddle2onnx", "onnxruntime", "numpy"):
+        try:
+            out[pkg] = version(pkg)
+        except PackageNotFoundError:
+            pass
+    return out
+
+
+def _xla_matmul_ceiling(threads: int, device: str) -> float | None:
+    """FLOP/s of a 2048^3 float32 matmul under XLA (median of 7): the empirical ceiling."""
+    code = (
+        "import time, statistics, jax, jax.numpy as jnp\n"
+        "a = jnp.ones((2048, 2048), jnp.float32); f = jax.jit(lambda a: a @ a); f(a).block_until_ready()\n"
+        "ts = []\n"
+        "for _ in range(7):\n"
+        "    t = time.perf_counter(); f(a).block_until_ready(); ts.append(time.perf_counter() - t)\n"
+        "print(2 * 2048**3 / statistics.median(ts))\n"
+    )
+    env = dict(os.environ, **_thread_env(threads))
+    if device == "cpu":
+        env["JAX_PLATFORMS"] = "cpu"
+    try:
+        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300, check=True)
+        return float(out.stdout.strip().splitlines()[-1])
+    except (subprocess.SubprocessError, ValueError, IndexError):
+        return None
+
+
+def _prepare(model: str, work: Path, threads: int, device: str) -> dict:
+    env = dict(os.environ, **_thread_env(threads))
+    if device == "cpu":
+        env["JAX_PLATFORMS"] = "cpu"
+    code = (
+        "import json, sys; from pathlib import Path; from benchmarks.worker import prepare; "
+        "from vitjax.models.complexity import count; "
+        f"prepare({model!r}, Path({str(work)!r})); c = count({model!r}); "
+        f"Path({str(work)!r}, 'complexity.json').write_text(json.dumps({{'macs': c.total_macs, 'params': c.params}}))"
+    )
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, cwd=ROOT)
+    if res.returncode != 0:
+        raise WorkerError(f"preparing {model} failed:\n{res.stderr[-3000:]}")
+    info = json.loads((work / "prepare.json").read_text())
+    info.update(json.loads((work / "complexity.json").read_text()))
+    return info
+
+
+def _busy_note() -> list[str]:
+    return machine.busy_processes()
+
+
+def _wait_until_quiet(max_wait_s: float, force: bool) -> list[str]:
+    waited = 0.0
+    while True:
+        busy = _busy_note()
+        if not busy or force:
+            return busy
+        if waited >= max_wait_s:
+            _log(f"still busy after {waited:.0f}s ({busy[0]} ...); measuring anyway, the report flags it")
+            return busy
+        _log(f"waiting for other jobs to finish: {busy[0]}")
+        time.sleep(30)
+        waited += 30
+
+
+def _start_workers(engines, model, work, device, threads, log_dir) -> dict[str, Worker]:
+    workers = {}
+    for engine in engines:
+        try:
+            workers[engine] = Worker(engine, model, work, device, threads, log_dir)
+            if not workers[engine].hello.get("ok"):
+                _log(f"  {engine}: unavailable: {workers[engine].hello.get('error')}")
+                workers.pop(engine).close()
+        except WorkerError as e:
+            _log(f"  {engine}: failed to start: {e}")
+    return workers
+
+
+def _time_cell(workers: dict[str, Worker], batch: int, repeats: int, warmup: int) -> dict[str, dict]:
+    """Warm-up, then `repeats` rounds of one timed call per engine (order rotated per round)."""
+    names = list(workers)
+    cell: dict[str, dict] = {}
+    for name in names:
+        cell[name] = {"warmup_s": workers[name].ask("warmup", batch=batch, n=warmup)["seconds"], "times_s": []}
+    for r in range(repeats):
+        order = names[r % len(names):] + names[: r % len(names)]
+        for name in order:
+            cell[name]["times_s"].append(workers[name].ask("time", batch=batch)["seconds"])
+    for name in names:
+        times = cell[name]["times_s"]
+        median = statistics.median(times)
+        mem = workers[name].ask("memory")
+        cell[name].update(
+            median_ms=median * 1e3, min_ms=min(times) * 1e3, images_per_s=batch / median,
+            iqr_ms=(float(np.percentile(times, 75)) - float(np.percentile(times, 25))) * 1e3,
+            peak_rss_mib=mem["maxrss"] / 2**20, rss_mib=mem["rss"] / 2**20,
+            device_peak_mib=None if mem.get("device_peak") is None else mem["device_peak"] / 2**20,
+        )
+    return cell
+
+
+def _max_abs_diff(a, b) -> float:
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    return float(np.abs(a - b).max()) if a.shape == b.shape else float("inf")
+
+
+def run_inference(model: str, work: Path, args, log_dir: Path, report: dict) -> None:
+    engines = [e for e in args.engines if e in INFERENCE_ENGINES]
+    _log(f"{model}: starting {', '.join(engines)}")
+    workers = _start_workers(engines, model, work, args.device, args.threads, log_dir)
+    result = report["models"][model]
+    result.update({"engines": {}, "cells": {}, "check": {}})
+    try:
+        for name, w in workers.items():
+            result["engines"][name] = {"load_s": w.hello["load_s"], "rss_after_load_mib": w.hello["rss"] / 2**20}
+        outputs = {name: w.ask("check", batch=2)["output"] for name, w in workers.items()}
+        if "jax" in outputs:
+            for name, out in outputs.items():
+                diff = _max_abs_diff(out, outputs["jax"])
+                fp32 = name != "jax-bf16"
+                result["check"][name] = {"max_abs_diff_vs_jax_fp32": diff, "fp32": fp32, "ok": (diff <= FP32_ATOL) if fp32 else None}
+                if fp32 and diff > FP32_ATOL:
+                    _log(f"  WARNING {name}: max |logits - JAX fp32| = {diff:.2e} > {FP32_ATOL}")
+        for batch in args.batches:
+            busy = _busy_note()
+            started = time.perf_counter()
+            cell = _time_cell(workers, batch, args.repeats, args.warmup)
+            cell_info = {"engines": cell, "busy": busy + [b for b in _busy_note() if b not in busy],
+                         "load_avg": machine.load_average(), "wall_s": time.perf_counter() - started}
+            result["cells"][str(batch)] = cell_info
+            summary = "  ".join(f"{n} {c['images_per_s']:.1f}" for n, c in cell.items())
+            _log(f"  {model} b{batch}: img/s  {summary}  ({cell_info['wall_s']:.0f}s)")
+            _save(report, args)
+    finally:
+        for w in workers.values():
+            w.close()
+
+
+def run_training(model: str, work: Path, args, log_dir: Path, report: dict) -> None:
+    engines = [e for e in args.engines_train if e in TRAIN_ENGINES]
+    _log(f"{model}: training step, starting {', '.join(engines)}")
+    workers = _start_workers(engines, model, work, args.device, args.threads, log_dir)
+    result = report["training"][model]
+    result.update({"engines": {}, "cells": {}, "check": {}})
+    try:
+        for name, w in workers.items():
+            result["engines"][name] = {"load_s": w.hello["load_s"], "rss_after_load_mib": w.hello["rss"] / 2**20}
+        for batch in args.train_batches:
+            losses = {name: w.ask("check", batch=batch)["output"] for name, w in workers.items()}
+            if len(losses) == 2:
+                a, b = losses.values()
+                result["check"][str(batch)] = {"losses": losses, "max_abs_diff": _max_abs_diff(a, b)}
+            busy = _busy_note()
+            started = time.perf_counter()
+            cell = _time_cell(workers, batch, args.train_repeats, args.train_warmup)
+            result["cells"][str(batch)] = {"engines": cell, "busy": busy + [b for b in _busy_note() if b not in busy],
+                                           "load_avg": machine.load_average(), "wall_s": time.perf_counter() - started}
+            summary = "  ".join(f"{n} {c['images_per_s']:.2f}" for n, c in cell.items())
+            _log(f"  {model} train b{batch}: img/s  {summary}  ({time.perf_counter() - started:.0f}s)")
+            _save(report, args)
+    finally:
+        for w in workers.values():
+            w.close()
+
+
+def _paths(args) -> tuple[Path, Path]:
+    out = Path(args.out)
+    stem = "quick" if args.quick else "latest"
+    return out / f"{stem}.json", out / f"{stem}.md"
+
+
+def _save(report: dict, args) -> None:
+    json_path, md_path = _paths(args)
+    json_path.parent.mkdir(parents=True, exist_ok=True)
+    json_path.write_text(json.dumps(report, indent=1, default=float) + "\n")
+    md_path.write_text(render_markdown(report))
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(prog="python -m benchmarks.run", description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--models", nargs="+", default=list(DEFAULT_MODELS))
+    p.add_argument("--batches", nargs="+", type=int, default=[1, 8, 32])
+    p.add_argument("--repeats", type=int, default=10, help="timed rounds per (model, batch) cell")
+    p.add_argument("--warmup", type=int, default=3, help="untimed calls per engine and batch (compilation included)")
+    p.add_argument("--engines", nargs="+", default=list(INFERENCE_ENGINES), choices=INFERENCE_ENGINES)
+    p.add_argument("--train-models", nargs="*", default=list(DEFAULT_TRAIN_MODELS))
+    p.add_argument("--train-batches", nargs="+", type=int, default=[8])
+    p.add_argument("--train-repeats", type=int, default=8)
+    p.add_argument("--train-warmup", type=int, default=2)
+    p.add_argument("--engines-train", nargs="+", default=list(TRAIN_ENGINES), choices=TRAIN_ENGINES)
+    p.add_argument("--no-train", action="store_true")
+    p.add_argument("--quick", action="store_true",
+                   help="smoke test: DeiT-tiny and TNT_small at batch 8, 3 repeats, DeiT-tiny training (writes quick.*)")
+    p.add_argument("--threads", type=int, default=None, help="threads for every engine (default: all usable cores)")
+    p.add_argument("--device", choices=("auto", "cpu", "gpu"), default="auto")
+    p.add_argument("--fma-pipes", type=int, default=None, help="override the FMA pipes per core used for the peak")
+    p.add_argument("--force", action="store_true", help="do not wait for other pytest/training jobs to finish")
+    p.add_argument("--max-wait", type=float, default=1800, help="seconds to wait for other jobs before measuring anyway")
+    p.add_argument("--out", default=str(ROOT / "benchmarks" / "results"))
+    args = p.parse_args(argv)
+    if args.quick:
+        args.models = ["DeiT_tiny_patch16_224", "TNT_small"]
+        args.batches, args.repeats, args.warmup = [8], 3, 2
+        args.train_models, args.train_batches, args.train_repeats, args.train_warmup = ["DeiT_tiny_patch16_224"], [8], 3, 1
+    if args.no_train:
+        args.train_models = []
+    if args.threads is None:
+        args.threads = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    if args.device == "auto":
+        args.device = "gpu" if machine.gpu_names() else "cpu"
+    return args, argv
+
+
+def main(argv=None) -> dict:
+    args, _ = parse_args(argv)
+    command = "python -m benchmarks.run" + ("" if argv is None and len(sys.argv) <= 1 else " " + " ".join(argv if argv is not None else sys.argv[1:]))
+    busy_at_start = _wait_until_quiet(args.max_wait, args.force)
+    started = time.time()
+    _log("machine: measuring the clock and the XLA matmul ceiling")
+    info = machine.describe(fma_pipes=args.fma_pipes)
+    info["xla_matmul_2048_flops"] = _xla_matmul_ceiling(args.threads, args.device)
+    info["gpus"] = machine.gpu_names()
+    report = {
+        "date": dt.datetime.now().astimezone().isoformat(timespec="seconds"),
+        "command": command,
+        "device": args.device,
+        "threads": args.threads,
+        "xla_flags": os.environ.get("XLA_FLAGS", ""),
+        "machine": info,
+        "versions": _versions(),
+        "settings": {"repeats": args.repeats, "warmup": args.warmup, "train_repeats": args.train_repeats,
+                     "train_warmup": args.train_warmup, "batches": args.batches, "train_batches": args.train_batches,
+                     "fp32_atol": FP32_ATOL, "quick": args.quick},
+        "busy_at_start": busy_at_start,
+        "models": {},
+        "training": {},
+    }
+    _log(f"peak: {info['peak_derivation']}")
+    log_dir = Path(args.out) / "logs"
+    with tempfile.TemporaryDirectory(prefix="vitjax-bench-") as tmp:
+        for model in dict.fromkeys([*args.models, *args.train_models]):
+            work = Path(tmp) / model
+            _log(f"{model}: random init, export to Paddle Inference and ONNX")
+            prep = _prepare(model, work, args.threads, args.device)
+            if model in args.models:
+                report["models"][model] = {"macs_per_image": prep["macs"], "params": prep["params"], "export": prep}
+                run_inference(model, work, args, log_dir, report)
+            if model in args.train_models:
+                report["training"][model] = {"macs_per_image": prep["macs"], "params": prep["params"]}
+                run_training(model, work, args, log_dir, report)
+            _save(report, args)
+    report["wall_s"] = time.time() - started
+    report["load_avg_end"] = machine.load_average()
+    _save(report, args)
+    json_path, md_path = _paths(args)
+    _log(f"wrote {md_path} and {json_path} ({report['wall_s'] / 60:.1f} min)")
+    print(md_path.read_text())
+    return report
+
+
+if __name__ == "__main__":
+    main()
