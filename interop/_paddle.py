@@ -1,13 +1,14 @@
 """The one way interop imports Paddle.
 
-paddlepaddle 3.3.1 crashes the interpreter (segmentation fault) when it is imported
-after TensorFlow in the same process (measured here; TensorFlow comes in through
+paddlepaddle 3.3.1 (and paddle2onnx 2.1) crash the interpreter (segmentation fault) when
+imported after TensorFlow in the same process (measured here; TensorFlow comes in through
 tensorflow-datasets and clu's TensorBoard writer). Importing Paddle first is fine, so
 instead of a crash we stop with an error that says what to do.
 """
 
 from __future__ import annotations
 
+import importlib
 import sys
 import types
 
@@ -16,13 +17,20 @@ class PaddleImportOrderError(RuntimeError):
     pass
 
 
-def require_paddle() -> types.ModuleType:
-    if "paddle" not in sys.modules and "tensorflow" in sys.modules:
+def _require(name: str) -> types.ModuleType:
+    if name not in sys.modules and "tensorflow" in sys.modules:
         raise PaddleImportOrderError(
-            "Paddle must be imported before TensorFlow in one process (paddlepaddle 3.3.1 crashes "
-            "otherwise): `import paddle` before tensorflow / tensorflow_datasets / clu, or run "
-            "the interop step in its own process (python -m interop ...)"
+            f"{name} must be imported before TensorFlow in one process (it crashes otherwise): "
+            f"`import {name}` before tensorflow / tensorflow_datasets / clu, or run the interop "
+            "step in its own process (python -m interop ...)"
         )
-    import paddle
+    return importlib.import_module(name)
 
-    return paddle
+
+def require_paddle() -> types.ModuleType:
+    return _require("paddle")
+
+
+def require_paddle2onnx() -> types.ModuleType:
+    """Paddle2ONNX 2.1 likewise segfaults in ``export`` when imported after TensorFlow."""
+    return _require("paddle2onnx")

@@ -43,7 +43,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from interop._paddle import require_paddle
+from interop._paddle import require_paddle, require_paddle2onnx
 from interop.mapping import KeyRule, key_table
 from interop.pdparams import PdparamsError, read_pdparams
 from interop.weights import Variables, guess_model, infer_num_classes, state_dict_to_variables, variables_to_state_dict
@@ -684,7 +684,7 @@ def export_onnx(model_dir: str | os.PathLike, onnx_path: str | os.PathLike | Non
     target = Path(onnx_path) if onnx_path is not None else files.directory / f"{MODEL_PREFIX}.onnx"
     if target.exists() and not overwrite:
         raise InferenceModelError(f"{target}: already exists; refusing to overwrite")
-    import paddle2onnx
+    paddle2onnx = require_paddle2onnx()
 
     fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".partial", dir=target.parent)
     os.close(fd)

@@ -7,9 +7,10 @@ os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 os.environ.setdefault("GLOG_minloglevel", "2")
 
-# paddlepaddle 3.3.1 segfaults when imported after TensorFlow (which tfds and clu bring in),
-# and this one process runs both: Paddle goes first (see interop/_paddle.py).
+# paddlepaddle 3.3.1 and paddle2onnx 2.1 segfault when imported after TensorFlow (which tfds
+# and clu bring in), and this one process runs both: they go first (see interop/_paddle.py).
 import paddle  # noqa: E402, F401
+import paddle2onnx  # noqa: E402, F401
 
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402

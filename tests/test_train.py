@@ -230,3 +230,13 @@ def test_the_embedded_default_reaches_95_percent_on_held_out_digits(tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     evals = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines() if '"eval"' in line]
     assert evals[-1]["count"] == 360 and evals[-1]["top1"] >= 0.95, evals[-1]
+
+
+def test_prediction_names_come_from_imagenet_the_dataset_or_a_file(tmp_path):
+    imagenet = train.class_names(tiny_config(), 1000)
+    assert len(imagenet) == 1000 and imagenet[0].startswith("tench") and "goldfish" in imagenet[1]
+    assert train.class_names(tiny_config(), 10) == [str(d) for d in range(10)]  # digits' own names
+    (tmp_path / "names.txt").write_text("cat\ndog\n")
+    assert train.class_names(tiny_config(**{"data.class_names": str(tmp_path / "names.txt")}), 2) == ["cat", "dog"]
+    with pytest.raises(ValueError, match="2 names for 3 classes"):
+        train.class_names(tiny_config(**{"data.class_names": str(tmp_path / "names.txt")}), 3)
