@@ -172,4 +172,4 @@ def test_paddle_after_tensorflow_is_a_clear_error_not_a_crash():
     code = "import tensorflow, interop.paddle_models"
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert result.returncode == 1, result.stderr[-2000:]  # a Python exception, not SIGSEGV (-11)
-    assert "PaddleImportOrderError: Paddle must be imported before TensorFlow" in result.stderr
+    assert "PaddleImportOrderError: paddle must be imported before TensorFlow" in result.stderr
