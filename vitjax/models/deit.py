@@ -16,8 +16,9 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
+from einops import rearrange
 
-from vitjax.models.layers import Dtype, DropPath, Mlp, dense, layer_norm, multi_head_attention, trunc_normal
+from vitjax.models.layers import ConvAsMatmul, Dtype, DropPath, Mlp, dense, layer_norm, multi_head_attention, trunc_normal
 
 
 @dataclasses.dataclass(frozen=True)
@@ -94,7 +95,10 @@ class Block(nn.Module):
 
 
 class PatchEmbed(nn.Module):
-    """Non-overlapping ``patch_size`` convolution, flattened row-major into tokens."""
+    """Non-overlapping ``patch_size`` convolution, flattened row-major into tokens.
+
+    Computed as one matmul over the flattened patches (the same parameters as ``nn.Conv``).
+    """
 
     embed_dim: int
     patch_size: int
@@ -103,10 +107,8 @@ class PatchEmbed(nn.Module):
     @nn.compact
     def __call__(self, images: jax.Array) -> jax.Array:
         p = self.patch_size
-        x = nn.Conv(
-            self.embed_dim, (p, p), strides=(p, p), padding="VALID", dtype=self.dtype, name="proj"
-        )(images)
-        return x.reshape(x.shape[0], -1, self.embed_dim)
+        patches = rearrange(images, "b (gh p1) (gw p2) c -> b (gh gw) p1 p2 c", p1=p, p2=p)
+        return ConvAsMatmul(self.embed_dim, (p, p), dtype=self.dtype, name="proj")(patches)
 
 
 class DeiT(nn.Module):

@@ -12,6 +12,7 @@ from typing import Callable
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+from flax.linen.dtypes import promote_dtype
 
 # PaddleClas initialises every Linear weight from a truncated normal (std 0.02) and
 # every bias with zeros; LayerNorm gets ones and zeros.
@@ -87,15 +88,49 @@ def multi_head_attention(
 ) -> jax.Array:
     """Scaled dot-product attention over ``[batch, tokens, heads, head_dim]`` inputs.
 
-    With no attention dropout this is one fused ``jax.nn.dot_product_attention`` call
-    (XLA picks the best kernel for the backend); with dropout the weights are
-    materialised so the dropout can be applied to them as PaddleClas does.
-    Softmax is always computed in float32.
+    Computes ``softmax(q k^T * head_dim ** -0.5) v`` per head, as PaddleClas does, with the
+    softmax in float32. Heads are moved next to the batch first (``[batch, heads, tokens,
+    head_dim]``), so both matmuls are plain batched matmuls with no transposes inside them.
+    With no attention dropout the normalisation is applied after the second matmul:
+    ``(exp(l - max l) v) / sum exp(l - max l)``, the same quantity with one division per
+    output element (``head_dim`` per query) instead of one per attention weight (``tokens``
+    per query). With dropout the weights are materialised and dropped as PaddleClas does.
     """
-    if dropout is None:
-        return jax.nn.dot_product_attention(q, k, v)
     scale = q.shape[-1] ** -0.5
-    logits = jnp.einsum("bqhd,bkhd->bhqk", q, k) * scale
-    weights = jax.nn.softmax(logits.astype(jnp.float32), axis=-1).astype(q.dtype)
-    weights = dropout(weights)
-    return jnp.einsum("bhqk,bkhd->bqhd", weights, v)
+    q, k, v = (t.transpose(0, 2, 1, 3) for t in (q, k, v))
+    logits = jnp.einsum("bhqd,bhkd->bhqk", q, k).astype(jnp.float32) * scale
+    if dropout is None:
+        unnormalized = jnp.exp(logits - jnp.max(logits, axis=-1, keepdims=True))
+        total = jnp.sum(unnormalized, axis=-1, keepdims=True)
+        out = jnp.einsum("bhqk,bhkd->bhqd", unnormalized.astype(v.dtype), v)
+        out = (out.astype(jnp.float32) / total).astype(v.dtype)
+    else:
+        weights = dropout(jax.nn.softmax(logits, axis=-1).astype(q.dtype))
+        out = jnp.einsum("bhqk,bhkd->bhqd", weights, v)
+    return out.transpose(0, 2, 1, 3)
+
+
+class ConvAsMatmul(nn.Conv):
+    """A convolution applied as one matmul to windows the caller has already laid out.
+
+    Takes ``windows[..., kh, kw, in]`` (one convolution window per leading index) and returns
+    ``[..., features]``. It is an ``nn.Conv``: the same parameters (``kernel`` [kh, kw, in,
+    out], ``bias``), initialisers and dtype handling, and FLOP counters that recognise Conv
+    layers count it as one. A convolution whose windows are cheap to lay out (non-overlapping
+    patches; TNT's 4x4 windows inside each 16x16 patch) then runs as a single large matmul
+    instead of a convolution over many tiny images, which XLA's CPU backend runs several
+    times slower.
+    """
+
+    @nn.compact
+    def __call__(self, windows: jax.Array) -> jax.Array:
+        kh, kw = self.kernel_size
+        cin = windows.shape[-1]
+        if windows.shape[-3:-1] != (kh, kw):
+            raise ValueError(f"windows of shape {windows.shape} do not end in the kernel window ({kh}, {kw}, in)")
+        kernel = self.param("kernel", self.kernel_init, (kh, kw, cin, self.features), self.param_dtype)
+        bias = self.param("bias", self.bias_init, (self.features,), self.param_dtype) if self.use_bias else None
+        windows, kernel, bias = promote_dtype(windows, kernel, bias, dtype=self.dtype)
+        lead = windows.shape[:-3]
+        y = jnp.dot(windows.reshape(*lead, kh * kw * cin), kernel.reshape(kh * kw * cin, self.features))
+        return y if bias is None else y + bias

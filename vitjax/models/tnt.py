@@ -19,7 +19,7 @@ import jax.numpy as jnp
 import numpy as np
 from einops import rearrange
 
-from vitjax.models.layers import Dtype, DropPath, Mlp, dense, layer_norm, multi_head_attention, trunc_normal
+from vitjax.models.layers import ConvAsMatmul, Dtype, DropPath, Mlp, dense, layer_norm, multi_head_attention, trunc_normal
 
 
 @dataclasses.dataclass(frozen=True)
@@ -144,18 +144,18 @@ class PixelEmbed(nn.Module):
     @nn.compact
     def __call__(self, images: jax.Array) -> jax.Array:
         arch = self.arch
-        p = arch.patch_size
+        p, stride, k, pad = arch.patch_size, arch.first_stride, 7, 3
+        s = arch.new_patch_size
         batch = images.shape[0]
+        # The 7x7 stride-4 convolution of each patch (zero padding at the patch border) as one
+        # matmul: lay out every window of every patch, [batch * patches, s * s, 7, 7, c].
         patches = rearrange(images, "b (gh p1) (gw p2) c -> (b gh gw) p1 p2 c", p1=p, p2=p)
-        pad = 3
-        words = nn.Conv(
-            arch.in_dim,
-            (7, 7),
-            strides=(arch.first_stride, arch.first_stride),
-            padding=((pad, pad), (pad, pad)),
-            dtype=self.dtype,
-            name="proj",
-        )(patches)
+        hi = stride * (s - 1) + k - p - pad  # right/bottom padding that keeps the last window in range
+        padded = jnp.pad(patches, ((0, 0), (pad, max(hi, 0)), (pad, max(hi, 0)), (0, 0)))
+        windows = jnp.stack(
+            [padded[:, stride * i : stride * i + k, stride * j : stride * j + k, :] for i in range(s) for j in range(s)], axis=1
+        )
+        words = ConvAsMatmul(arch.in_dim, (k, k), dtype=self.dtype, name="proj")(windows)
         return words.reshape(batch, arch.grid_size**2, arch.num_pixel, arch.in_dim)
 
 
