@@ -187,16 +187,23 @@ def _start_workers(engines, model, work, device, threads, log_dir) -> dict[str, 
     return workers
 
 
-def _time_cell(workers: dict[str, Worker], batch: int, repeats: int, warmup: int) -> dict[str, dict]:
-    """Warm-up, then `repeats` rounds of one timed call per engine (order rotated per round)."""
+def _time_cell(workers: dict[str, Worker], batch: int, repeats: int, warmup: int, gap_s: float) -> dict[str, dict]:
+    """Warm-up, then `repeats` rounds of one timed call per engine (order rotated per round).
+
+    ``gap_s`` of idle time separates consecutive calls: thread pools keep spinning after a
+    call (OpenMP's KMP_BLOCKTIME is 200 ms; ORT and XLA spin too), which would otherwise
+    steal the cores from whichever engine runs next.
+    """
     names = list(workers)
     cell: dict[str, dict] = {}
     for name in names:
         cell[name] = {"warmup_s": workers[name].ask("warmup", batch=batch, n=warmup)["seconds"], "times_s": []}
+        time.sleep(gap_s)
     for r in range(repeats):
         order = names[r % len(names):] + names[: r % len(names)]
         for name in order:
             cell[name]["times_s"].append(workers[name].ask("time", batch=batch)["seconds"])
+            time.sleep(gap_s)
     for name in names:
         times = cell[name]["times_s"]
         median = statistics.median(times)
@@ -235,7 +242,7 @@ def run_inference(model: str, work: Path, args, log_dir: Path, report: dict) -> 
         for batch in args.batches:
             busy = _busy_note()
             started = time.perf_counter()
-            cell = _time_cell(workers, batch, args.repeats, args.warmup)
+            cell = _time_cell(workers, batch, args.repeats, args.warmup, args.gap_ms / 1e3)
             cell_info = {"engines": cell, "busy": busy + [b for b in _busy_note() if b not in busy],
                          "load_avg": machine.load_average(), "wall_s": time.perf_counter() - started}
             result["cells"][str(batch)] = cell_info
@@ -263,7 +270,7 @@ def run_training(model: str, work: Path, args, log_dir: Path, report: dict) -> N
                 result["check"][str(batch)] = {"losses": losses, "max_abs_diff": _max_abs_diff(a, b)}
             busy = _busy_note()
             started = time.perf_counter()
-            cell = _time_cell(workers, batch, args.train_repeats, args.train_warmup)
+            cell = _time_cell(workers, batch, args.train_repeats, args.train_warmup, args.gap_ms / 1e3)
             result["cells"][str(batch)] = {"engines": cell, "busy": busy + [b for b in _busy_note() if b not in busy],
                                            "load_avg": machine.load_average(), "wall_s": time.perf_counter() - started}
             summary = "  ".join(f"{n} {c['images_per_s']:.2f}" for n, c in cell.items())
@@ -301,6 +308,7 @@ def parse_args(argv=None):
     p.add_argument("--train-warmup", type=int, default=2)
     p.add_argument("--engines-train", nargs="+", default=list(TRAIN_ENGINES), choices=TRAIN_ENGINES)
     p.add_argument("--no-train", action="store_true")
+    p.add_argument("--gap-ms", type=float, default=300, help="idle time between two timed calls (lets spinning thread pools go to sleep)")
     p.add_argument("--quick", action="store_true",
                    help="smoke test: DeiT-tiny and TNT_small at batch 8, 3 repeats, DeiT-tiny training (writes quick.*)")
     p.add_argument("--threads", type=int, default=None, help="threads for every engine (default: all usable cores)")
@@ -341,7 +349,7 @@ def main(argv=None) -> dict:
         "machine": info,
         "versions": _versions(),
         "settings": {"repeats": args.repeats, "warmup": args.warmup, "train_repeats": args.train_repeats,
-                     "train_warmup": args.train_warmup, "batches": args.batches, "train_batches": args.train_batches,
+                     "train_warmup": args.train_warmup, "gap_ms": args.gap_ms, "batches": args.batches, "train_batches": args.train_batches,
                      "fp32_atol": FP32_ATOL, "quick": args.quick},
         "busy_at_start": busy_at_start,
         "models": {},

@@ -12,6 +12,7 @@ from typing import Callable
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax.linen.dtypes import promote_dtype
 
 # PaddleClas initialises every Linear weight from a truncated normal (std 0.02) and
@@ -21,8 +22,12 @@ Dtype = jnp.dtype | type
 
 
 def gelu(x: jax.Array) -> jax.Array:
-    """Paddle's ``nn.GELU()`` default: the exact, erf-based GELU."""
-    return jax.nn.gelu(x, approximate=False)
+    """Paddle's ``nn.GELU()`` default, the exact GELU, in Paddle's own form ``0.5 x (1 + erf(x / sqrt 2))``.
+
+    (``jax.nn.gelu(approximate=False)`` evaluates ``erfc`` instead, which XLA's CPU backend
+    runs about 2.4x slower than ``erf``; both are within 1.2e-6 of the float64 GELU.)
+    """
+    return 0.5 * x * (1.0 + jax.lax.erf(x * np.sqrt(0.5).astype(x.dtype)))
 
 
 def layer_norm(epsilon: float, name: str, dtype: Dtype = jnp.float32) -> nn.LayerNorm:
