@@ -150,13 +150,28 @@ class PixelEmbed(nn.Module):
         # The 7x7 stride-4 convolution of each patch (zero padding at the patch border) as one
         # matmul: lay out every window of every patch, [batch * patches, s * s, 7, 7, c].
         patches = rearrange(images, "b (gh p1) (gw p2) c -> (b gh gw) p1 p2 c", p1=p, p2=p)
-        hi = stride * (s - 1) + k - p - pad  # right/bottom padding that keeps the last window in range
-        padded = jnp.pad(patches, ((0, 0), (pad, max(hi, 0)), (pad, max(hi, 0)), (0, 0)))
-        windows = jnp.stack(
-            [padded[:, stride * i : stride * i + k, stride * j : stride * j + k, :] for i in range(s) for j in range(s)], axis=1
-        )
+        windows = _conv_windows(patches, k, stride, pad, s)
         words = ConvAsMatmul(arch.in_dim, (k, k), dtype=self.dtype, name="proj")(windows)
         return words.reshape(batch, arch.grid_size**2, arch.num_pixel, arch.in_dim)
+
+
+def _conv_windows(x: jax.Array, k: int, stride: int, pad: int, out: int) -> jax.Array:
+    """The ``out x out`` windows (``k x k``, stride ``stride``, zero padding ``pad``) of each image in
+    ``x[n, h, w, c]``, as ``[n, out * out, k, k, c]`` in row-major window order.
+
+    Rows are cut into blocks of ``stride``: window row ``stride * i + a`` is row ``a % stride``
+    of block ``i + a // stride``, so every window is a few block-shifted slices concatenated,
+    which XLA fuses into one copy (16 separate window slices ran ~2x slower).
+    """
+    n, size, _, c = x.shape
+    blocks = -(-(stride * (out - 1) + k) // stride)
+    after = blocks * stride - size - pad
+    x = jnp.pad(x, ((0, 0), (pad, max(after, 0)), (pad, max(after, 0)), (0, 0)))[:, : blocks * stride, : blocks * stride]
+    x = x.reshape(n, blocks, stride, blocks, stride, c)
+    shifts = range(-(-k // stride))
+    rows = jnp.concatenate([x[:, m : m + out, : min(stride, k - m * stride)] for m in shifts], axis=2)  # n i a bj aj c
+    cols = jnp.concatenate([rows[:, :, :, m : m + out, : min(stride, k - m * stride)] for m in shifts], axis=4)  # n i a j b c
+    return cols.transpose(0, 1, 3, 2, 4, 5).reshape(n, out * out, k, k, c)
 
 
 class TNT(nn.Module):
