@@ -51,7 +51,10 @@ def render_markdown(report: dict) -> str:
         "- Versions: " + ", ".join(f"{k} {v}" for k, v in report["versions"].items()),
         f"- Method: same random weights in every engine (our Flax init -> Paddle export -> Paddle2ONNX); one process per "
         f"engine; per (model, batch) cell, {report['settings']['warmup']} warm-up calls per engine (compilation included) are "
-        f"excluded, then {report['settings']['repeats']} rounds time one call of each engine in rotated order; medians reported. "
+        f"excluded, then up to {report['settings']['repeats']} rounds (at least 5; fewer only where a round would overrun "
+        f"{report['settings'].get('cell_budget_s', 0):.0f} s) time one call of each engine in rotated order, "
+        f"{report['settings'].get('gap_ms', 0):.0f} ms apart so no engine's spinning threads overlap the next call; medians reported "
+        "(rounds per cell in the JSON). "
         "Numpy NCHW float32 in, numpy logits out, for every engine.",
         "",
         "## Inference throughput, images/s (median latency)",

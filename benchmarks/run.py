@@ -187,18 +187,26 @@ def _start_workers(engines, model, work, device, threads, log_dir) -> dict[str, 
     return workers
 
 
-def _time_cell(workers: dict[str, Worker], batch: int, repeats: int, warmup: int, gap_s: float) -> dict[str, dict]:
+def _time_cell(workers: dict[str, Worker], batch: int, repeats: int, warmup: int, gap_s: float, budget_s: float = 0.0,
+               min_repeats: int = 5) -> dict[str, dict]:
     """Warm-up, then `repeats` rounds of one timed call per engine (order rotated per round).
 
     ``gap_s`` of idle time separates consecutive calls: thread pools keep spinning after a
     call (OpenMP's KMP_BLOCKTIME is 200 ms; ORT and XLA spin too), which would otherwise
-    steal the cores from whichever engine runs next.
+    steal the cores from whichever engine runs next. With ``budget_s``, the rounds are cut to
+    what fits in it (never below ``min_repeats``), estimated from one extra untimed call each.
     """
     names = list(workers)
     cell: dict[str, dict] = {}
     for name in names:
         cell[name] = {"warmup_s": workers[name].ask("warmup", batch=batch, n=warmup)["seconds"], "times_s": []}
         time.sleep(gap_s)
+    if budget_s > 0:
+        per_round = 0.0
+        for name in names:
+            per_round += workers[name].ask("warmup", batch=batch, n=1)["seconds"] + gap_s
+            time.sleep(gap_s)
+        repeats = max(min(repeats, min_repeats), min(repeats, int(budget_s / per_round)))
     for r in range(repeats):
         order = names[r % len(names):] + names[: r % len(names)]
         for name in order:
@@ -242,7 +250,7 @@ def run_inference(model: str, work: Path, args, log_dir: Path, report: dict) -> 
         for batch in args.batches:
             busy = _busy_note()
             started = time.perf_counter()
-            cell = _time_cell(workers, batch, args.repeats, args.warmup, args.gap_ms / 1e3)
+            cell = _time_cell(workers, batch, args.repeats, args.warmup, args.gap_ms / 1e3, args.cell_budget)
             cell_info = {"engines": cell, "busy": busy + [b for b in _busy_note() if b not in busy],
                          "load_avg": machine.load_average(), "wall_s": time.perf_counter() - started}
             result["cells"][str(batch)] = cell_info
@@ -300,7 +308,7 @@ def parse_args(argv=None):
     p.add_argument("--models", nargs="+", default=list(DEFAULT_MODELS))
     p.add_argument("--batches", nargs="+", type=int, default=[1, 8, 32])
     p.add_argument("--repeats", type=int, default=10, help="timed rounds per (model, batch) cell")
-    p.add_argument("--warmup", type=int, default=3, help="untimed calls per engine and batch (compilation included)")
+    p.add_argument("--warmup", type=int, default=2, help="untimed calls per engine and batch (compilation included)")
     p.add_argument("--engines", nargs="+", default=list(INFERENCE_ENGINES), choices=INFERENCE_ENGINES)
     p.add_argument("--train-models", nargs="*", default=list(DEFAULT_TRAIN_MODELS))
     p.add_argument("--train-batches", nargs="+", type=int, default=[8])
@@ -308,6 +316,8 @@ def parse_args(argv=None):
     p.add_argument("--train-warmup", type=int, default=2)
     p.add_argument("--engines-train", nargs="+", default=list(TRAIN_ENGINES), choices=TRAIN_ENGINES)
     p.add_argument("--no-train", action="store_true")
+    p.add_argument("--cell-budget", type=float, default=100,
+                   help="seconds of timed rounds per inference cell: fewer rounds (at least 5) where one round is slow; 0: always --repeats")
     p.add_argument("--gap-ms", type=float, default=300, help="idle time between two timed calls (lets spinning thread pools go to sleep)")
     p.add_argument("--quick", action="store_true",
                    help="smoke test: DeiT-tiny and TNT_small at batch 8, 3 repeats, DeiT-tiny training (writes quick.*)")
@@ -349,7 +359,7 @@ def main(argv=None) -> dict:
         "machine": info,
         "versions": _versions(),
         "settings": {"repeats": args.repeats, "warmup": args.warmup, "train_repeats": args.train_repeats,
-                     "train_warmup": args.train_warmup, "gap_ms": args.gap_ms, "batches": args.batches, "train_batches": args.train_batches,
+                     "train_warmup": args.train_warmup, "gap_ms": args.gap_ms, "cell_budget_s": args.cell_budget, "batches": args.batches, "train_batches": args.train_batches,
                      "fp32_atol": FP32_ATOL, "quick": args.quick},
         "busy_at_start": busy_at_start,
         "models": {},
