@@ -35,7 +35,7 @@ import numpy as np
 
 from benchmarks import machine
 from benchmarks.report import render_markdown
-from benchmarks.worker import INFERENCE_ENGINES, TRAIN_ENGINES
+from benchmarks.worker import ENGINE_XLA_FLAGS, INFERENCE_ENGINES, TRAIN_ENGINES
 
 DEFAULT_MODELS = ("DeiT_tiny_patch16_224", "DeiT_small_patch16_224", "DeiT_base_patch16_224", "TNT_small")
 DEFAULT_TRAIN_MODELS = ("DeiT_tiny_patch16_224", "DeiT_small_patch16_224", "TNT_small")
@@ -58,6 +58,10 @@ class Worker:
         if device == "cpu":
             env["JAX_PLATFORMS"] = "cpu"
             env["CUDA_VISIBLE_DEVICES"] = ""
+        if engine in ENGINE_XLA_FLAGS:
+            if device != "cpu":
+                raise WorkerError(f"{engine}: CPU-only XLA flags")
+            env["XLA_FLAGS"] = (env.get("XLA_FLAGS", "") + " " + ENGINE_XLA_FLAGS[engine]).strip()
         log_dir.mkdir(parents=True, exist_ok=True)
         self.log_path = log_dir / f"{model}.{engine}.log"
         self._log = open(self.log_path, "w")
@@ -309,14 +313,15 @@ def parse_args(argv=None):
     p.add_argument("--batches", nargs="+", type=int, default=[1, 8, 32])
     p.add_argument("--repeats", type=int, default=10, help="timed rounds per (model, batch) cell")
     p.add_argument("--warmup", type=int, default=2, help="untimed calls per engine and batch (compilation included)")
-    p.add_argument("--engines", nargs="+", default=list(INFERENCE_ENGINES), choices=INFERENCE_ENGINES)
+    p.add_argument("--engines", nargs="+", default=list(INFERENCE_ENGINES), choices=INFERENCE_ENGINES,
+                   help="jax-vw512 is our JAX path with XLA_FLAGS=--xla_cpu_prefer_vector_width=512 (CPU only)")
     p.add_argument("--train-models", nargs="*", default=list(DEFAULT_TRAIN_MODELS))
     p.add_argument("--train-batches", nargs="+", type=int, default=[8])
     p.add_argument("--train-repeats", type=int, default=8)
     p.add_argument("--train-warmup", type=int, default=2)
     p.add_argument("--engines-train", nargs="+", default=list(TRAIN_ENGINES), choices=TRAIN_ENGINES)
     p.add_argument("--no-train", action="store_true")
-    p.add_argument("--cell-budget", type=float, default=100,
+    p.add_argument("--cell-budget", type=float, default=60,
                    help="seconds of timed rounds per inference cell: fewer rounds (at least 5) where one round is slow; 0: always --repeats")
     p.add_argument("--gap-ms", type=float, default=300, help="idle time between two timed calls (lets spinning thread pools go to sleep)")
     p.add_argument("--quick", action="store_true",
@@ -338,6 +343,8 @@ def parse_args(argv=None):
         args.threads = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     if args.device == "auto":
         args.device = "gpu" if machine.gpu_names() else "cpu"
+    if args.device != "cpu":
+        args.engines = [e for e in args.engines if e not in ENGINE_XLA_FLAGS]
     return args, argv
 
 

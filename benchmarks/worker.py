@@ -25,7 +25,9 @@ from pathlib import Path
 
 import numpy as np
 
-INFERENCE_ENGINES = ("jax", "jax-bf16", "paddle-inference", "onnxruntime", "paddle-dygraph")
+INFERENCE_ENGINES = ("jax", "jax-vw512", "jax-bf16", "paddle-inference", "onnxruntime", "paddle-dygraph")
+# Engines that are our JAX path run with extra XLA flags (set in the worker's environment).
+ENGINE_XLA_FLAGS = {"jax-vw512": "--xla_cpu_prefer_vector_width=512"}
 TRAIN_ENGINES = ("jax-train", "paddle-dygraph-train")
 SEED = 0
 LR, WEIGHT_DECAY = 1e-4, 0.05
@@ -320,7 +322,7 @@ class PaddleTrainEngine(Engine):
 
 
 def make_engine(engine: str, model_name: str, work: Path, device: str, threads: int) -> Engine:
-    if engine == "jax":
+    if engine in ("jax", "jax-vw512"):
         return JaxEngine(model_name, work, "float32")
     if engine == "jax-bf16":
         return JaxEngine(model_name, work, "bfloat16")
