@@ -18,7 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 from einops import rearrange
 
-from vitjax.models.layers import ConvAsMatmul, Dtype, DropPath, Mlp, dense, layer_norm, multi_head_attention, trunc_normal
+from vitjax.models.layers import ConvAsMatmul, Dtype, check_image_size, DropPath, Mlp, dense, layer_norm, multi_head_attention, trunc_normal
 
 
 @dataclasses.dataclass(frozen=True)
@@ -124,7 +124,7 @@ class DeiT(nn.Module):
     @nn.compact
     def __call__(self, images: jax.Array, train: bool = False):
         arch = self.arch
-        _check_image_size(images, arch.img_size, arch.in_chans)
+        check_image_size(images, arch.img_size, arch.in_chans)
         deterministic = not train
         x = PatchEmbed(arch.embed_dim, arch.patch_size, self.dtype, name="patch_embed")(
             images.astype(self.dtype)
@@ -156,11 +156,3 @@ class DeiT(nn.Module):
         if train:
             return logits, dist_logits
         return (logits + dist_logits) / 2
-
-
-def _check_image_size(images: jax.Array, img_size: int, in_chans: int) -> None:
-    if images.ndim != 4 or images.shape[1:] != (img_size, img_size, in_chans):
-        raise ValueError(
-            f"expected NHWC images of shape [batch, {img_size}, {img_size}, {in_chans}], "
-            f"got {tuple(images.shape)}"
-        )

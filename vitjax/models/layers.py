@@ -139,3 +139,12 @@ class ConvAsMatmul(nn.Conv):
         lead = windows.shape[:-3]
         y = jnp.dot(windows.reshape(*lead, kh * kw * cin), kernel.reshape(kh * kw * cin, self.features))
         return y if bias is None else y + bias
+
+
+def check_image_size(images: jax.Array, img_size: int, in_chans: int) -> None:
+    """Our models take NHWC images of the size they were created for; say so clearly."""
+    if images.ndim != 4 or images.shape[1:] != (img_size, img_size, in_chans):
+        raise ValueError(
+            f"expected NHWC images of shape [batch, {img_size}, {img_size}, {in_chans}], "
+            f"got {tuple(images.shape)}"
+        )

@@ -19,7 +19,7 @@ import jax.numpy as jnp
 import numpy as np
 from einops import rearrange
 
-from vitjax.models.layers import ConvAsMatmul, Dtype, DropPath, Mlp, dense, layer_norm, multi_head_attention, trunc_normal
+from vitjax.models.layers import ConvAsMatmul, Dtype, check_image_size, DropPath, Mlp, dense, layer_norm, multi_head_attention, trunc_normal
 
 
 @dataclasses.dataclass(frozen=True)
@@ -187,11 +187,7 @@ class TNT(nn.Module):
     @nn.compact
     def __call__(self, images: jax.Array, train: bool = False) -> jax.Array:
         arch, eps = self.arch, self.arch.epsilon
-        if images.ndim != 4 or images.shape[1:] != (arch.img_size, arch.img_size, arch.in_chans):
-            raise ValueError(
-                f"expected NHWC images of shape [batch, {arch.img_size}, {arch.img_size}, {arch.in_chans}], "
-                f"got {tuple(images.shape)}"
-            )
+        check_image_size(images, arch.img_size, arch.in_chans)
         deterministic = not train
         num_patches = arch.grid_size**2
         cls_token = self.param("cls_token", trunc_normal, (1, 1, arch.embed_dim))
