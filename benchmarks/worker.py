@@ -208,7 +208,20 @@ class PaddleDygraphEngine(InferenceEngine):
         return None
 
 
-class JaxTrainEngine(Engine):
+class TrainEngine(Engine):
+    """A training step engine: ``run`` is one step; ``check`` the losses of 3 steps from fresh weights."""
+
+    def _reset(self) -> None:
+        raise NotImplementedError
+
+    def check(self, batch):
+        self._reset()
+        losses = [self.run(batch) for _ in range(3)]
+        self._reset()
+        return losses
+
+
+class JaxTrainEngine(TrainEngine):
     """value_and_grad of the cross-entropy + optax AdamW, one jitted step (params/opt state donated)."""
 
     def __init__(self, model_name: str, work: Path):
@@ -257,18 +270,12 @@ class JaxTrainEngine(Engine):
         self._state = (p, s)
         return float(loss)
 
-    def check(self, batch):
-        self._reset()
-        losses = [self.run(batch) for _ in range(3)]
-        self._reset()
-        return losses
-
     def device_memory(self):
         stats = self.device.memory_stats() if self.device.platform != "cpu" else None
         return int(stats.get("peak_bytes_in_use", 0)) if stats else None
 
 
-class PaddleTrainEngine(Engine):
+class PaddleTrainEngine(TrainEngine):
     """The Paddle mirror in train mode: forward, cross-entropy, loss.backward(), AdamW step, clear_grad()."""
 
     def __init__(self, model_name: str, work: Path, device: str, threads: int):
@@ -308,12 +315,6 @@ class PaddleTrainEngine(Engine):
         self._opt.step()
         self._opt.clear_grad()
         return float(loss)
-
-    def check(self, batch):
-        self._reset()
-        losses = [self.run(batch) for _ in range(3)]
-        self._reset()
-        return losses
 
     def device_memory(self):
         if self.paddle.device.is_compiled_with_cuda() and self.paddle.device.cuda.device_count():
