@@ -8,6 +8,7 @@ over batches split along the mesh's ``data`` axis.
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 import signal
@@ -256,9 +257,14 @@ class Experiment:
 
     # Evaluation ---------------------------------------------------------------------------
 
+    @functools.cached_property
+    def _eval_step(self) -> Callable:
+        """Jitted once per experiment, so periodic evaluations do not recompile."""
+        return jax.jit(make_eval_step(self.eval_model), out_shardings=self.replicated)
+
     def evaluate(self, params: Any, loader: EvalLoader | None = None) -> dict[str, float]:
         loader = loader or self.eval_loader()
-        step = jax.jit(make_eval_step(self.eval_model), out_shardings=self.replicated)
+        step = self._eval_step
         totals = {"top1": 0.0, "top5": 0.0, "loss": 0.0, "count": 0.0}
         for batch in loader:
             images, labels, mask = self.global_batch(batch.images, batch.labels, batch.mask)
