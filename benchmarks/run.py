@@ -234,15 +234,20 @@ def _max_abs_diff(a, b) -> float:
     return float(np.abs(a - b).max()) if a.shape == b.shape else float("inf")
 
 
+def _start_engines(engines, model, work, args, log_dir, result: dict) -> tuple[dict[str, Worker], dict]:
+    """Starts one worker process per engine and records how long each took to load, and its RSS."""
+    workers = _start_workers(engines, model, work, args.device, args.threads, log_dir)
+    result.update({"engines": {}, "cells": {}, "check": {}})
+    for name, w in workers.items():
+        result["engines"][name] = {"load_s": w.hello["load_s"], "rss_after_load_mib": w.hello["rss"] / 2**20}
+    return workers, result
+
+
 def run_inference(model: str, work: Path, args, log_dir: Path, report: dict) -> None:
     engines = [e for e in args.engines if e in INFERENCE_ENGINES]
     _log(f"{model}: starting {', '.join(engines)}")
-    workers = _start_workers(engines, model, work, args.device, args.threads, log_dir)
-    result = report["models"][model]
-    result.update({"engines": {}, "cells": {}, "check": {}})
+    workers, result = _start_engines(engines, model, work, args, log_dir, report["models"][model])
     try:
-        for name, w in workers.items():
-            result["engines"][name] = {"load_s": w.hello["load_s"], "rss_after_load_mib": w.hello["rss"] / 2**20}
         outputs = {name: w.ask("check", batch=2)["output"] for name, w in workers.items()}
         if "jax" in outputs:
             for name, out in outputs.items():
@@ -269,12 +274,8 @@ def run_inference(model: str, work: Path, args, log_dir: Path, report: dict) -> 
 def run_training(model: str, work: Path, args, log_dir: Path, report: dict) -> None:
     engines = [e for e in args.engines_train if e in TRAIN_ENGINES]
     _log(f"{model}: training step, starting {', '.join(engines)}")
-    workers = _start_workers(engines, model, work, args.device, args.threads, log_dir)
-    result = report["training"][model]
-    result.update({"engines": {}, "cells": {}, "check": {}})
+    workers, result = _start_engines(engines, model, work, args, log_dir, report["training"][model])
     try:
-        for name, w in workers.items():
-            result["engines"][name] = {"load_s": w.hello["load_s"], "rss_after_load_mib": w.hello["rss"] / 2**20}
         for batch in args.train_batches:
             losses = {name: w.ask("check", batch=batch)["output"] for name, w in workers.items()}
             if len(losses) == 2:
