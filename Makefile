@@ -25,11 +25,15 @@ run: $(STAMP)
 	$(PY) -m vitjax.main --workdir $(WORKDIR)
 
 # Every test, the slow ones included.
+# Two processes: the core tree never imports Paddle, the interop tree imports it first
+# (Paddle crashes when imported after TensorFlow).
 test: $(STAMP)
-	$(PY) -m pytest -q $(PYTEST_ARGS)
+	$(PY) -m pytest -q tests/vitjax $(PYTEST_ARGS)
+	$(PY) -m pytest -q tests/interop $(PYTEST_ARGS)
 
 test-fast: $(STAMP)
-	$(PY) -m pytest -q -m "not slow" $(PYTEST_ARGS)
+	$(PY) -m pytest -q -m "not slow" tests/vitjax $(PYTEST_ARGS)
+	$(PY) -m pytest -q -m "not slow" tests/interop $(PYTEST_ARGS)
 
 bench: $(STAMP)
 	$(PY) -m benchmarks.run

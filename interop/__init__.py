@@ -12,8 +12,8 @@ from interop.inference import (
     load_inference_model,
     read_inference_model,
 )
-from interop.pdparams import PdparamsError, read_pdparams, write_pdparams
-from interop.weights import (
+from vitjax.weights.pdparams import PdparamsError, read_pdparams, write_pdparams
+from vitjax.weights.convert import (
     WeightMismatchError,
     guess_model,
     load_pdparams,

@@ -21,8 +21,8 @@ from pathlib import Path
 
 from interop._paddle import require_paddle
 from interop.deploy import BackendUnavailable, InputShapeError
-from interop.pdparams import PdparamsError, read_pdparams
-from interop.weights import guess_model, infer_num_classes, save_pdparams, state_dict_to_variables
+from vitjax.weights.pdparams import PdparamsError, read_pdparams
+from vitjax.weights.convert import guess_model, infer_num_classes, save_pdparams, state_dict_to_variables
 from vitjax.checkpoints import CheckpointError, load_variables, save_variables
 from vitjax.data.transforms import ImageError
 

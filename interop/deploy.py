@@ -75,7 +75,7 @@ class JaxPredictor(Predictor):
     def __init__(self, variables, model_name: str, *, softmax: bool = True, num_classes: int | None = None, img_size: int | None = None):
         import jax
 
-        from interop.weights import infer_num_classes, variables_to_state_dict
+        from vitjax.weights.convert import infer_num_classes, variables_to_state_dict
         from vitjax.models.registry import create_model, get_spec
 
         state = variables_to_state_dict(variables, model_name)

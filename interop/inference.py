@@ -18,7 +18,7 @@ Import: an inference model stores its parameters under Paddle's internal names
 structured keys. We recover the keys from the ``.pdiparams.info`` file when there is
 one (Paddle 2.x ``jit.save`` writes the structured names there); otherwise from the
 internal names themselves: the number in ``linear_8`` counts layers of that type in
-creation order, which is the order of :func:`interop.mapping.key_table`, and every
+creation order, which is the order of :func:`vitjax.weights.mapping.key_table`, and every
 parameter's shape must match. The result is then checked by running the inference
 program and our Flax model on the same random batch: an import either reproduces
 the model's outputs or fails loudly.
@@ -44,9 +44,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from interop._paddle import require_paddle, require_paddle2onnx
-from interop.mapping import KeyRule, key_table
-from interop.pdparams import PdparamsError, read_pdparams
-from interop.weights import Variables, guess_model, infer_num_classes, state_dict_to_variables, variables_to_state_dict
+from vitjax.weights.mapping import KeyRule, key_table
+from vitjax.weights.pdparams import PdparamsError, read_pdparams
+from vitjax.weights.convert import Variables, guess_model, infer_num_classes, state_dict_to_variables, variables_to_state_dict
 from vitjax.models.registry import create_model, get_spec, list_models
 
 Format = Literal["pir", "legacy"]

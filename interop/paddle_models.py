@@ -24,7 +24,7 @@ import paddle  # noqa: E402
 import paddle.nn as nn  # noqa: E402
 import paddle.nn.functional as F  # noqa: E402
 
-from interop.mapping import key_table
+from vitjax.weights.mapping import key_table
 from vitjax.models.deit import DeiTArch
 from vitjax.models.registry import get_spec
 from vitjax.models.tnt import TNTArch

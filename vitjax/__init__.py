@@ -2,7 +2,17 @@
 
 from vitjax.models import EvalTransform, ModelSpec, create_model, get_spec, list_models
 from vitjax.models.posemb import resize_position_embeddings
+from vitjax.weights import load_pdparams, save_pdparams
 
 __version__ = "0.1.0"
 
-__all__ = ["EvalTransform", "ModelSpec", "create_model", "get_spec", "list_models", "resize_position_embeddings"]
+__all__ = [
+    "EvalTransform",
+    "ModelSpec",
+    "create_model",
+    "get_spec",
+    "list_models",
+    "load_pdparams",
+    "resize_position_embeddings",
+    "save_pdparams",
+]

@@ -68,7 +68,7 @@ def load_weights(model_config, pdparams: str, checkpoint: str, head: str, seed: 
     if pdparams and checkpoint:
         raise ValueError("set only one of init.pdparams and init.checkpoint")
     if pdparams:
-        from interop.weights import load_pdparams  # no Paddle import: a restricted unpickler
+        from vitjax.weights.convert import load_pdparams  # no Paddle import: a restricted unpickler
 
         variables = load_pdparams(pdparams, model_config.name, num_classes=model_config.num_classes,
                                   img_size=model_config.img_size or None, head=head, seed=seed)

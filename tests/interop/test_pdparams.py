@@ -12,7 +12,7 @@ import pytest
 
 import interop
 from interop.paddle_models import build_paddle_model, state_dict_numpy
-from interop.pdparams import PdparamsError, read_pdparams
+from vitjax.weights.pdparams import PdparamsError, read_pdparams
 
 DEIT = "DeiT_test_distilled_patch8_32"
 TNT = "TNT_test_patch16_32"

@@ -15,7 +15,7 @@ import jax
 import numpy as np
 import paddle
 import pytest
-from conftest import TEST_SIZE, nhwc, random_images
+from testutil import TEST_SIZE, nhwc, random_images
 
 import interop
 import paddleclas_reference
@@ -24,7 +24,7 @@ from interop.deploy import PaddleInferencePredictor
 from interop.inference import InferenceModelError, read_inference_model
 
 ATOL = 1e-4
-FIXTURES = Path(__file__).parent / "fixtures" / "legacy"
+FIXTURES = Path(__file__).resolve().parent.parent / "fixtures" / "legacy"
 
 
 def init_variables(name: str, seed: int = 0, num_classes: int = 1000):

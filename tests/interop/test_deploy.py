@@ -11,7 +11,7 @@ import sys
 import jax
 import numpy as np
 import pytest
-from conftest import TEST_SIZE, random_images
+from testutil import TEST_SIZE, random_images
 
 import interop
 import vitjax

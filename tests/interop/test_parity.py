@@ -9,7 +9,7 @@ import jax
 import numpy as np
 import paddle
 import pytest
-from conftest import model_params, nhwc, random_images
+from testutil import model_params, nhwc, random_images
 
 import interop
 import paddleclas_reference

@@ -13,10 +13,11 @@ import numpy as np
 import pytest
 from flax.traverse_util import flatten_dict
 
+import vitjax
 from vitjax import checkpoints, train
 from vitjax.configlib import base_config
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 SUBPROCESS_ENV = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=8", "TF_CPP_MIN_LOG_LEVEL": "3"}
 
 
@@ -172,11 +173,9 @@ def test_config_typos_are_errors_and_overrides_apply(tmp_path):
 
 
 def test_eval_and_predict_modes_from_pdparams(tmp_path):
-    import interop
-
     train.train_and_evaluate(tiny_config(num_steps=3), tmp_path / "run")
     variables = checkpoints.load_variables(tmp_path / "run")
-    interop.save_pdparams(variables, "DeiT_test_patch8_32", tmp_path / "w.pdparams")
+    vitjax.save_pdparams(variables, "DeiT_test_patch8_32", tmp_path / "w.pdparams")
     from_pdparams = train.evaluate(tiny_config(**{"init.pdparams": str(tmp_path / "w.pdparams")}), tmp_path / "eval")
     from_workdir = train.evaluate(tiny_config(), tmp_path / "run")
     assert from_pdparams["top1"] == from_workdir["top1"] and from_pdparams["count"] == 360
@@ -196,12 +195,10 @@ def test_distillation_head_learns_the_teachers_argmax(tmp_path):
     import jax.numpy as jnp
     import optax
 
-    import interop
-    import vitjax
 
     teacher_model = vitjax.create_model("DeiT_test_patch8_32", num_classes=10)
     teacher_vars = teacher_model.init(jax.random.key(7), jnp.zeros((1, 32, 32, 3)))
-    interop.save_pdparams(teacher_vars, "DeiT_test_patch8_32", tmp_path / "teacher.pdparams")
+    vitjax.save_pdparams(teacher_vars, "DeiT_test_patch8_32", tmp_path / "teacher.pdparams")
     config = tiny_config(**{"model.name": "DeiT_test_distilled_patch8_32", "model.drop_path_rate": 0.0,
                             "augment.mixup_alpha": 0.0, "augment.cutmix_alpha": 0.0, "augment.label_smoothing": 0.0,
                             "distill.teacher": "DeiT_test_patch8_32",

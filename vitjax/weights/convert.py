@@ -1,4 +1,4 @@
-"""PaddleClas weights <-> Flax variables, through :mod:`interop.mapping`'s table.
+"""PaddleClas weights <-> Flax variables, through :mod:`vitjax.weights.mapping`'s table.
 
 ``load_pdparams``/``save_pdparams`` are the file-level entry points; the
 ``state_dict`` functions work on in-memory ``{key: ndarray}`` dicts (as read from a
@@ -17,8 +17,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax.traverse_util import flatten_dict, unflatten_dict
 
-from interop.mapping import KeyRule, is_head_key, key_table
-from interop.pdparams import PdparamsError, read_pdparams, write_pdparams
+from vitjax.weights.mapping import KeyRule, is_head_key, key_table
+from vitjax.weights.pdparams import PdparamsError, read_pdparams, write_pdparams
 from vitjax.models.posemb import POSITION_EMBEDDING_NAMES, resize_position_embeddings
 from vitjax.models.registry import create_model, get_spec, list_models
 
