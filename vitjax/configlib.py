@@ -36,14 +36,16 @@ def base_config() -> ml_collections.ConfigDict:
     c.init.head = "strict"  # strict | reinit | skip (skip: keep the fresh head)
 
     c.data = ml_collections.ConfigDict()
-    c.data.source = "digits"  # digits | tfds:<name> | filelist
+    c.data.source = "digits"  # digits | tfds:<name> | filelist | folder
     c.data.data_dir = ""  # tfds data_dir
     c.data.manual_dir = ""  # tfds manual_dir (imagenet2012's tars)
     c.data.train_split = "train"
     c.data.eval_split = "validation"
-    c.data.root = ""  # filelist: image root
+    c.data.root = ""  # filelist: image root; folder: the folder holding train_folder and val_folder
     c.data.train_list = "train_list.txt"  # filelist: "path label" lines, relative to root
     c.data.val_list = "val_list.txt"
+    c.data.train_folder = "train"  # folder: <root>/<train_folder>/<class>/<image>; class names = sorted subfolders
+    c.data.val_folder = "val"  # folder: <root>/<val_folder>/<class>/<image>, classes a subset of train's
     c.data.class_names = ""  # a file with one class name per line (predict)
     c.data.on_bad_image = "skip"  # skip (count and log the path) | fail
     c.data.num_workers = 2  # decoding/augmenting threads per host

