@@ -18,30 +18,55 @@ def is_chief() -> bool:
     return jax.process_index() == 0
 
 
-class MetricsWriter:
-    """One JSON object per logged step in ``workdir/metrics.jsonl`` plus TensorBoard
-    summaries (clu), written by process 0 only."""
+class JsonlWriter:
+    """``metrics.jsonl``: one JSON object per write, ``{"step", "kind", <values>}``."""
 
-    def __init__(self, workdir: Path):
-        self.path = workdir / METRICS_FILE
-        self._tensorboard = None
-        if is_chief():
-            from clu import metric_writers
-
-            self._tensorboard = metric_writers.SummaryWriter(str(workdir / "tensorboard"))
+    def __init__(self, path: Path):
+        self.path = path
 
     def write(self, step: int, kind: str, values: dict[str, float]) -> None:
-        if not is_chief():
-            return
         record = {"step": int(step), "kind": kind, **{k: float(v) for k, v in values.items()}}
         with self.path.open("a") as f:
             f.write(json.dumps(record) + "\n")
-        self._tensorboard.write_scalars(int(step), {f"{kind}/{k}": float(v) for k, v in values.items()})
-        self._tensorboard.flush()
 
     def close(self) -> None:
-        if self._tensorboard is not None:
-            self._tensorboard.close()
+        pass
+
+
+class TensorBoardWriter:
+    """TensorBoard scalars (``<kind>/<name>``) through tensorboardX, which needs no TensorFlow.
+
+    (clu's metric writers import TensorFlow on import, and training must work without it.)
+    """
+
+    def __init__(self, logdir: Path):
+        from tensorboardX import SummaryWriter
+
+        self._writer = SummaryWriter(str(logdir), flush_secs=30)
+
+    def write(self, step: int, kind: str, values: dict[str, float]) -> None:
+        for name, value in values.items():
+            self._writer.add_scalar(f"{kind}/{name}", float(value), int(step))
+        self._writer.flush()
+
+    def close(self) -> None:
+        self._writer.close()
+
+
+class MetricsWriter:
+    """Everything a logged step writes: ``workdir/metrics.jsonl`` and TensorBoard summaries in
+    ``workdir/tensorboard``. On processes other than 0 it writes nothing."""
+
+    def __init__(self, workdir: Path):
+        self._writers = [JsonlWriter(workdir / METRICS_FILE), TensorBoardWriter(workdir / "tensorboard")] if is_chief() else []
+
+    def write(self, step: int, kind: str, values: dict[str, float]) -> None:
+        for writer in self._writers:
+            writer.write(step, kind, values)
+
+    def close(self) -> None:
+        for writer in self._writers:
+            writer.close()
 
 
 class Progress:

@@ -58,8 +58,17 @@ def test_a_short_run_writes_metrics_tensorboard_config_plot_and_checkpoints(tmp_
     assert results["count"] == 360
     assert json.loads((tmp_path / "config.json").read_text())["model"]["name"] == "DeiT_test_patch8_32"
     assert (tmp_path / "training_curves.png").read_bytes()[:4] == b"\x89PNG"
-    assert list((tmp_path / "tensorboard").iterdir())
+    assert tensorboard_scalars(tmp_path / "tensorboard", "train/loss") == [(r["step"], pytest.approx(r["loss"])) for r in train_records]
     assert checkpoints.latest_step(tmp_path) == 6
+
+
+def tensorboard_scalars(logdir, tag: str) -> list[tuple[int, float]]:
+    """(step, value) pairs of one scalar tag, read back with TensorBoard's own reader (no TensorFlow)."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(logdir))
+    events.Reload()
+    return [(e.step, e.value) for e in events.Scalars(tag)]
 
 
 def test_rerunning_a_finished_run_resumes_and_does_nothing_more(tmp_path):
