@@ -11,6 +11,7 @@
   onnx     MODEL_DIR [OUT.onnx]               Paddle2ONNX conversion of an exported (PIR) dir
   backends                                    which deployment backends run on this machine
   parity   SRC --out DIR [--model NAME]       JAX vs every backend: parity.md + parity.json, exit 1 on failure
+  serve    SRC [--backend B] [--port 8080]    HTTP inference server (interop/serving; the serve extra)
 """
 
 from __future__ import annotations
@@ -204,6 +205,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--atol-logits", type=float, help="fp32 tolerance on logits (default 1e-4)")
     p.add_argument("--atol-probs", type=float, help="fp32 tolerance on probabilities (default 1e-4)")
+    from interop.serving.cli import add_parser as add_serve_parser
+
+    add_serve_parser(sub)
     return parser
 
 

@@ -1,0 +1,96 @@
+"""``python -m interop serve``: the app under uvicorn, with a graceful SIGTERM.
+
+On SIGTERM (or Ctrl-C) the server stops listening at once, so new connections are
+refused; requests already received finish (up to ``--graceful-timeout`` seconds), keep-alive
+connections are closed after their current response, and ``/ready`` says 503 meanwhile.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+from interop.deploy import BACKENDS
+
+
+def add_parser(subparsers) -> argparse.ArgumentParser:
+    """Registers ``serve`` on ``python -m interop``'s subcommands."""
+    p = subparsers.add_parser("serve", help="serve a model over HTTP (classify, health, ready, metrics, KServe v2)")
+    p.set_defaults(run=run)
+    p.add_argument("source", help="inference model dir, .pdparams file, orbax variables checkpoint or training workdir")
+    p.add_argument("--backend", choices=BACKENDS, default="paddle-cpu")
+    p.add_argument("--model", help="registered model name (needed for an orbax checkpoint or workdir; inferred otherwise)")
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
+    p.add_argument("--port", type=int, default=8080, help="0 picks a free port (printed on start)")
+    p.add_argument("--labels", help="class names, one per line (default: ImageNet's for 1000 classes)")
+    p.add_argument("--threads", type=int, help="engine threads (default: all cores)")
+    p.add_argument("--max-batch-size", type=int, default=8)
+    p.add_argument("--max-wait-ms", type=float, default=5.0, help="how long the first image of a batch waits for more")
+    p.add_argument("--max-queue", type=int, default=256, help="images waiting beyond which requests get 503")
+    p.add_argument("--timeout", type=float, default=30.0, help="seconds a request may wait for its result (then 504)")
+    p.add_argument("--max-body-mb", type=float, default=16.0, help="request body limit (then 413)")
+    p.add_argument("--max-images", type=int, default=32, help="images per request")
+    p.add_argument("--max-pixels", type=int, default=40_000_000, help="pixels per decoded image (decompression-bomb limit)")
+    p.add_argument("--max-concurrency", type=int, default=128, help="open connections and requests (then 503)")
+    p.add_argument("--graceful-timeout", type=float, default=30.0, help="seconds in-flight requests get after SIGTERM")
+    p.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
+    return p
+
+
+def run(args) -> int:
+    try:
+        import uvicorn
+    except ImportError:
+        raise SystemExit("serve needs the serve extra: pip install 'vitjax[serve]' (fastapi, uvicorn, python-multipart, prometheus-client)")
+    from interop.serving import ServeConfig, create_app, load_served_model
+
+    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    config = ServeConfig(
+        max_batch_size=args.max_batch_size, max_wait_ms=args.max_wait_ms, max_queue_images=args.max_queue,
+        request_timeout_s=args.timeout, max_body_bytes=int(args.max_body_mb * 1024 * 1024),
+        max_images_per_request=args.max_images, max_pixels=args.max_pixels,
+    )
+    model = load_served_model(
+        args.source, args.backend, model_name=args.model, labels=args.labels, threads=args.threads, max_batch_size=args.max_batch_size,
+    )
+    app = create_app(model, config)
+    server = GracefulServer(
+        uvicorn.Config(
+            app, host=args.host, port=args.port, log_level=args.log_level, access_log=False, lifespan="on",
+            limit_concurrency=args.max_concurrency, timeout_graceful_shutdown=args.graceful_timeout, server_header=False,
+        ),
+        on_exit=lambda: setattr(app.state.serving, "draining", True),
+    )
+    try:
+        server.run()
+    finally:
+        model.close()
+    return 0
+
+
+def _server_class():
+    import uvicorn
+
+    class _GracefulServer(uvicorn.Server):
+        """uvicorn's server that marks the app as draining on SIGTERM and prints its bound address."""
+
+        def __init__(self, config, on_exit):
+            super().__init__(config)
+            self._on_exit = on_exit
+
+        def handle_exit(self, sig, frame) -> None:
+            self._on_exit()
+            super().handle_exit(sig, frame)
+
+        async def startup(self, sockets=None) -> None:
+            await super().startup(sockets)
+            if self.servers and self.servers[0].sockets:
+                host, port = self.servers[0].sockets[0].getsockname()[:2]
+                print(f"serving on http://{host}:{port}", flush=True, file=sys.stdout)
+
+    return _GracefulServer
+
+
+def GracefulServer(config, on_exit):  # noqa: N802 - builds the class lazily so importing this module needs no uvicorn
+    return _server_class()(config, on_exit)

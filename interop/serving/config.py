@@ -1,0 +1,36 @@
+"""The server's limits and batching knobs, with defaults safe for a service."""
+
+from __future__ import annotations
+
+import dataclasses
+
+
+@dataclasses.dataclass(frozen=True)
+class ServeConfig:
+    """Everything the app enforces; the CLI fills it from its flags.
+
+    ``max_batch_size`` / ``max_wait_ms``: a batch runs as soon as it holds
+    ``max_batch_size`` images or its first image has waited ``max_wait_ms`` (Triton's
+    ``max_queue_delay``). ``max_queue_images``: images waiting for a batch beyond which
+    a request is refused with 503. ``request_timeout_s``: a request whose results are
+    not ready by then gets 504. ``max_body_bytes``: larger bodies get 413.
+    ``max_pixels``: a decoded image may hold at most this many pixels, and so may the
+    image after the eval transform's resize (PIL's decompression-bomb limit is set to it).
+    """
+
+    max_batch_size: int = 8
+    max_wait_ms: float = 5.0
+    max_queue_images: int = 256
+    request_timeout_s: float = 30.0
+    max_body_bytes: int = 16 * 1024 * 1024
+    max_images_per_request: int = 32
+    max_pixels: int = 40_000_000
+    default_top_k: int = 5
+    decode_threads: int = 2
+
+    def __post_init__(self) -> None:
+        for field in ("max_batch_size", "max_queue_images", "max_body_bytes", "max_images_per_request", "max_pixels", "default_top_k", "decode_threads"):
+            if getattr(self, field) < 1:
+                raise ValueError(f"ServeConfig.{field} must be >= 1, got {getattr(self, field)}")
+        if self.max_wait_ms < 0 or self.request_timeout_s <= 0:
+            raise ValueError("ServeConfig: max_wait_ms must be >= 0 and request_timeout_s > 0")
