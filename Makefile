@@ -1,22 +1,49 @@
-# Set-up is part of every target: a fresh clone needs nothing but Python 3.11.
+# Set-up is part of every target: a fresh clone needs nothing but Python and make.
+# PYTHON picks the interpreter (3.11 by default; PYTHON=python3.12 or python3.13 work the same way).
+# The exact versions installed are those of requirements/py<version>.txt (constraints), so a set-up
+# is reproducible; pyproject.toml itself only declares ranges.
 PYTHON ?= python3.11
-VENV := .venv
+PYVER := $(shell $(PYTHON) -c 'import sys; print("%d.%d" % sys.version_info[:2])' 2>/dev/null)
+ifeq ($(PYVER),)
+$(error '$(PYTHON)' does not run: install that Python, or pass PYTHON=/path/to/python3.x)
+endif
+LOCK := requirements/py$(PYVER).txt
+ifeq ($(wildcard $(LOCK))$(filter lock,$(MAKECMDGOALS)),)
+$(error no lock file for Python $(PYVER) ($(LOCK)); tested: $(patsubst requirements/py%.txt,%,$(wildcard requirements/py*.txt)))
+endif
+comma := ,
+VENV ?= $(if $(filter 3.11,$(PYVER)),.venv,.venv-$(PYVER))
+CORE_VENV ?= .venv-core-$(PYVER)
+# The timm peer (torch) only where its CPU build is locked: requirements/py3.11.txt.
+EXTRAS ?= interop,tfds,serve,test$(if $(shell grep -q '^torch==' $(LOCK) && echo y),$(comma)bench)
 PY := $(VENV)/bin/python
-STAMP := $(VENV)/.installed-$(shell cat pyproject.toml Makefile | cksum | cut -d' ' -f1)
+STAMP := $(VENV)/.installed-$(shell cat pyproject.toml Makefile $(LOCK) | cksum | cut -d' ' -f1)
+CORE_STAMP := $(CORE_VENV)/.installed-$(shell cat pyproject.toml Makefile $(LOCK) | cksum | cut -d' ' -f1)
 WORKDIR ?= runs/digits
 PYTEST_ARGS ?=
+# pytest exits 5 when a selection (-k) matches nothing in one of the two trees: that is not a failure.
+PYTEST = $(1) -m pytest -q $(2) $(PYTEST_ARGS) || [ $$? -eq 5 ]
 
-.PHONY: setup run test test-fast bench
+.PHONY: setup run test test-fast test-core bench lock
 
-$(STAMP): pyproject.toml Makefile
-	$(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e ".[interop,test]"
-	# PaddleClas's model code, the reference our parity tests compare against (its
+# $(1): the virtual environment, $(2): the extras.
+define install
+	$(PYTHON) -m venv $(1)
+	$(1)/bin/python -m pip install -q --upgrade pip
+	$(1)/bin/python -m pip install -q -c $(LOCK) -e ".[$(2)]"
+	# PaddleClas's model and preprocessing code, the reference the tests compare against (its
 	# package __init__ needs the whole PaddleClas stack, so only its files are used).
-	$(PY) -m pip install -q --no-deps paddleclas==2.6.0
-	rm -f $(VENV)/.installed-*
-	touch $(STAMP)
+	$(1)/bin/python -m pip install -q -c $(LOCK) --no-deps paddleclas
+	rm -f $(1)/.installed-*
+	touch $@
+endef
+
+$(STAMP): pyproject.toml Makefile $(LOCK)
+	$(call install,$(VENV),$(EXTRAS))
+
+# The core alone (no Paddle, no TensorFlow): proves `vitjax` needs neither.
+$(CORE_STAMP): pyproject.toml Makefile $(LOCK)
+	$(call install,$(CORE_VENV),test)
 
 setup: $(STAMP)
 
@@ -24,16 +51,26 @@ setup: $(STAMP)
 run: $(STAMP)
 	$(PY) -m vitjax.main --workdir $(WORKDIR)
 
-# Every test, the slow ones included.
-# Two processes: the core tree never imports Paddle, the interop tree imports it first
-# (Paddle crashes when imported after TensorFlow).
+# Every test, the slow ones included, in two processes: the core tree never imports Paddle, the
+# interop tree imports it first (Paddle crashes when imported after TensorFlow).
 test: $(STAMP)
-	$(PY) -m pytest -q tests/vitjax $(PYTEST_ARGS)
-	$(PY) -m pytest -q tests/interop $(PYTEST_ARGS)
+	$(call PYTEST,$(PY),tests/vitjax)
+	$(call PYTEST,$(PY),tests/interop)
 
 test-fast: $(STAMP)
-	$(PY) -m pytest -q -m "not slow" tests/vitjax $(PYTEST_ARGS)
-	$(PY) -m pytest -q -m "not slow" tests/interop $(PYTEST_ARGS)
+	$(call PYTEST,$(PY),-m "not slow" tests/vitjax)
+	$(call PYTEST,$(PY),-m "not slow" tests/interop)
+
+# The core tree in an environment without the interop and tfds extras (CI runs it on Python 3.12).
+test-core: $(CORE_STAMP)
+	$(call PYTEST,$(CORE_VENV)/bin/python,-m "not slow or notebook or install" tests/vitjax)
 
 bench: $(STAMP)
 	$(PY) -m benchmarks.run
+
+# Re-resolve requirements/py$(PYVER).txt: the newest releases the ranges in pyproject.toml allow.
+lock:
+	rm -rf .venv-lock && $(PYTHON) -m venv .venv-lock && .venv-lock/bin/python -m pip install -q --upgrade pip
+	.venv-lock/bin/python -m pip install -q -e ".[$(EXTRAS)]" && .venv-lock/bin/python -m pip install -q --no-deps paddleclas==2.6.0
+	{ echo "# Exact versions tested on Python $(PYVER) (make lock)."; .venv-lock/bin/python -m pip freeze --exclude-editable; } > $(LOCK)
+	rm -rf .venv-lock

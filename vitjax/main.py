@@ -16,7 +16,7 @@ from pathlib import Path
 from absl import app, flags
 from ml_collections import config_flags
 
-DEFAULT_CONFIG = str(Path(__file__).resolve().parent.parent / "configs" / "digits.py")
+DEFAULT_CONFIG = str(Path(__file__).resolve().parent / "default_config.py")
 
 config_flags.DEFINE_config_file("config", DEFAULT_CONFIG, "a Python config file (configs/*.py)", lock_config=True)
 flags.DEFINE_string("workdir", None, "where checkpoints, metrics and plots go", required=True)

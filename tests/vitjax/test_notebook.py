@@ -24,6 +24,7 @@ def notebook_as_script() -> str:
 
 
 @pytest.mark.slow
+@pytest.mark.notebook
 def test_colab_notebook_runs_on_cpu(tmp_path):
     script = tmp_path / "notebook.py"
     script.write_text(notebook_as_script() + "\nassert results['top1'] > 0.5, results\nprint('NOTEBOOK OK')\n")
