@@ -2,7 +2,7 @@
 
 from vitjax.models import EvalTransform, ModelSpec, create_model, get_spec, list_models
 from vitjax.models.posemb import resize_position_embeddings
-from vitjax.weights import load_pdparams, save_pdparams
+from vitjax.weights import load_pdparams, load_pretrained, save_pdparams
 
 __version__ = "0.1.0"
 
@@ -13,6 +13,7 @@ __all__ = [
     "get_spec",
     "list_models",
     "load_pdparams",
+    "load_pretrained",
     "resize_position_embeddings",
     "save_pdparams",
 ]

@@ -32,6 +32,9 @@ def base_config() -> ml_collections.ConfigDict:
     # checkpoint / workdir. A workdir that already has checkpoints resumes instead.
     c.init = ml_collections.ConfigDict()
     c.init.pdparams = ""
+    # True: PaddleClas's published weights for model.name, downloaded once into the cache
+    # ($VITJAX_CACHE; see vitjax.load_pretrained), then loaded like init.pdparams.
+    c.init.pretrained = False
     c.init.checkpoint = ""
     c.init.head = "strict"  # strict | reinit | skip (skip: keep the fresh head)
 

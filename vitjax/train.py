@@ -63,10 +63,16 @@ def image_shape(model: nn.Module) -> tuple[int, int, int]:
     return (model.arch.img_size, model.arch.img_size, model.arch.in_chans)
 
 
-def load_weights(model_config, pdparams: str, checkpoint: str, head: str, seed: int) -> dict | None:
-    """Parameters from a ``.pdparams`` file or an orbax checkpoint/workdir (numpy arrays)."""
-    if pdparams and checkpoint:
-        raise ValueError("set only one of init.pdparams and init.checkpoint")
+def load_weights(model_config, pdparams: str, checkpoint: str, head: str, seed: int,
+                 pretrained: bool = False) -> dict | None:
+    """Parameters from a ``.pdparams`` file, PaddleClas's published weights for the model
+    (``pretrained``, downloaded into the cache) or an orbax checkpoint/workdir (numpy arrays)."""
+    if sum(map(bool, (pdparams, checkpoint, pretrained))) > 1:
+        raise ValueError("set only one of init.pdparams, init.pretrained and init.checkpoint")
+    if pretrained:
+        from vitjax.weights.pretrained import download_pretrained
+
+        pdparams = str(download_pretrained(model_config.name, quiet=jax.process_index() != 0))
     if pdparams:
         from vitjax.weights.convert import load_pdparams  # no Paddle import: a restricted unpickler
 
@@ -216,7 +222,7 @@ class Experiment:
         init = jax.jit(lambda key: self.model.init(key, jnp.zeros((1, *self.shape)))["params"],
                        out_shardings=self.param_shardings)
         fresh = init(jax.random.key(c.seed))
-        loaded = load_weights(c.model, c.init.pdparams, c.init.checkpoint, c.init.head, c.seed)
+        loaded = load_weights(c.model, c.init.pdparams, c.init.checkpoint, c.init.head, c.seed, c.init.pretrained)
         if loaded is None:
             return fresh
         return to_global(_merge(jax.tree.map(to_host, fresh), loaded), self.param_shardings)
@@ -224,7 +230,7 @@ class Experiment:
     def params_for_inference(self) -> Any:
         """Weights for eval/predict: init.pdparams / init.checkpoint, else the workdir's latest."""
         c = self.config
-        loaded = load_weights(c.model, c.init.pdparams, c.init.checkpoint, c.init.head, c.seed)
+        loaded = load_weights(c.model, c.init.pdparams, c.init.checkpoint, c.init.head, c.seed, c.init.pretrained)
         if loaded is None:
             loaded = dict(checkpoints.load_variables(self.workdir)["params"])
         return to_global(_merge(jax.tree.map(np.asarray, self._zeros_like_params()), loaded), self.param_shardings)
