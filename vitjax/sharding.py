@@ -23,6 +23,7 @@ from typing import Any, Sequence
 
 import jax
 import numpy as np
+import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 DATA, MODEL = "data", "model"
@@ -80,24 +81,20 @@ def param_specs(params: Any, mesh: Mesh, strategy: str, extra_rules: Sequence = 
     )
 
 
-def state_shardings(abstract_state: Any, params: Any, mesh: Mesh, strategy: str, extra_rules: Sequence = ()) -> Any:
-    """``NamedSharding`` for every leaf of a train state: a leaf whose dict path ends with
-    a parameter's path and has its shape (the parameter, its Adam moments, ...) shares the
-    parameter's sharding; all else is replicated."""
-    by_path = {}
-    for kp, leaf in jax.tree_util.tree_flatten_with_path(params)[0]:
-        path = _dict_path(kp)
-        by_path[path] = (tuple(leaf.shape), param_spec("/".join(path), tuple(leaf.shape), mesh, strategy, extra_rules))
+def state_shardings(abstract_state: Any, tx: optax.GradientTransformation, mesh: Mesh, strategy: str,
+                    extra_rules: Sequence = ()) -> Any:
+    """``NamedSharding`` for every leaf of a train state (``step``, ``params``, ``opt_state``).
 
-    def sharding(kp, leaf):
-        names = _dict_path(kp)
-        for start in range(len(names)):
-            found = by_path.get(names[start:])
-            if found and found[0] == tuple(leaf.shape):
-                return NamedSharding(mesh, found[1])
-        return NamedSharding(mesh, P())
-
-    return jax.tree_util.tree_map_with_path(sharding, abstract_state)
+    Each parameter gets its rule's sharding; optax says which optimizer-state leaves belong to
+    which parameter (``optax.tree_map_params``: Adam's moments, momentum buffers, ...), and those
+    share their parameter's sharding. Everything else (step counters) is replicated.
+    """
+    replicated = NamedSharding(mesh, P())
+    params = jax.tree.map(lambda spec: NamedSharding(mesh, spec), param_specs(abstract_state.params, mesh, strategy, extra_rules),
+                          is_leaf=lambda x: isinstance(x, P))
+    opt_state = optax.tree_map_params(tx, lambda _, sharding: sharding, abstract_state.opt_state, params,
+                                      transform_non_params=lambda _: replicated)
+    return abstract_state.replace(step=replicated, params=params, opt_state=opt_state)
 
 
 def batch_sharding(mesh: Mesh) -> NamedSharding:

@@ -353,7 +353,7 @@ def train_and_evaluate(config, workdir: str | Path) -> dict[str, float]:
     abstract_state = jax.eval_shape(
         lambda p: TrainState(jnp.zeros((), jnp.int32), p, tx.init(p)), exp.abstract_params
     )
-    state_shardings = sharding.state_shardings(abstract_state, exp.abstract_params, exp.mesh, c.sharding.strategy, exp._rules)
+    state_shardings = sharding.state_shardings(abstract_state, tx, exp.mesh, c.sharding.strategy, exp._rules)
     manager = checkpoint_manager(workdir, c.keep_checkpoints)
     latest = manager.latest_step()
     if latest is not None:

@@ -111,6 +111,25 @@ def test_sharding_rules_place_parameters_as_the_strategy_says():
         sharding.param_spec("x", (4,), exp.mesh, "zero3")
 
 
+def test_optimizer_state_is_sharded_like_its_parameters():
+    import jax.numpy as jnp
+    import optax
+    from jax.sharding import PartitionSpec as P
+
+    from vitjax import sharding
+
+    exp = train.Experiment(tiny_config(**{"mesh.data": 2, "mesh.model": 4, "sharding.strategy": "fsdp_tp"}), "/tmp/unused")
+    tx = optax.chain(optax.clip_by_global_norm(1.0), optax.adamw(1e-3))
+    abstract = jax.eval_shape(lambda p: train.TrainState(jnp.zeros((), jnp.int32), p, tx.init(p)), exp.abstract_params)
+    shardings = sharding.state_shardings(abstract, tx, exp.mesh, "fsdp_tp")
+    adam = shardings.opt_state[1][0]
+    for moments in (adam.mu, adam.nu):
+        assert moments["blocks_0"]["attn"]["qkv"]["kernel"].spec == P("data", "model")
+        assert moments["pos_embed"].spec == P(None, None, "data")
+    assert adam.count.spec == P() and shardings.step.spec == P()
+    assert jax.tree.map(lambda s: s.spec, shardings.params) == jax.tree.map(lambda s: s.spec, exp.param_shardings)
+
+
 def test_checkpoint_restores_onto_a_different_mesh(tmp_path):
     train.train_and_evaluate(tiny_config(num_steps=3, **{"sharding.strategy": "fsdp"}), tmp_path)
     saved = final_params(tmp_path)
