@@ -30,6 +30,7 @@ import numpy as np
 
 from interop._paddle import require_paddle
 from interop.inference import InferenceModelError, locate_inference_model
+from interop.tensorrt import tensorrt_settings
 
 BACKENDS = ("jax", "paddle-cpu", "paddle-gpu", "paddle-trt-fp32", "paddle-trt-fp16", "onnxruntime")
 
@@ -187,15 +188,10 @@ class PaddleInferencePredictor(Predictor):
         config.disable_glog_info()
         config.switch_ir_optim(ir_optim)
         self.img_size = _declared_img_size(files)
-        if tensorrt:
-            self.max_batch = int(max_batch)
-            precision = inference.PrecisionType.Half if tensorrt == "fp16" else inference.PrecisionType.Float32
-            config.enable_tensorrt_engine(
-                workspace_size=1 << 30, max_batch_size=self.max_batch, min_subgraph_size=3,
-                precision_mode=precision, use_static=False, use_calib_mode=False,
-            )
-            shape = [3, self.img_size, self.img_size]
-            config.set_trt_dynamic_shape_info({"x": [1, *shape]}, {"x": [self.max_batch, *shape]}, {"x": [1, *shape]})
+        self.tensorrt = tensorrt_settings(model_dir, tensorrt, self.img_size, max_batch) if tensorrt else None
+        if self.tensorrt:
+            self.max_batch = self.tensorrt.max_batch
+            self.tensorrt.apply(config, inference)
         if files.format == "legacy":
             # PaddleClas enables memory optimisation; Paddle Inference 3.3.1 fails to create a
             # predictor for any PIR program with it ("Not find ... memory_optimize_pass").

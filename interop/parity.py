@@ -179,6 +179,9 @@ def run_parity(
             continue
         tolerance = tolerances[precision_of(backend)]
         entry: dict[str, Any] = {"available": True, "precision": precision_of(backend), "tolerance": dataclasses.asdict(tolerance), "inputs": {}}
+        trt = getattr(predictors["probs"], "tensorrt", None)
+        if trt is not None:
+            entry["settings"] = trt.describe()
         passed = True
         for name, batch in inputs.items():
             ref_logits, ref_probs = expected[name]
@@ -240,6 +243,9 @@ def render_markdown(report: dict[str, Any]) -> str:
     for backend, entry in report["backends"].items():
         if entry["available"]:
             lines.append(f"| {backend} | " + " | ".join(f"{entry['latency'][b]['median_ms']:.2f}" for b in batches) + " |")
+    settings = [(b, e["settings"]) for b, e in report["backends"].items() if e.get("settings")]
+    if settings:
+        lines += ["", "## Backend settings", ""] + [f"- {b}: {text}" for b, text in settings]
     unavailable = [(b, e["reason"]) for b, e in report["backends"].items() if not e["available"]]
     if unavailable:
         lines += ["", "## Not run on this machine", ""] + [f"- {b}: {reason}" for b, reason in unavailable]

@@ -113,6 +113,29 @@ def test_gpu_and_tensorrt_backends_give_the_jax_logits(deployed, backend):
         np.testing.assert_allclose(predictor.predict(images), expected, rtol=0, atol=atol)
 
 
+def test_tensorrt_fp16_keeps_layernorm_in_float32_and_caches_engines_next_to_the_model(tmp_path):
+    """TNT loses accuracy with LayerNorm (or its skip-LayerNorm fusion) in half precision."""
+    from interop.tensorrt import tensorrt_settings
+
+    half = tensorrt_settings(tmp_path / "tnt", "fp16", img_size=224, max_batch=4)
+    assert half.ops_kept_out == ("layer_norm",) and "trt_skip_layernorm_fuse_pass" in half.passes_deleted
+    assert half.cache_dir == tmp_path / "tnt" / "_trt_cache"
+    assert half.shapes() == ({"x": [1, 3, 224, 224]}, {"x": [4, 3, 224, 224]}, {"x": [1, 3, 224, 224]})
+    assert "layer_norm" in half.describe() and "1..4" in half.describe()
+    full = tensorrt_settings(tmp_path / "tnt", "fp32", img_size=224)
+    assert full.ops_kept_out == () and full.passes_deleted == () and full.max_batch == 8
+    with pytest.raises(ValueError, match="'int8'"):
+        tensorrt_settings(tmp_path, "int8", img_size=224)
+
+
+def test_backends_command_shows_the_tensorrt_settings():
+    result = run_cli("backends")
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    fp16 = lines[lines.index(next(line for line in lines if line.startswith("paddle-trt-fp16"))) + 1]
+    assert "settings:" in fp16 and "kept out of TensorRT (float32): layer_norm" in fp16
+
+
 def test_a_wrong_input_shape_is_a_clear_error_on_every_backend(deployed):
     name = "TNT_test_patch16_32"
     variables, model_dir, onnx_path = deployed[name]
