@@ -1,11 +1,14 @@
 """Input pipelines: PaddleClas-exact eval preprocessing, file lists, tfds, sharding, bad images."""
 
+import subprocess
+import sys
+from pathlib import Path
+
 import numpy as np
 import pytest
 import skimage.data
 from PIL import Image
 
-import local_tfds.shapes  # noqa: F401  (registers the vitjax_test_shapes tfds builder)
 import paddleclas_reference
 import vitjax
 from vitjax import train
@@ -134,7 +137,14 @@ def test_train_augmentation_is_deterministic_per_seed_and_stays_normalized():
     assert out.size == (image.shape[1], image.shape[0]) and not np.array_equal(np.asarray(out), image)
 
 
-def test_tfds_source_builds_and_reads_a_local_dataset(tmp_path):
+@pytest.fixture
+def local_tfds_dataset():
+    """Registers the vitjax_test_shapes tfds builder (tfds is the optional ``tfds`` extra)."""
+    pytest.importorskip("tensorflow_datasets")
+    import local_tfds.shapes  # noqa: F401
+
+
+def test_tfds_source_builds_and_reads_a_local_dataset(tmp_path, local_tfds_dataset):
     source = TfdsSource("vitjax_test_shapes", "train", data_dir=str(tmp_path))
     assert len(source) == 30 and source.num_classes == 3 and list(source.class_names) == ["squares", "stripes", "noise"]
     image, label = source.load(4)
@@ -144,7 +154,7 @@ def test_tfds_source_builds_and_reads_a_local_dataset(tmp_path):
         TfdsSource("no_such_dataset_xyz", "train", data_dir=str(tmp_path))
 
 
-def test_training_runs_on_tfds_and_on_file_lists(tmp_path):
+def test_training_runs_on_tfds_and_on_file_lists(tmp_path, local_tfds_dataset):
     from test_train import tiny_config
 
     config = tiny_config(num_steps=2, eval_batch_size=8, **{"model.num_classes": 3, "data.source": "tfds:vitjax_test_shapes",
@@ -234,3 +244,58 @@ def test_training_and_prediction_on_an_image_folder(tmp_path):
     predictions = train.predict(tiny_config(**overrides, **{"predict.images": str(image), "predict.topk": 3}),
                                 tmp_path / "run")
     assert sorted(name for name, _ in predictions[0]) == sorted(classes)
+
+
+WITHOUT_TENSORFLOW = """
+import importlib.machinery
+import sys
+
+
+class PathFinderWithoutTensorFlow(importlib.machinery.PathFinder):
+    \"\"\"The standard path finder, blind to tensorflow and tensorflow_datasets: both import
+    and importlib.util.find_spec see them as not installed.\"\"\"
+
+    @classmethod
+    def find_spec(cls, name, path=None, target=None):
+        if name.partition(".")[0] in ("tensorflow", "tensorflow_datasets"):
+            return None
+        return super().find_spec(name, path, target)
+
+
+sys.meta_path[:] = [PathFinderWithoutTensorFlow if f is importlib.machinery.PathFinder else f for f in sys.meta_path]
+"""
+
+NO_TENSORFLOW_RUN = WITHOUT_TENSORFLOW + """
+import pathlib
+import pytest
+tests, root = sys.argv[1:3]
+sys.path.insert(0, tests)
+from test_train import tiny_config
+from vitjax import train
+from vitjax.configlib import base_config
+from vitjax.data.sources import DataError, make_source
+
+root = pathlib.Path(root)
+digits = make_source(base_config().data, train=True)
+assert len(digits) == 1437 and digits.load(0)[0].shape == (32, 32, 3)
+folder = train.train_and_evaluate(tiny_config(num_steps=2, batch_size=8, eval_batch_size=8, **{
+    "model.num_classes": 2, "data.source": "folder", "data.root": str(root / "data")}), root / "folder_run")
+assert folder["count"] == 4, folder
+data = base_config().data
+data.source = "tfds:imagenet2012"
+with pytest.raises(DataError) as error:
+    make_source(data, train=True)
+print(error.value)
+loaded = sorted(m for m in sys.modules if m.partition(".")[0] in ("tensorflow", "tensorflow_datasets"))
+assert not loaded, loaded
+"""
+
+
+def test_folder_training_and_digits_need_no_tensorflow_and_tfds_names_its_extra(tmp_path):
+    write_folder(tmp_path / "data" / "train", {"cat": 4, "dog": 4})
+    write_folder(tmp_path / "data" / "val", {"cat": 2, "dog": 2})
+    command = [sys.executable, "-c", NO_TENSORFLOW_RUN, str(Path(__file__).parent), str(tmp_path)]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=600, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "data.source=tfds:imagenet2012 needs TensorFlow Datasets" in result.stdout
+    assert 'pip install "vitjax[tfds]"' in result.stdout

@@ -173,6 +173,18 @@ class ImageFolderSource:
         return str(self.root / os.fsdecode(self.paths[index]))
 
 
+def _import_tfds(name: str):
+    """tensorflow_datasets, which only this source needs (the ``tfds`` extra)."""
+    try:
+        import tensorflow_datasets as tfds
+    except ImportError as e:
+        raise DataError(
+            f"data.source=tfds:{name} needs TensorFlow Datasets, which is not installed ({e}): "
+            'pip install "vitjax[tfds]" (or use data.source=folder / filelist / digits, which need no TensorFlow)'
+        ) from None
+    return tfds
+
+
 class TfdsSource:
     """A tensorflow-datasets image classification split, read with random access.
 
@@ -182,7 +194,7 @@ class TfdsSource:
     """
 
     def __init__(self, name: str, split: str, data_dir: str = "", manual_dir: str = ""):
-        import tensorflow_datasets as tfds
+        tfds = _import_tfds(name)
 
         try:
             builder = tfds.builder(name, data_dir=data_dir or None, file_format="array_record")
