@@ -11,6 +11,8 @@
   onnx     MODEL_DIR [OUT.onnx]               Paddle2ONNX conversion of an exported (PIR) dir
   backends                                    which deployment backends run on this machine
   parity   SRC --out DIR [--model NAME]       JAX vs every backend: parity.md + parity.json, exit 1 on failure
+  download NAME... [--inference]             PaddleClas's pretrained weights (or *_infer.tar) into the cache
+  list-pretrained                             names, URLs, sizes, and what is cached
   serve    SRC [--backend B] [--port 8080]    HTTP inference server (interop/serving; the serve extra)
 """
 
@@ -22,10 +24,12 @@ from pathlib import Path
 
 from interop._paddle import require_paddle
 from interop.deploy import BackendUnavailable, InputShapeError
+from interop.pretrained import add_commands as add_pretrained_commands
 from vitjax.weights.pdparams import PdparamsError, read_pdparams
 from vitjax.weights.convert import guess_model, infer_num_classes, save_pdparams, state_dict_to_variables
 from vitjax.checkpoints import CheckpointError, load_variables, save_variables
 from vitjax.data.transforms import ImageError
+from vitjax.weights.download import DownloadError
 
 def _model_name(args, state, source) -> str:
     return args.model or guess_model(state, source=source)
@@ -120,10 +124,14 @@ def onnx(args) -> int:
 
 def backends(args) -> int:
     from interop.deploy import BACKENDS, backend_status
+    from interop.tensorrt import tensorrt_settings
 
     for backend in BACKENDS:
         ok, reason = backend_status(backend)
         print(f"{backend:16s} {'available' if ok else 'unavailable'}: {reason}")
+        if backend.startswith("paddle-trt-"):
+            settings = tensorrt_settings("<model_dir>", backend.rsplit("-", 1)[-1], img_size=224)
+            print(f"{'':16s} settings: {settings.describe()}")
     return 0
 
 
@@ -208,6 +216,7 @@ def build_parser() -> argparse.ArgumentParser:
     from interop.serving.cli import add_parser as add_serve_parser
 
     add_serve_parser(sub)
+    add_pretrained_commands(sub)
     return parser
 
 
@@ -215,7 +224,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.run(args)
-    except (PdparamsError, CheckpointError, ImageError, BackendUnavailable, InputShapeError) as e:
+    except (PdparamsError, CheckpointError, ImageError, BackendUnavailable, InputShapeError, DownloadError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
 

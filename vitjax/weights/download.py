@@ -11,6 +11,9 @@ downloads), with nothing PaddleClas-specific in it:
   processes sharing a file system download it once), a cache hit only when the file's
   SHA-256 still matches the one recorded beside it, otherwise download, check
   (a known SHA-256 and a caller's ``verify``), rename into place, record the SHA-256.
+* :func:`fetch_cached_archive`: the same for an archive unpacked into a cached directory
+  (:func:`safe_extract_tar`: no member may leave the directory, no links or devices, bounded
+  sizes), every unpacked file's SHA-256 recorded.
 * Digest sidecars (``<file>.sha256``) are ``sha256sum`` lines, so ``sha256sum -c`` works.
 
 ``VITJAX_OFFLINE=1`` turns every download into an error that says what is missing.
@@ -22,18 +25,22 @@ import contextlib
 import hashlib
 import http.client
 import os
-import socket
+import shutil
 import sys
+import tarfile
+import tempfile
 import time
 import urllib.error
 import urllib.request
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Callable, Iterator, Mapping
 
 CHUNK = 1 << 18
 DEFAULT_TIMEOUT = 30.0  # seconds without a byte before a connection is given up
 DEFAULT_RETRIES = 4  # attempts that make no progress, per download
 DEFAULT_BACKOFF = 1.0  # seconds before the first retry, doubled each time (capped at 30 s)
+MAX_TAR_MEMBERS = 256
+MAX_TAR_BYTES = 8 << 30  # what an archive may unpack to, in all
 _RETRY_STATUS = {408, 425, 429, 500, 502, 503, 504}
 _USER_AGENT = "vitjax-weights/1 (+python urllib)"
 
@@ -282,6 +289,39 @@ def download_to_part(
         delay = min(delay * 2, 30.0)
 
 
+def _usable_cached(dest: Path, sidecar: Path, adopt: Callable[[], None] | None) -> bool:
+    """True when ``dest`` is cached and its recorded SHA-256 sums still match. A damaged copy is
+    named on stderr and removed; an unrecorded one is checked by ``adopt`` (which records it)
+    or removed when there is no ``adopt`` or it refuses."""
+    if not dest.exists():
+        return False
+    bad = corrupted_files(sidecar)
+    if bad == []:
+        return True
+    if bad is None and adopt is not None:
+        try:
+            adopt()
+            return True
+        except Exception as e:  # noqa: BLE001 - any refusal means: fetch again
+            _warn(f"{dest}: cached copy is not usable ({e}); downloading it again")
+    elif bad:
+        _warn(f"{dest}: cached file is corrupted (SHA-256 of {', '.join(bad)} no longer matches "
+              f"{sidecar.name}); downloading it again")
+    else:
+        _warn(f"{dest}: cached copy has no SHA-256 record; downloading it again")
+    if dest.is_dir():
+        shutil.rmtree(dest)
+    else:
+        dest.unlink()
+    return False
+
+
+def _refuse_offline(dest: Path, url: str) -> None:
+    if is_offline():
+        raise OfflineError(f"VITJAX_OFFLINE is set and {dest} is not in the cache (it comes from {url}); "
+                           "unset VITJAX_OFFLINE, or put it there by hand")
+
+
 def fetch_cached(
     url: str,
     dest: Path,
@@ -296,58 +336,159 @@ def fetch_cached(
     """``dest``, downloaded from ``url`` unless a good copy is already cached.
 
     A cached file counts only when its SHA-256 matches the one recorded beside it
-    (``<dest>.sha256``); a mismatch is reported on stderr and the file fetched again. A new
+    (``<dest>.sha256``); a mismatch is reported on stderr and the file fetched again (a file
+    put there by hand, with no record, is checked like a download and then recorded). A new
     download goes to ``<dest>.part`` (resumed on the next call if cut off), must match
-    ``sha256`` when given and pass ``verify(path)`` (which raises to refuse it; a refused file
-    is deleted), and only then is renamed to ``dest`` and its SHA-256 recorded. The whole
-    sequence holds a lock on ``dest``, so concurrent processes end with one good copy.
+    ``sha256`` when given and pass ``verify(path)`` (which raises ``ValueError``/``OSError``
+    to refuse it; a refused file is deleted), and only then is renamed to ``dest`` and its
+    SHA-256 recorded. The whole sequence holds a lock on ``dest``, so concurrent processes
+    end with one good copy.
     """
     dest = Path(dest)
     sidecar = digest_sidecar(dest)
+
+    def check(path: Path) -> str:
+        digest = sha256_of(path)
+        if sha256 is not None and digest != sha256:
+            raise RefusedDownload(f"refused the download of {url}: its SHA-256 is {digest}, not the "
+                                  f"published {sha256}; nothing was cached")
+        if verify is not None:
+            try:
+                verify(path)
+            except (ValueError, OSError) as e:
+                raise RefusedDownload(f"refused the download of {url}: {e}; nothing was cached") from None
+        return digest
+
     with file_lock(dest):
-        if dest.is_file():
-            bad = corrupted_files(sidecar)
-            if bad == []:
-                return dest
-            if bad is None:  # a file placed by hand (or renamed before its digest was written)
-                try:
-                    if verify is not None:
-                        verify(dest)
-                    digest = sha256_of(dest)
-                    if sha256 is not None and digest != sha256:
-                        raise DownloadError(f"SHA-256 {digest} is not the published {sha256}")
-                except Exception as e:  # noqa: BLE001 - any refusal means: fetch again
-                    _warn(f"{dest}: cached file is not usable ({e}); downloading it again")
-                    dest.unlink()
-                else:
-                    write_digests(sidecar, {dest.name: digest})
-                    return dest
-            else:
-                _warn(f"{dest}: cached file is corrupted (its SHA-256 no longer matches {sidecar.name}); "
-                      "downloading it again")
-                dest.unlink()
-        if is_offline():
-            raise OfflineError(f"VITJAX_OFFLINE is set and {dest} is not in the cache (it comes from {url}); "
-                               "unset VITJAX_OFFLINE, or put the file there by hand")
+        if _usable_cached(dest, sidecar, lambda: write_digests(sidecar, {dest.name: check(dest)})):
+            return dest
+        _refuse_offline(dest, url)
         part = dest.with_name(dest.name + ".part")
         download_to_part(url, part, quiet=quiet, timeout=timeout, retries=retries, backoff=backoff,
                          label=dest.name)
         try:
-            digest = sha256_of(part)
-            if sha256 is not None and digest != sha256:
-                raise RefusedDownload(f"refused the download of {url}: its SHA-256 is {digest}, not the "
-                                      f"published {sha256}; nothing was cached")
-            if verify is not None:
-                try:
-                    verify(part)
-                except (ValueError, OSError) as e:
-                    raise RefusedDownload(f"refused the download of {url}: {e}; nothing was cached") from None
+            digest = check(part)
         except BaseException:
             part.unlink(missing_ok=True)
             raise
         os.replace(part, dest)
         write_digests(sidecar, {dest.name: digest})
         return dest
+
+
+def fetch_cached_archive(
+    url: str,
+    dest: Path,
+    *,
+    unpack: Callable[[Path, Path], Path],
+    sha256: str | None = None,
+    quiet: bool = False,
+    timeout: float = DEFAULT_TIMEOUT,
+    retries: int = DEFAULT_RETRIES,
+    backoff: float = DEFAULT_BACKOFF,
+) -> Path:
+    """The directory ``dest``, unpacked from the archive at ``url`` unless already cached.
+
+    ``unpack(archive, staging)`` unpacks into the empty directory ``staging`` (use
+    :func:`safe_extract_tar`), checks the result, and returns the directory to install (``staging``
+    or one inside it); it raises ``ValueError``/``OSError`` to refuse. The archive is downloaded
+    as in :func:`fetch_cached` (resumable ``.part``, ``sha256`` when known), and deleted once the
+    directory is in place with every file's SHA-256 recorded in ``<dest>.sha256``.
+    """
+    dest = Path(dest)
+    sidecar = digest_sidecar(dest)
+    with file_lock(dest):
+        if _usable_cached(dest, sidecar, None):
+            return dest
+        _refuse_offline(dest, url)
+        part = dest.with_name(dest.name + ".download.part")
+        download_to_part(url, part, quiet=quiet, timeout=timeout, retries=retries, backoff=backoff,
+                         label=url.rsplit("/", 1)[-1])
+        staging = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", dir=dest.parent))
+        try:
+            digest = sha256_of(part)
+            if sha256 is not None and digest != sha256:
+                raise RefusedDownload(f"refused the download of {url}: its SHA-256 is {digest}, not the "
+                                      f"published {sha256}; nothing was cached")
+            try:
+                unpacked = unpack(part, staging)
+            except (ValueError, OSError, tarfile.TarError) as e:
+                raise RefusedDownload(f"refused the download of {url}: {e}; nothing was cached") from None
+            digests = {f"{dest.name}/{path.relative_to(unpacked).as_posix()}": sha256_of(path)
+                       for path in sorted(unpacked.rglob("*")) if path.is_file()}
+            os.replace(unpacked, dest)
+            write_digests(sidecar, digests)
+        finally:
+            part.unlink(missing_ok=True)
+            shutil.rmtree(staging, ignore_errors=True)
+        return dest
+
+
+class UnsafeArchiveError(ValueError):
+    """An archive with a member that could escape its directory, a link, a device, or too much data."""
+
+
+def _member_parts(archive: Path, name: str) -> tuple[str, ...]:
+    path = PurePosixPath(name)
+    if path.is_absolute() or (name[1:2] == ":" and name[:1].isalpha()):
+        raise UnsafeArchiveError(f"{archive}: member {name!r} has an absolute path")
+    if "\\" in name:
+        raise UnsafeArchiveError(f"{archive}: member {name!r} has a backslash in its path")
+    if ".." in path.parts:
+        raise UnsafeArchiveError(f"{archive}: member {name!r} would land outside the target directory")
+    return tuple(part for part in path.parts if part != ".")
+
+
+def safe_extract_tar(
+    archive: str | os.PathLike,
+    target: str | os.PathLike,
+    *,
+    max_members: int = MAX_TAR_MEMBERS,
+    max_bytes: int = MAX_TAR_BYTES,
+) -> list[Path]:
+    """Extracts the regular files and directories of a tar archive into ``target``; returns the files.
+
+    Every member is checked before anything is written: an absolute path or ``..`` component,
+    a symbolic or hard link, a device or FIFO, more than ``max_members`` members or more than
+    ``max_bytes`` in all raise :class:`UnsafeArchiveError` naming the archive and the member.
+    File modes and owners in the archive are ignored.
+    """
+    archive, target = Path(archive), Path(target)
+    try:
+        tar = tarfile.open(archive, "r:*")
+    except tarfile.TarError as e:
+        raise UnsafeArchiveError(f"{archive}: not a tar archive ({e})") from None
+    with tar:
+        members, total = [], 0
+        for member in tar:
+            if len(members) == max_members:
+                raise UnsafeArchiveError(f"{archive}: more than {max_members} members")
+            parts = _member_parts(archive, member.name)
+            if member.issym() or member.islnk():
+                raise UnsafeArchiveError(f"{archive}: member {member.name!r} is a link (to {member.linkname!r})")
+            if not (member.isfile() or member.isdir()):
+                raise UnsafeArchiveError(f"{archive}: member {member.name!r} is not a regular file or directory")
+            total += member.size
+            if total > max_bytes:
+                raise UnsafeArchiveError(f"{archive}: unpacks to more than {max_bytes} bytes")
+            members.append((member, parts))
+        files, root = [], target.resolve()
+        for member, parts in members:
+            path = target.joinpath(*parts)
+            if not path.resolve().is_relative_to(root):
+                raise UnsafeArchiveError(f"{archive}: member {member.name!r} would land outside the target directory")
+            if member.isdir():
+                path.mkdir(parents=True, exist_ok=True)
+                continue
+            path.parent.mkdir(parents=True, exist_ok=True)
+            source = tar.extractfile(member)
+            try:
+                with source, open(path, "xb") as out:
+                    shutil.copyfileobj(source, out, CHUNK)
+            except FileExistsError:
+                raise UnsafeArchiveError(f"{archive}: member {member.name!r} appears twice") from None
+            files.append(path)
+    return files
 
 
 def _warn(message: str) -> None:
