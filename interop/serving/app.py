@@ -123,7 +123,13 @@ def error_response(state: ServingState, status: int, kind: str, reason: str) -> 
 
 
 class BodyLimit:
-    """ASGI middleware: buffers at most ``limit`` body bytes; beyond that, 413 without reading further."""
+    """ASGI middleware: buffers at most ``limit`` body bytes; beyond that, 413.
+
+    A client that announced an oversized body and asked ``Expect: 100-continue`` gets 413
+    before it sends the body. Otherwise the rest of the body is read and discarded (up to
+    ``4 * limit`` bytes) before answering, so that the client, still writing, is not reset
+    before it reads the 413; the connection is then closed.
+    """
 
     def __init__(self, app, state: ServingState):
         self.app, self.state = app, state
@@ -132,9 +138,13 @@ class BodyLimit:
         if scope["type"] != "http" or scope["method"] in ("GET", "HEAD", "OPTIONS"):
             return await self.app(scope, receive, send)
         limit = self.state.config.max_body_bytes
-        declared = dict(scope["headers"]).get(b"content-length")
+        headers = dict(scope["headers"])
+        declared = headers.get(b"content-length")
         if declared is not None and (not declared.isdigit() or int(declared) > limit):
-            return await self._refuse(scope, receive, send, f"body of {declared.decode(errors='replace')} bytes exceeds the limit of {limit} bytes")
+            reason = f"body of {declared.decode(errors='replace')} bytes exceeds the limit of {limit} bytes"
+            if headers.get(b"expect", b"").lower() != b"100-continue":
+                await _discard_body(receive, 4 * limit)
+            return await self._refuse(scope, receive, send, reason)
         chunks, size = [], 0
         while True:
             message = await receive()
@@ -143,6 +153,8 @@ class BodyLimit:
             chunk = message.get("body", b"")
             size += len(chunk)
             if size > limit:
+                if message.get("more_body", False):
+                    await _discard_body(receive, 4 * limit - size)
                 return await self._refuse(scope, receive, send, f"body exceeds the limit of {limit} bytes")
             chunks.append(chunk)
             if not message.get("more_body", False):
@@ -160,8 +172,19 @@ class BodyLimit:
 
     async def _refuse(self, scope, receive, send, reason: str):
         response = error_response(self.state, 413, "body_too_large", reason)
-        response.headers["Connection"] = "close"  # the unread rest of the body must not be parsed as a request
+        response.headers["Connection"] = "close"
         await response(scope, receive, send)
+
+
+async def _discard_body(receive, budget: int) -> None:
+    """Reads and drops request body chunks until the body ends, the client leaves or ``budget`` bytes are read."""
+    while budget > 0:
+        message = await receive()
+        if message["type"] != "http.request":
+            return
+        budget -= len(message.get("body", b""))
+        if not message.get("more_body", False):
+            return
 
 
 def _endpoint(scope, routes) -> str:
