@@ -11,8 +11,13 @@ ENGINE_TITLES = {
     "paddle-dygraph": "Paddle dygraph",
     "jax-train": "JAX (ours)",
     "paddle-dygraph-train": "Paddle dygraph",
+    "timm": "timm eager",
+    "timm-compile": "timm torch.compile",
+    "timm-train": "timm eager",
+    "timm-compile-train": "timm torch.compile",
 }
-PEERS = ("paddle-inference", "onnxruntime", "paddle-dygraph")
+PEERS = ("paddle-inference", "onnxruntime", "paddle-dygraph", "timm", "timm-compile")
+TRAIN_ENGINES = ("jax-train", "paddle-dygraph-train", "timm-train", "timm-compile-train")
 
 
 def _fmt_rate(c: dict | None) -> str:
@@ -64,7 +69,7 @@ def render_markdown(report: dict) -> str:
         "## Inference throughput, images/s (median latency)",
         "",
     ]
-    engines = ["jax", "jax-vw512", "jax-bf16", "paddle-inference", "onnxruntime", "paddle-dygraph"]
+    engines = ["jax", "jax-vw512", "jax-bf16", "paddle-inference", "onnxruntime", "paddle-dygraph", "timm", "timm-compile"]
     lines.append("| Model | Batch | " + " | ".join(ENGINE_TITLES[e] for e in engines)
                  + " | JAX / best peer | JAX / ORT | JAX / Paddle Inf. | JAX % of FP32 peak |")
     lines.append("|:--|--:|" + "--:|" * len(engines) + "--:|--:|--:|--:|")
@@ -89,19 +94,22 @@ def render_markdown(report: dict) -> str:
 
     if report.get("training"):
         lines += ["## Training step, images/s (median ms per step): forward + backward + AdamW", "",
-                  "| Model | Batch | JAX (ours) | Paddle dygraph | JAX / dygraph | JAX % of FP32 peak | loss, 3 steps (JAX / Paddle) |",
-                  "|:--|--:|--:|--:|--:|--:|:--|"]
+                  "| Model | Batch | " + " | ".join(ENGINE_TITLES[e] for e in TRAIN_ENGINES)
+                  + " | JAX / dygraph | JAX / timm eager | JAX / timm compile | JAX % of FP32 peak | loss, 3 steps (JAX / Paddle / timm) |",
+                  "|:--|--:|" + "--:|" * len(TRAIN_ENGINES) + "--:|--:|--:|--:|:--|"]
         for model, entry in report["training"].items():
             for batch, cell_info in entry.get("cells", {}).items():
                 cell = cell_info["engines"]
                 if cell_info.get("busy"):
                     flagged.append(f"{model} train b{batch}")
                 jax, pd = cell.get("jax-train"), cell.get("paddle-dygraph-train")
+                tm, tc = cell.get("timm-train"), cell.get("timm-compile-train")
                 frac = f"{6 * entry['macs_per_image'] * jax['images_per_s'] / peak:.0%}" if jax else "n/a"
                 check = entry.get("check", {}).get(batch, {})
                 losses = check.get("losses", {})
-                loss_txt = " / ".join(", ".join(f"{v:.4f}" for v in losses[e]) for e in ("jax-train", "paddle-dygraph-train") if e in losses)
-                lines.append(f"| {model} | {batch} | {_fmt_rate(jax)} | {_fmt_rate(pd)} | {_ratio(jax, pd)} | {frac} | {loss_txt} |")
+                loss_txt = " / ".join(", ".join(f"{v:.4f}" for v in losses[e]) for e in ("jax-train", "paddle-dygraph-train", "timm-train") if e in losses)
+                lines.append(f"| {model} | {batch} | " + " | ".join(_fmt_rate(cell.get(e)) for e in TRAIN_ENGINES)
+                             + f" | {_ratio(jax, pd)} | {_ratio(jax, tm)} | {_ratio(jax, tc)} | {frac} | {loss_txt} |")
         lines += ["", "Same weights, same batch (224x224, random labels), cross-entropy, AdamW (lr 1e-4, weight decay 0.05 on "
                   "every parameter, as Paddle's AdamW), no dropout or drop path (the Paddle mirror has none). Training FLOPs "
                   "counted as 3 x forward.", ""]
@@ -116,12 +124,13 @@ def render_markdown(report: dict) -> str:
                 _gib(cell[e]["peak_rss_mib"]) + ("" if cell[e].get("device_peak_mib") is None else f" / GPU {cell[e]['device_peak_mib']:.0f}")
                 if e in cell else "n/a" for e in engines) + " |")
     if report.get("training"):
-        lines += ["", "| Model (training step) | Batch | JAX (ours) | Paddle dygraph |", "|:--|--:|--:|--:|"]
+        lines += ["", "| Model (training step) | Batch | " + " | ".join(ENGINE_TITLES[e] for e in TRAIN_ENGINES) + " |",
+                  "|:--|--:|" + "--:|" * len(TRAIN_ENGINES)]
         for model, entry in report["training"].items():
             for batch, cell_info in entry.get("cells", {}).items():
                 cell = cell_info["engines"]
                 lines.append(f"| {model} | {batch} | " + " | ".join(
-                    _gib(cell[e]["peak_rss_mib"]) if e in cell else "n/a" for e in ("jax-train", "paddle-dygraph-train")) + " |")
+                    _gib(cell[e]["peak_rss_mib"]) if e in cell else "n/a" for e in TRAIN_ENGINES) + " |")
     lines += ["", "RSS includes each runtime's own libraries and the process's own copy of the weights.", ""]
 
     lines += ["## Outputs agree (checked before timing)", "", "| Model | " + " | ".join(ENGINE_TITLES[e] for e in engines) + " |",

@@ -39,7 +39,7 @@ from benchmarks.worker import ENGINE_XLA_FLAGS, INFERENCE_ENGINES, TRAIN_ENGINES
 
 DEFAULT_MODELS = ("DeiT_tiny_patch16_224", "DeiT_small_patch16_224", "DeiT_base_patch16_224", "TNT_small")
 DEFAULT_TRAIN_MODELS = ("DeiT_tiny_patch16_224", "DeiT_small_patch16_224", "TNT_small")
-PEERS = ("paddle-inference", "onnxruntime", "paddle-dygraph")
+PEERS = ("paddle-inference", "onnxruntime", "paddle-dygraph", "timm", "timm-compile")
 FP32_ATOL = 1e-4
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -114,7 +114,7 @@ def _versions() -> dict[str, str]:
     from importlib.metadata import PackageNotFoundError, version
 
     out = {"python": sys.version.split()[0]}
-    for pkg in ("jax", "jaxlib", "flax", "optax", "paddlepaddle", "paddle2onnx", "onnxruntime", "numpy"):
+    for pkg in ("jax", "jaxlib", "flax", "optax", "paddlepaddle", "paddle2onnx", "onnxruntime", "torch", "timm", "numpy"):
         try:
             out[pkg] = version(pkg)
         except PackageNotFoundError:
@@ -278,9 +278,12 @@ def run_training(model: str, work: Path, args, log_dir: Path, report: dict) -> N
     try:
         for batch in args.train_batches:
             losses = {name: w.ask("check", batch=batch)["output"] for name, w in workers.items()}
-            if len(losses) == 2:
-                a, b = losses.values()
-                result["check"][str(batch)] = {"losses": losses, "max_abs_diff": _max_abs_diff(a, b)}
+            ref = losses.get("jax-train")
+            diffs = {n: _max_abs_diff(v, ref) for n, v in losses.items() if ref is not None and n != "jax-train"}
+            result["check"][str(batch)] = {"losses": losses, "max_abs_diff_vs_jax": diffs}
+            for name, diff in diffs.items():
+                if diff > 5e-4:
+                    _log(f"  WARNING {name}: first 3 losses differ from JAX's by {diff:.1e}")
             busy = _busy_note()
             started = time.perf_counter()
             cell = _time_cell(workers, batch, args.train_repeats, args.train_warmup, args.gap_ms / 1e3)
@@ -317,7 +320,7 @@ def parse_args(argv=None):
     p.add_argument("--engines", nargs="+", default=list(INFERENCE_ENGINES), choices=INFERENCE_ENGINES,
                    help="jax-vw512 is our JAX path with XLA_FLAGS=--xla_cpu_prefer_vector_width=512 (CPU only)")
     p.add_argument("--train-models", nargs="*", default=list(DEFAULT_TRAIN_MODELS))
-    p.add_argument("--train-batches", nargs="+", type=int, default=[8])
+    p.add_argument("--train-batches", nargs="+", type=int, default=[8, 32])
     p.add_argument("--train-repeats", type=int, default=8)
     p.add_argument("--train-warmup", type=int, default=2)
     p.add_argument("--engines-train", nargs="+", default=list(TRAIN_ENGINES), choices=TRAIN_ENGINES)

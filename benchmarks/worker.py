@@ -25,10 +25,10 @@ from pathlib import Path
 
 import numpy as np
 
-INFERENCE_ENGINES = ("jax", "jax-vw512", "jax-bf16", "paddle-inference", "onnxruntime", "paddle-dygraph")
+INFERENCE_ENGINES = ("jax", "jax-vw512", "jax-bf16", "paddle-inference", "onnxruntime", "paddle-dygraph", "timm", "timm-compile")
 # Engines that are our JAX path run with extra XLA flags (set in the worker's environment).
 ENGINE_XLA_FLAGS = {"jax-vw512": "--xla_cpu_prefer_vector_width=512"}
-TRAIN_ENGINES = ("jax-train", "paddle-dygraph-train")
+TRAIN_ENGINES = ("jax-train", "paddle-dygraph-train", "timm-train", "timm-compile-train")
 SEED = 0
 LR, WEIGHT_DECAY = 1e-4, 0.05
 
@@ -322,6 +322,82 @@ class PaddleTrainEngine(TrainEngine):
         return None
 
 
+def _timm_model(model_name: str, work: Path, device: str, threads: int):
+    """timm's model on our shared weights (PaddleClas layout in state.npz), torch on ``threads`` threads."""
+    import torch
+
+    from benchmarks.timm_peer import paddle_to_timm_state, timm_name
+    import timm
+
+    torch.set_num_threads(threads)
+    state = paddle_to_timm_state(_load_state(work), model_name)
+    model = timm.create_model(timm_name(model_name), pretrained=False, num_classes=state["head.bias"].shape[0])
+    model.load_state_dict({k: torch.from_numpy(np.array(v)) for k, v in state.items()}, strict=True)
+    return model.to("cuda" if device == "gpu" else "cpu"), torch
+
+
+class TimmEngine(InferenceEngine):
+    """timm eval-mode forward under ``torch.inference_mode``, optionally ``torch.compile``d (inductor)."""
+
+    def __init__(self, model_name: str, work: Path, device: str, threads: int, compile: bool):
+        super().__init__()
+        self._model, self.torch = _timm_model(model_name, work, device, threads)
+        self._model.eval()
+        self._fn = self.torch.compile(self._model) if compile else self._model
+        self._device = "cuda" if device == "gpu" else "cpu"
+        self.img_size = vitjax_img_size(model_name)
+
+    def predict(self, x):
+        with self.torch.inference_mode():
+            return self._fn(self.torch.from_numpy(x).to(self._device)).cpu().numpy()
+
+
+class TimmTrainEngine(TrainEngine):
+    """timm in train mode: forward, cross-entropy, backward, torch AdamW (decays every parameter), zero_grad."""
+
+    def __init__(self, model_name: str, work: Path, device: str, threads: int, compile: bool):
+        self._model, self.torch = _timm_model(model_name, work, device, threads)
+        self._model.train()
+        self._initial = {k: v.detach().clone() for k, v in self._model.state_dict().items()}
+        self._fn = self.torch.compile(self._model) if compile else self._model
+        self._dev = "cuda" if device == "gpu" else "cpu"
+        self.img_size = vitjax_img_size(model_name)
+        self._batches: dict[int, tuple] = {}
+        self._opt = None
+
+    def _reset(self):
+        # Same module (a compiled graph stays valid), initial weights, a fresh optimizer.
+        self._model.load_state_dict(self._initial)
+        self._opt = self.torch.optim.AdamW(self._model.parameters(), lr=LR, betas=(0.9, 0.999), eps=1e-8,
+                                           weight_decay=WEIGHT_DECAY)
+
+    def _batch(self, batch):
+        if batch not in self._batches:
+            self._batches[batch] = (self.torch.from_numpy(images(batch, self.img_size)).to(self._dev),
+                                    self.torch.from_numpy(labels(batch)).to(self._dev))
+        return self._batches[batch]
+
+    def run(self, batch):
+        if self._opt is None:
+            self._reset()
+        x, y = self._batch(batch)
+        loss = self.torch.nn.functional.cross_entropy(self._fn(x), y)
+        loss.backward()
+        self._opt.step()
+        self._opt.zero_grad(set_to_none=True)
+        return float(loss)
+
+    def device_memory(self):
+        cuda = self.torch.cuda
+        return int(cuda.max_memory_allocated()) if self._dev == "cuda" else None
+
+
+def vitjax_img_size(model_name: str) -> int:
+    import vitjax
+
+    return vitjax.get_spec(model_name).img_size
+
+
 def make_engine(engine: str, model_name: str, work: Path, device: str, threads: int) -> Engine:
     if engine in ("jax", "jax-vw512"):
         return JaxEngine(model_name, work, "float32")
@@ -337,6 +413,10 @@ def make_engine(engine: str, model_name: str, work: Path, device: str, threads: 
         return JaxTrainEngine(model_name, work)
     if engine == "paddle-dygraph-train":
         return PaddleTrainEngine(model_name, work, device, threads)
+    if engine in ("timm", "timm-compile"):
+        return TimmEngine(model_name, work, device, threads, compile=engine == "timm-compile")
+    if engine in ("timm-train", "timm-compile-train"):
+        return TimmTrainEngine(model_name, work, device, threads, compile=engine == "timm-compile-train")
     raise ValueError(f"unknown engine {engine!r}")
 
 
