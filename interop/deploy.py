@@ -73,8 +73,20 @@ class JaxPredictor(Predictor):
 
     backend = "jax"
 
-    def __init__(self, variables, model_name: str, *, softmax: bool = True, num_classes: int | None = None, img_size: int | None = None):
+    def __init__(
+        self,
+        variables,
+        model_name: str,
+        *,
+        softmax: bool = True,
+        num_classes: int | None = None,
+        img_size: int | None = None,
+        dtype: str = "float32",
+    ):
+        """``dtype`` is the computation dtype (``"bfloat16"``: bf16 compute on float32
+        parameters); outputs are float32 whatever it is."""
         import jax
+        import jax.numpy as jnp
 
         from vitjax.weights.convert import infer_num_classes, variables_to_state_dict
         from vitjax.models.registry import create_model, get_spec
@@ -82,10 +94,11 @@ class JaxPredictor(Predictor):
         state = variables_to_state_dict(variables, model_name)
         num_classes = infer_num_classes(state) if num_classes is None else num_classes
         self.img_size = int(img_size or get_spec(model_name).img_size)
-        model = create_model(model_name, num_classes=num_classes, img_size=self.img_size)
+        self.dtype = str(dtype)
+        model = create_model(model_name, num_classes=num_classes, img_size=self.img_size, dtype=jnp.dtype(self.dtype))
 
         def forward(params, images_nchw):
-            logits = model.apply(params, images_nchw.transpose(0, 2, 3, 1))
+            logits = model.apply(params, images_nchw.transpose(0, 2, 3, 1)).astype(jnp.float32)
             return jax.nn.softmax(logits, axis=-1) if softmax else logits
 
         self._forward, self._variables = jax.jit(forward), variables
@@ -248,31 +261,47 @@ def _legacy_input_shape(program: Path) -> list[int] | None:
 
 
 class OnnxRuntimePredictor(Predictor):
-    """ONNX Runtime (CPU execution provider) on an ``.onnx`` file from :func:`interop.export_onnx`."""
+    """ONNX Runtime on an ``.onnx`` file from :func:`interop.export_onnx`.
+
+    ``threads`` intra-op threads, one inter-op thread, sequential execution, every graph
+    optimisation (``ORT_ENABLE_ALL``). ``device="gpu"`` puts the CUDA execution provider
+    first (operators it lacks run on the CPU provider, as ONNX Runtime always does) and
+    raises :class:`BackendUnavailable` when this onnxruntime build has no CUDA provider.
+    """
 
     backend = "onnxruntime"
 
-    def __init__(self, onnx_path: str | os.PathLike, *, threads: int = 1):
+    def __init__(self, onnx_path: str | os.PathLike, *, threads: int = 1, device: str = "cpu"):
+        if device not in ("cpu", "gpu"):
+            raise ValueError(f"onnxruntime device {device!r}; use 'cpu' or 'gpu'")
         ok, reason = onnxruntime_status()
         if not ok:
             raise BackendUnavailable(f"onnxruntime: unavailable: {reason}")
         import onnxruntime
 
+        providers = ["CPUExecutionProvider"]
+        if device == "gpu":
+            if "CUDAExecutionProvider" not in onnxruntime.get_available_providers():
+                raise BackendUnavailable("onnxruntime: unavailable on gpu: this onnxruntime build has no CUDAExecutionProvider "
+                                         "(install onnxruntime-gpu)")
+            providers.insert(0, "CUDAExecutionProvider")
         path = Path(onnx_path)
         if not path.is_file():
             raise InferenceModelError(f"{path}: no such ONNX model")
         options = onnxruntime.SessionOptions()
+        options.graph_optimization_level = onnxruntime.GraphOptimizationLevel.ORT_ENABLE_ALL
+        options.execution_mode = onnxruntime.ExecutionMode.ORT_SEQUENTIAL
         options.intra_op_num_threads = int(threads)
         options.inter_op_num_threads = 1
         options.log_severity_level = 3
         try:
-            self._session = onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+            self._session = onnxruntime.InferenceSession(str(path), options, providers=providers)
         except Exception as e:
             raise InferenceModelError(f"{path}: ONNX Runtime cannot load it ({str(e).strip().splitlines()[0]})") from None
         (inp,) = self._session.get_inputs()
         self._input_name = inp.name
         self.img_size = int(inp.shape[-1])
-        self.threads = int(threads)
+        self.threads, self.device = int(threads), device
 
     def _run(self, images: np.ndarray) -> np.ndarray:
         return self._session.run(None, {self._input_name: images})[0]
