@@ -22,8 +22,6 @@ import dataclasses
 import json
 import os
 import platform
-import statistics
-import time
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -31,6 +29,7 @@ import numpy as np
 
 from interop.deploy import BACKENDS, BackendUnavailable, Predictor, backend_status, create_predictor
 from interop.inference import export_inference_model, export_onnx, resolve_variables
+from interop.measure import call_times, latency_summary, versions
 
 
 @dataclasses.dataclass(frozen=True)
@@ -65,19 +64,13 @@ def compare(reference_logits: np.ndarray, logits: np.ndarray, reference_probs: n
 
 
 def measure_latency(predictor: Predictor, images: np.ndarray, batches: Sequence[int], runs: int, warmup: int = 2) -> dict[str, dict[str, float]]:
-    """Median wall time of ``predictor.predict`` per batch size (ms), and images per second."""
+    """Per batch size: ``warmup`` untimed calls of ``predictor.predict``, then ``runs`` timed
+    ones, summarised by :func:`interop.measure.latency_summary` (the benchmarks' timer and summary)."""
     table = {}
     for batch in batches:
         x = np.ascontiguousarray(images[:batch])
-        for _ in range(warmup):
-            predictor.predict(x)
-        times = []
-        for _ in range(runs):
-            start = time.perf_counter()
-            predictor.predict(x)
-            times.append(time.perf_counter() - start)
-        median = statistics.median(times)
-        table[str(batch)] = {"median_ms": median * 1e3, "min_ms": min(times) * 1e3, "images_per_s": batch / median}
+        call_times(lambda: predictor.predict(x), warmup)
+        table[str(batch)] = latency_summary(call_times(lambda: predictor.predict(x), runs), batch)
     return table
 
 
@@ -103,18 +96,6 @@ def photo_batch(photos: Sequence[tuple[str, np.ndarray]], model_name: str) -> np
 
     transform = get_spec(model_name).eval_transform
     return np.stack([preprocess_eval(image, transform).transpose(2, 0, 1) for _, image in photos]).astype(np.float32)
-
-
-def _versions() -> dict[str, str]:
-    import importlib.metadata as md
-
-    versions = {}
-    for package in ("jax", "flax", "paddlepaddle", "paddle2onnx", "onnxruntime"):
-        try:
-            versions[package] = md.version(package)
-        except md.PackageNotFoundError:
-            versions[package] = "not installed"
-    return versions
 
 
 def run_parity(
@@ -203,7 +184,7 @@ def run_parity(
         },
         "tolerances": {k: dataclasses.asdict(v) for k, v in tolerances.items()},
         "machine": {"platform": platform.platform(), "processor": platform.processor() or platform.machine(), "cpu_count": os.cpu_count(), "threads": threads},
-        "versions": _versions(),
+        "versions": versions(),
         "latency_runs": latency_runs,
         "backends": results,
         "passed": all(r.get("passed", True) for r in results.values()),
