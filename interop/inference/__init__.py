@@ -1,0 +1,62 @@
+"""Paddle inference models (what PaddleClas's ``tools/export_model.py`` writes), both ways.
+
+One module per job; read the one you need:
+
+* :mod:`~interop.inference.files`: where a directory keeps its files (``inference.json`` or
+  ``inference.pdmodel``, ``inference.pdiparams``, ``inference.pdiparams.info``), the formats,
+  :class:`InferenceModelError`.
+* :mod:`~interop.inference.pdiparams`: the ``.pdiparams`` framing and the ``.info`` names,
+  read without Paddle and without trust.
+* :mod:`~interop.inference.export`: Flax variables -> an inference model directory
+  (:func:`export_inference_model`; PIR, or legacy with the old-IR shims).
+* :mod:`~interop.inference.program`: a directory read through Paddle's static executor.
+* :mod:`~interop.inference.keys`: Paddle's internal parameter names -> PaddleClas's keys
+  (from ``.info``, or by layer creation order and shape).
+* :mod:`~interop.inference.importing`: a directory -> the registered model and Flax variables,
+  verified against the file's own program (:func:`read_inference_model`,
+  :func:`load_inference_model`).
+* :mod:`~interop.inference.to_onnx`: a PIR directory -> ONNX (:func:`export_onnx`).
+
+Importing this package does not import Paddle.
+"""
+
+from interop.inference.export import export_inference_model, resolve_variables
+from interop.inference.files import (
+    INFO_FILE,
+    INPUT_NAME,
+    MODEL_PREFIX,
+    PARAMS_FILE,
+    PROGRAM_FILES,
+    Format,
+    InferenceModelError,
+    InferenceModelFiles,
+    locate_inference_model,
+)
+from interop.inference.importing import IMPORT_ATOL, ImportedModel, load_inference_model, read_inference_model
+from interop.inference.keys import structured_state_by_order
+from interop.inference.pdiparams import read_structured_names, scan_params_file
+from interop.inference.program import LoadedProgram
+from interop.inference.to_onnx import export_onnx
+
+__all__ = [
+    "IMPORT_ATOL",
+    "INFO_FILE",
+    "INPUT_NAME",
+    "MODEL_PREFIX",
+    "PARAMS_FILE",
+    "PROGRAM_FILES",
+    "Format",
+    "ImportedModel",
+    "InferenceModelError",
+    "InferenceModelFiles",
+    "LoadedProgram",
+    "export_inference_model",
+    "export_onnx",
+    "load_inference_model",
+    "locate_inference_model",
+    "read_inference_model",
+    "read_structured_names",
+    "resolve_variables",
+    "scan_params_file",
+    "structured_state_by_order",
+]

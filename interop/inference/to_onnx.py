@@ -1,0 +1,39 @@
+"""A PIR inference model directory -> ONNX, with Paddle2ONNX."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+from interop._paddle import require_paddle2onnx
+from interop.inference.files import MODEL_PREFIX, InferenceModelError, locate_inference_model
+from interop.inference.pdiparams import scan_params_file
+
+
+def export_onnx(model_dir: str | os.PathLike, onnx_path: str | os.PathLike | None = None, *, opset: int = 13, overwrite: bool = False) -> Path:
+    """Converts a PIR inference model directory to ONNX with Paddle2ONNX (written atomically).
+
+    The default target is ``inference.onnx`` in ``model_dir`` (where PaddleClas's deploy code
+    looks for it). Paddle2ONNX 2.1 crashes the process on legacy ``.pdmodel`` input, so a
+    legacy directory is refused: import it and export it again as PIR.
+    """
+    files = locate_inference_model(model_dir)
+    if files.format != "pir":
+        raise InferenceModelError(f"{files.program}: Paddle2ONNX 2.1 cannot convert legacy programs; re-export as PIR first (python -m interop export DIR OUT)")
+    scan_params_file(files.params)
+    target = Path(onnx_path) if onnx_path is not None else files.directory / f"{MODEL_PREFIX}.onnx"
+    if target.exists() and not overwrite:
+        raise InferenceModelError(f"{target}: already exists; refusing to overwrite")
+    paddle2onnx = require_paddle2onnx()
+
+    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".partial", dir=target.parent)
+    os.close(fd)
+    try:
+        paddle2onnx.export(str(files.program), str(files.params), tmp, opset_version=opset, optimize_tool="None", verbose=False)
+        if os.path.getsize(tmp) == 0:
+            raise InferenceModelError(f"{files.program}: Paddle2ONNX produced no model")
+        os.replace(tmp, target)
+    finally:
+        Path(tmp).unlink(missing_ok=True)
+    return target
