@@ -1,5 +1,6 @@
 """PaddleClas weights in JAX, with no Paddle needed.
 
+* :mod:`vitjax.weights.errors`: ``WeightsError``, the base of ``PdparamsError`` and ``WeightMismatchError``.
 * :mod:`vitjax.weights.pdparams`: read/write ``.pdparams`` files (a restricted unpickler).
 * :mod:`vitjax.weights.mapping`: the one key table between PaddleClas and Flax names.
 * :mod:`vitjax.weights.convert`: ``state_dict`` <-> Flax variables, ``load_pdparams``/``save_pdparams``.
@@ -11,7 +12,6 @@ imports ``interop`` or Paddle.
 """
 
 from vitjax.weights.convert import (
-    WeightMismatchError,
     guess_model,
     load_pdparams,
     save_pdparams,
@@ -19,13 +19,15 @@ from vitjax.weights.convert import (
     variables_to_state_dict,
 )
 from vitjax.weights.download import DownloadError
-from vitjax.weights.pdparams import PdparamsError, read_pdparams, write_pdparams
+from vitjax.weights.errors import PdparamsError, WeightMismatchError, WeightsError
+from vitjax.weights.pdparams import read_pdparams, write_pdparams
 from vitjax.weights.pretrained import download_pretrained, list_pretrained, load_pretrained, register_pretrained
 
 __all__ = [
     "DownloadError",
     "PdparamsError",
     "WeightMismatchError",
+    "WeightsError",
     "download_pretrained",
     "guess_model",
     "list_pretrained",

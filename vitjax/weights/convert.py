@@ -18,16 +18,13 @@ import numpy as np
 from flax.traverse_util import flatten_dict, unflatten_dict
 
 from vitjax.weights.mapping import KeyRule, is_head_key, key_table
-from vitjax.weights.pdparams import PdparamsError, read_pdparams, write_pdparams
+from vitjax.weights.errors import WeightMismatchError
+from vitjax.weights.pdparams import read_pdparams, write_pdparams
 from vitjax.models.posemb import POSITION_EMBEDDING_NAMES, resize_position_embeddings
 from vitjax.models.registry import create_model, get_spec, list_models
 
 HeadPolicy = Literal["strict", "reinit", "skip"]
 Variables = dict[str, Any]
-
-
-class WeightMismatchError(PdparamsError):
-    """Weights whose keys or shapes do not fit the requested model."""
 
 
 def _describe(keys: list[str], limit: int = 12) -> str:

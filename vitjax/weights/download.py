@@ -35,6 +35,8 @@ import urllib.request
 from pathlib import Path, PurePosixPath
 from typing import Callable, Iterator, Mapping
 
+from vitjax.files import atomic_file
+
 CHUNK = 1 << 18
 DEFAULT_TIMEOUT = 30.0  # seconds without a byte before a connection is given up
 DEFAULT_RETRIES = 4  # attempts that make no progress, per download
@@ -91,9 +93,8 @@ def digest_sidecar(path: Path) -> Path:
 
 def write_digests(sidecar: Path, digests: Mapping[str, str]) -> None:
     """Records ``{path relative to sidecar's directory: sha256}`` as ``sha256sum`` lines, atomically."""
-    tmp = sidecar.with_name(f".{sidecar.name}.{os.getpid()}.tmp")
-    tmp.write_text("".join(f"{digest}  {name}\n" for name, digest in sorted(digests.items())))
-    os.replace(tmp, sidecar)
+    with atomic_file(sidecar) as tmp:
+        tmp.write_text("".join(f"{digest}  {name}\n" for name, digest in sorted(digests.items())))
 
 
 def read_digests(sidecar: Path) -> dict[str, str] | None:

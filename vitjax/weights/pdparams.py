@@ -17,11 +17,13 @@ import collections
 import io
 import os
 import pickle
-import tempfile
 from pathlib import Path
 from typing import Mapping
 
 import numpy as np
+
+from vitjax.files import atomic_file
+from vitjax.weights.errors import PdparamsError
 
 STRUCTURED_NAMES_KEY = "StructuredToParameterName@@"
 
@@ -34,10 +36,6 @@ _ALLOWED_GLOBALS = {
     ("numpy", "dtype"): np.dtype,
     ("collections", "OrderedDict"): collections.OrderedDict,
 }
-
-
-class PdparamsError(ValueError):
-    """A ``.pdparams`` file that cannot be read, or that does not fit the model."""
 
 
 def _reconstruct():
@@ -107,14 +105,6 @@ def write_pdparams(state: Mapping[str, np.ndarray], path: str | os.PathLike) -> 
     directory = path.parent if str(path.parent) else Path(".")
     if not directory.is_dir():
         raise PdparamsError(f"{path}: directory {directory} does not exist")
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=directory)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            pickle.dump(payload, f, protocol=4)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_file(path) as tmp, open(tmp, "wb") as f:
+        pickle.dump(payload, f, protocol=4)
     return path
