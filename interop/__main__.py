@@ -23,9 +23,10 @@ import sys
 from pathlib import Path
 
 from interop._paddle import require_paddle
-from interop.deploy import BackendUnavailable, InputShapeError
+from interop.errors import InteropError
 from interop.pretrained import add_commands as add_pretrained_commands
-from vitjax.weights.pdparams import PdparamsError, read_pdparams
+from vitjax.weights.errors import WeightsError
+from vitjax.weights.pdparams import read_pdparams
 from vitjax.weights.convert import guess_model, infer_num_classes, save_pdparams, state_dict_to_variables
 from vitjax.checkpoints import CheckpointError, load_variables, save_variables
 from vitjax.data.transforms import ImageError
@@ -224,7 +225,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.run(args)
-    except (PdparamsError, CheckpointError, ImageError, BackendUnavailable, InputShapeError, DownloadError) as e:
+    except (WeightsError, InteropError, CheckpointError, ImageError, DownloadError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
 

@@ -12,9 +12,7 @@ import importlib
 import sys
 import types
 
-
-class PaddleImportOrderError(RuntimeError):
-    pass
+from interop.errors import PaddleImportOrderError
 
 
 def _require(name: str) -> types.ModuleType:

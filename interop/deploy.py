@@ -29,18 +29,11 @@ from typing import Any
 import numpy as np
 
 from interop._paddle import require_paddle
-from interop.inference import InferenceModelError, locate_inference_model
+from interop.errors import BackendUnavailable, InferenceModelError, InputShapeError, first_line
+from interop.inference import locate_inference_model
 from interop.tensorrt import tensorrt_settings
 
 BACKENDS = ("jax", "paddle-cpu", "paddle-gpu", "paddle-trt-fp32", "paddle-trt-fp16", "onnxruntime")
-
-
-class BackendUnavailable(RuntimeError):
-    """A backend this machine (or this Paddle build) cannot run."""
-
-
-class InputShapeError(ValueError):
-    """A batch that does not fit the model's input."""
 
 
 class Predictor(abc.ABC):
@@ -214,8 +207,7 @@ class PaddleInferencePredictor(Predictor):
         try:
             self._predictor = inference.create_predictor(config)
         except Exception as e:  # Paddle raises RuntimeError/ValueError/OSError with C++ traces
-            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-            raise InferenceModelError(f"{files.program}: Paddle Inference cannot load it ({first})") from None
+            raise InferenceModelError(f"{files.program}: Paddle Inference cannot load it ({first_line(e)})") from None
         self._input = self._predictor.get_input_handle(self._predictor.get_input_names()[0])
         self._output = self._predictor.get_output_handle(self._predictor.get_output_names()[0])
 
@@ -297,7 +289,7 @@ class OnnxRuntimePredictor(Predictor):
         try:
             self._session = onnxruntime.InferenceSession(str(path), options, providers=providers)
         except Exception as e:
-            raise InferenceModelError(f"{path}: ONNX Runtime cannot load it ({str(e).strip().splitlines()[0]})") from None
+            raise InferenceModelError(f"{path}: ONNX Runtime cannot load it ({first_line(e)})") from None
         (inp,) = self._session.get_inputs()
         self._input_name = inp.name
         self.img_size = int(inp.shape[-1])

@@ -3,8 +3,8 @@
 One module per job; read the one you need:
 
 * :mod:`~interop.inference.files`: where a directory keeps its files (``inference.json`` or
-  ``inference.pdmodel``, ``inference.pdiparams``, ``inference.pdiparams.info``), the formats,
-  :class:`InferenceModelError`.
+  ``inference.pdmodel``, ``inference.pdiparams``, ``inference.pdiparams.info``) and the formats.
+  Errors are :class:`~interop.errors.InferenceModelError` (an :class:`~interop.errors.InteropError`).
 * :mod:`~interop.inference.pdiparams`: the ``.pdiparams`` framing and the ``.info`` names,
   read without Paddle and without trust.
 * :mod:`~interop.inference.export`: Flax variables -> an inference model directory
@@ -20,6 +20,7 @@ One module per job; read the one you need:
 Importing this package does not import Paddle.
 """
 
+from interop.errors import InferenceModelError, LayerOrderMismatch
 from interop.inference.export import export_inference_model, resolve_variables
 from interop.inference.files import (
     INFO_FILE,
@@ -28,7 +29,6 @@ from interop.inference.files import (
     PARAMS_FILE,
     PROGRAM_FILES,
     Format,
-    InferenceModelError,
     InferenceModelFiles,
     locate_inference_model,
 )
@@ -49,6 +49,7 @@ __all__ = [
     "ImportedModel",
     "InferenceModelError",
     "InferenceModelFiles",
+    "LayerOrderMismatch",
     "LoadedProgram",
     "export_inference_model",
     "export_onnx",

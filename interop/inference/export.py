@@ -19,15 +19,15 @@ from __future__ import annotations
 import contextlib
 import math
 import os
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Iterator, Mapping
 
 import numpy as np
 
 from interop._paddle import require_paddle
-from interop.inference.files import INPUT_NAME, MODEL_PREFIX, PROGRAM_FILES, Format, InferenceModelError, locate_inference_model
+from interop.errors import InferenceModelError
+from interop.inference.files import INPUT_NAME, MODEL_PREFIX, PROGRAM_FILES, Format, locate_inference_model
+from vitjax.files import atomic_directory
 from vitjax.models.registry import get_spec
 from vitjax.weights.convert import Variables, guess_model, infer_num_classes, state_dict_to_variables, variables_to_state_dict
 from vitjax.weights.pdparams import read_pdparams
@@ -60,26 +60,13 @@ def resolve_variables(source: Variables | str | os.PathLike, model_name: str | N
     return model_name, load_variables(path)
 
 
-@contextlib.contextmanager
-def _atomic_directory(out_dir: Path, overwrite: bool) -> Iterator[Path]:
-    """Yields a temporary directory beside ``out_dir`` that becomes ``out_dir`` only on success."""
+def _check_target(out_dir: Path, overwrite: bool) -> None:
+    """Refuses an existing ``out_dir`` unless ``overwrite``, and a missing parent directory."""
     out_dir = out_dir.absolute()
     if out_dir.exists() and not overwrite:
         raise InferenceModelError(f"{out_dir}: already exists; refusing to overwrite (pass overwrite=True / --overwrite)")
     if not out_dir.parent.is_dir():
         raise InferenceModelError(f"{out_dir}: parent directory {out_dir.parent} does not exist")
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".partial", dir=out_dir.parent))
-    try:
-        yield tmp
-        if out_dir.exists():
-            old = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".old", dir=out_dir.parent))
-            os.replace(out_dir, old / "previous")
-            os.replace(tmp, out_dir)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, out_dir)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def _mirror_with_weights(state: Mapping[str, np.ndarray], model_name: str, img_size: int):
@@ -200,7 +187,8 @@ def export_inference_model(
     model_name, variables = resolve_variables(variables, model_name)
     state = variables_to_state_dict(variables, model_name)
     img_size = _position_embedding_img_size(state, model_name)
-    with _atomic_directory(Path(out_dir), overwrite) as tmp:
+    _check_target(Path(out_dir), overwrite)
+    with atomic_directory(out_dir) as tmp:
         save = _save_pir if format == "pir" else _save_legacy
         save(state, model_name, img_size, softmax, tmp / MODEL_PREFIX)
         written = locate_inference_model(tmp)

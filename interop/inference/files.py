@@ -13,7 +13,7 @@ import os
 from pathlib import Path
 from typing import Literal
 
-from vitjax.weights.pdparams import PdparamsError
+from interop.errors import InferenceModelError
 
 Format = Literal["pir", "legacy"]
 MODEL_PREFIX = "inference"  # PaddleClas: save_inference_dir/inference.*
@@ -21,10 +21,6 @@ INPUT_NAME = "x"  # what Paddle names the unnamed InputSpec of forward(self, x)
 PROGRAM_FILES: dict[str, str] = {"pir": f"{MODEL_PREFIX}.json", "legacy": f"{MODEL_PREFIX}.pdmodel"}
 PARAMS_FILE = f"{MODEL_PREFIX}.pdiparams"
 INFO_FILE = f"{MODEL_PREFIX}.pdiparams.info"
-
-
-class InferenceModelError(PdparamsError):
-    """An inference model directory that cannot be written, read, or mapped to a model."""
 
 
 @dataclasses.dataclass(frozen=True)

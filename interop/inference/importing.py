@@ -15,12 +15,13 @@ import os
 import jax
 import numpy as np
 
-from interop.inference.files import Format, InferenceModelError, locate_inference_model
+from interop.errors import InferenceModelError, LayerOrderMismatch
+from interop.inference.files import Format, locate_inference_model
 from interop.inference.keys import structured_state_by_order, structured_state_from_info
 from interop.inference.program import LoadedProgram, load_program
 from vitjax.models.registry import create_model, list_models
 from vitjax.weights.convert import Variables, guess_model, infer_num_classes, state_dict_to_variables
-from vitjax.weights.pdparams import PdparamsError
+from vitjax.weights.errors import WeightsError
 
 IMPORT_ATOL = 1e-4  # fp32 bar for "the imported model computes what the file computes"
 
@@ -48,11 +49,10 @@ def _candidate_states(loaded: LoadedProgram, model_name: str | None, img_size: i
     names = [model_name] if model_name else list_models(include_test=True)
     fits, reasons = {}, {}
     for name in names:
-        result = structured_state_by_order(loaded.parameters, name, img_size)
-        if isinstance(result, str):
-            reasons[name] = result
-        else:
-            fits[name] = result
+        try:
+            fits[name] = structured_state_by_order(loaded.parameters, name, img_size)
+        except LayerOrderMismatch as e:
+            reasons[name] = str(e)
     if not fits:
         n = len(loaded.parameters)
         if model_name:
@@ -94,7 +94,7 @@ def read_inference_model(model_dir: str | os.PathLike, model_name: str | None = 
         num_classes = infer_num_classes(state)
         try:
             variables = state_dict_to_variables(state, name, img_size=img_size, source=str(files.directory))
-        except PdparamsError as e:
+        except WeightsError as e:
             failures.append(str(e))
             continue
         if not verify:

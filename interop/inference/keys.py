@@ -20,7 +20,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from interop.inference.files import InferenceModelError
+from interop.errors import InferenceModelError, LayerOrderMismatch
 from interop.inference.pdiparams import read_structured_names
 from vitjax.models.registry import create_model
 from vitjax.weights.mapping import KeyRule, key_table
@@ -91,12 +91,15 @@ def _units_by_table(model_name: str, has_head: bool) -> dict[str, list[dict[str,
 
 def structured_state_by_order(
     parameters: Mapping[str, np.ndarray], model_name: str, img_size: int
-) -> dict[str, np.ndarray] | str:
+) -> dict[str, np.ndarray]:
     """Maps internal names to ``model_name``'s PaddleClas keys by layer creation order and shape.
 
-    Returns the state dict, or a one-line reason it does not fit. Layers of one type
-    are matched in order; the model's own parameters (tokens, position embeddings)
-    are matched by shape, ties in creation order.
+    Returns the state dict in key-table order. Layers of one type are matched in order;
+    the model's own parameters (tokens, position embeddings) are matched by shape, ties
+    in creation order. Raises :class:`~interop.errors.LayerOrderMismatch` with a one-line
+    reason when the parameters do not fit ``model_name``, and
+    :class:`~interop.errors.InferenceModelError` for a parameter whose name Paddle did not
+    generate.
     """
     found = _units_by_creation(parameters)
     linears = found.get("linear", [])
@@ -104,21 +107,21 @@ def structured_state_by_order(
     shapes = _paddle_shapes(model_name, int(num_classes), img_size)
     wanted = _units_by_table(model_name, has_head=num_classes > 0)
     if set(found) != set(wanted):
-        return f"layer types {sorted(found)} != {sorted(wanted)}"
+        raise LayerOrderMismatch(f"layer types {sorted(found)} != {sorted(wanted)}")
     state: dict[str, np.ndarray] = {}
     for kind, table_units in wanted.items():
         file_units = found[kind]
         if len(file_units) != len(table_units):
             what = "own parameters" if kind == "own" else f"{kind} layers"
-            return f"{len(file_units)} {what}, {model_name} has {len(table_units)}"
+            raise LayerOrderMismatch(f"{len(file_units)} {what}, {model_name} has {len(table_units)}")
         if kind != "own":
             for file_unit, table_unit in zip(file_units, table_units):
                 if set(file_unit) != set(table_unit):
-                    return f"{file_unit} vs {table_unit}: bias present on one side only"
+                    raise LayerOrderMismatch(f"{file_unit} vs {table_unit}: bias present on one side only")
                 for role, key in table_unit.items():
                     array = parameters[file_unit[role]]
                     if tuple(array.shape) != shapes[key]:
-                        return f"{file_unit[role]} {list(array.shape)} cannot be {key} {list(shapes[key])}"
+                        raise LayerOrderMismatch(f"{file_unit[role]} {list(array.shape)} cannot be {key} {list(shapes[key])}")
                     state[key] = array
             continue
         free = [unit["w"] for unit in file_units]
@@ -126,7 +129,7 @@ def structured_state_by_order(
             key = unit["w"]
             fits = [name for name in free if tuple(parameters[name].shape) == shapes[key]]
             if not fits:
-                return f"no parameter of shape {list(shapes[key])} for {key}"
+                raise LayerOrderMismatch(f"no parameter of shape {list(shapes[key])} for {key}")
             free.remove(fits[0])
             state[key] = parameters[fits[0]]
     return {rule.paddle_key: state[rule.paddle_key] for rule in key_table(model_name, has_head=num_classes > 0)}

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from interop.inference.files import InferenceModelError
+from interop.errors import InferenceModelError
 
 # Paddle's VarType enum -> numpy dtype, for the types a parameters file can hold.
 _PADDLE_DTYPES = {0: np.bool_, 1: np.int16, 2: np.int32, 3: np.int64, 4: np.float16, 5: np.float32, 6: np.float64,

@@ -9,7 +9,8 @@ from typing import Any
 import numpy as np
 
 from interop._paddle import require_paddle
-from interop.inference.files import MODEL_PREFIX, Format, InferenceModelError, InferenceModelFiles
+from interop.errors import InferenceModelError, first_line
+from interop.inference.files import MODEL_PREFIX, Format, InferenceModelFiles
 from interop.inference.pdiparams import scan_params_file
 
 
@@ -45,8 +46,7 @@ def load_program(files: InferenceModelFiles) -> LoadedProgram:
                 try:
                     program, feeds, fetches = paddle.static.load_inference_model(str(files.directory / MODEL_PREFIX), executor)
                 except Exception as e:  # Paddle raises many types; all mean "not loadable"
-                    first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-                    raise InferenceModelError(f"{files.program}: Paddle cannot load this inference model ({first})") from None
+                    raise InferenceModelError(f"{files.program}: Paddle cannot load this inference model ({first_line(e)})") from None
             if len(feeds) != 1 or len(fetches) != 1:
                 raise InferenceModelError(f"{files.program}: {len(feeds)} inputs and {len(fetches)} outputs; an image classifier has one of each")
             names = _persistable_names(program, files.format)

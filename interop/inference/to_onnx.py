@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import os
-import tempfile
 from pathlib import Path
 
 from interop._paddle import require_paddle2onnx
-from interop.inference.files import MODEL_PREFIX, InferenceModelError, locate_inference_model
+from interop.errors import InferenceModelError
+from interop.inference.files import MODEL_PREFIX, locate_inference_model
 from interop.inference.pdiparams import scan_params_file
+from vitjax.files import atomic_file
 
 
 def export_onnx(model_dir: str | os.PathLike, onnx_path: str | os.PathLike | None = None, *, opset: int = 13, overwrite: bool = False) -> Path:
@@ -27,13 +28,8 @@ def export_onnx(model_dir: str | os.PathLike, onnx_path: str | os.PathLike | Non
         raise InferenceModelError(f"{target}: already exists; refusing to overwrite")
     paddle2onnx = require_paddle2onnx()
 
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".partial", dir=target.parent)
-    os.close(fd)
-    try:
-        paddle2onnx.export(str(files.program), str(files.params), tmp, opset_version=opset, optimize_tool="None", verbose=False)
-        if os.path.getsize(tmp) == 0:
+    with atomic_file(target) as tmp:
+        paddle2onnx.export(str(files.program), str(files.params), str(tmp), opset_version=opset, optimize_tool="None", verbose=False)
+        if tmp.stat().st_size == 0:
             raise InferenceModelError(f"{files.program}: Paddle2ONNX produced no model")
-        os.replace(tmp, target)
-    finally:
-        Path(tmp).unlink(missing_ok=True)
     return target
