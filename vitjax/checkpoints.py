@@ -39,8 +39,10 @@ def save_variables(path: str | os.PathLike, variables: dict[str, Any]) -> Path:
     return path
 
 
-def _is_orbax_checkpoint(path: Path) -> bool:
-    return (path / "_CHECKPOINT_METADATA").exists() or (path / "_METADATA").exists()
+def is_variables_checkpoint(path: Path) -> bool:
+    """Whether ``path`` is a directory that orbax recognises as one checkpoint (asked through
+    orbax's own ``is_orbax_checkpoint``, not by probing its file names)."""
+    return path.is_dir() and ocp.path.format_utils.is_orbax_checkpoint(path)
 
 
 def latest_step(workdir: str | os.PathLike) -> int | None:
@@ -74,10 +76,35 @@ def load_variables(path: str | os.PathLike, step: int | None = None) -> dict[str
         if not item.is_dir():
             raise CheckpointError(f"{path}: no checkpoint for step {step}")
         tree = _restore_on_one_device(item)
-    elif _is_orbax_checkpoint(path):
+    elif is_variables_checkpoint(path):
         tree = _restore_on_one_device(path)
     else:
         raise CheckpointError(f"{path}: neither an orbax checkpoint nor a workdir with {CHECKPOINT_DIR}/")
     if "params" not in tree:
         raise CheckpointError(f"{path}: checkpoint has no 'params' entry")
     return {"params": jax.tree.map(np.asarray, tree["params"])}
+
+
+# --- training state in a workdir ------------------------------------------------------------
+
+
+def checkpoint_manager(workdir: Path, keep: int) -> ocp.CheckpointManager:
+    """The manager of ``workdir/checkpoints``, keeping the latest ``keep`` steps."""
+    options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True)
+    return ocp.CheckpointManager(Path(workdir) / CHECKPOINT_DIR, options=options)
+
+
+def restore_latest_state(manager: ocp.CheckpointManager, abstract_state: Any, shardings: Any) -> Any | None:
+    """The latest saved training state, restored directly into ``shardings`` (whatever mesh
+    wrote it), or ``None`` when the workdir has no checkpoint yet."""
+    latest = manager.latest_step()
+    if latest is None:
+        return None
+    target = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract_state, shardings)
+    return manager.restore(latest, args=ocp.args.Composite(**{STATE_ITEM: ocp.args.StandardRestore(target)}))[STATE_ITEM]
+
+
+def save_state(manager: ocp.CheckpointManager, step: int, state: Any) -> None:
+    """Saves ``state`` as ``step`` (asynchronously), unless that step is already the latest."""
+    if manager.latest_step() != step:
+        manager.save(step, args=ocp.args.Composite(**{STATE_ITEM: ocp.args.StandardSave(state)}), force=True)
