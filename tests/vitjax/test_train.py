@@ -1,7 +1,9 @@
 """Training: one real run, sharding strategies, resumption, preemption, NaN, modes."""
 
 import json
+import math
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -16,6 +18,7 @@ from flax.traverse_util import flatten_dict
 import vitjax
 from vitjax import checkpoints, train
 from vitjax.configlib import base_config
+from vitjax.monitoring import InputWaitMeter, LossCheck
 
 REPO = Path(__file__).resolve().parents[2]
 SUBPROCESS_ENV = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=8", "TF_CPP_MIN_LOG_LEVEL": "3"}
@@ -140,6 +143,19 @@ def test_checkpoint_restores_onto_a_different_mesh(tmp_path):
     assert_params_close(restored_at_3, saved, atol=0)
 
 
+def test_load_variables_reads_a_variables_checkpoint_and_rejects_other_directories(tmp_path):
+    kernel = np.arange(6, dtype=np.float32).reshape(2, 3)
+    checkpoints.save_variables(tmp_path / "vars", {"params": {"dense": {"kernel": kernel}}})
+    np.testing.assert_array_equal(checkpoints.load_variables(tmp_path / "vars")["params"]["dense"]["kernel"], kernel)
+    (tmp_path / "plain").mkdir()
+    (tmp_path / "plain" / "notes.txt").write_text("not a checkpoint")
+    with pytest.raises(checkpoints.CheckpointError, match="plain: neither an orbax checkpoint"):
+        checkpoints.load_variables(tmp_path / "plain")
+    (tmp_path / "file.bin").write_bytes(b"x")
+    with pytest.raises(checkpoints.CheckpointError, match="file.bin: neither an orbax checkpoint"):
+        checkpoints.load_variables(tmp_path / "file.bin")
+
+
 def run_main(workdir, *overrides, wait=True):
     cmd = [sys.executable, "-m", "vitjax.main", "--config", str(REPO / "configs" / "digits.py"), "--workdir", str(workdir),
            "--config.model.num_classes=10", "--config.batch_size=32", "--config.eval_batch_size=360",
@@ -191,6 +207,70 @@ def test_nan_loss_stops_the_run_naming_the_step(tmp_path):
     config = tiny_config(num_steps=50, **{"optimizer.base_lr": 1e12, "optimizer.warmup_epochs": 0.0})
     with pytest.raises(FloatingPointError, match=r"training loss is nan at step \d+"):
         train.train_and_evaluate(config, tmp_path)
+
+
+def test_the_nan_check_names_the_first_step_whose_loss_is_not_finite(tmp_path):
+    """The loss is read one step late, so the host does not wait for the device every step;
+    the error still names the step whose loss first went non-finite."""
+    diverging = {"optimizer.base_lr": 1e12, "optimizer.warmup_epochs": 0.0}
+    train.train_and_evaluate(tiny_config(num_steps=8, log_every=1, nan_check=False, **diverging), tmp_path / "unchecked")
+    losses = {r["step"]: r["loss"] for r in map(json.loads, (tmp_path / "unchecked" / "metrics.jsonl").read_text().splitlines())
+              if r["kind"] == "train"}
+    first_bad = min(step for step, loss in losses.items() if not math.isfinite(loss))
+    assert 1 < first_bad < 8, losses  # between the synchronous first and last steps: the deferred check decides
+    checked = tiny_config(num_steps=8, log_every=100, checkpoint_every=100, **diverging)
+    with pytest.raises(FloatingPointError, match=rf"training loss is (nan|-?inf) at step {first_bad}:"):
+        train.train_and_evaluate(checked, tmp_path / "checked")
+    assert checkpoints.latest_step(tmp_path / "checked") is None
+
+
+def test_a_non_finite_loss_is_caught_after_the_next_dispatch_naming_its_own_step():
+    import jax.numpy as jnp
+
+    check = LossCheck(enabled=True)
+    check.after_dispatch(1, jnp.asarray(0.5))
+    check.after_dispatch(2, jnp.asarray(jnp.nan))  # not read yet: the device may still be computing it
+    with pytest.raises(FloatingPointError, match="training loss is nan at step 2:"):
+        check.after_dispatch(3, jnp.asarray(0.4))
+    last = LossCheck(enabled=True)
+    last.after_dispatch(1, jnp.asarray(jnp.inf))
+    with pytest.raises(FloatingPointError, match="training loss is inf at step 1:"):
+        last.latest()
+    unchecked = LossCheck(enabled=False)
+    unchecked.after_dispatch(1, jnp.asarray(jnp.nan))
+    unchecked.after_dispatch(2, jnp.asarray(1.5))
+    assert unchecked.latest() == 1.5
+
+
+def test_data_wait_is_the_share_of_step_time_spent_getting_the_batch():
+    meter = InputWaitMeter()
+    assert meter.read() == 0.0
+    with meter.waiting():
+        time.sleep(0.2)
+    with meter.stepping():
+        pass
+    assert meter.read() > 0.9
+    with meter.waiting():
+        pass
+    with meter.stepping():
+        time.sleep(0.2)
+    assert meter.read() < 0.1
+    for _ in range(2):  # accumulates over the steps since the last reading
+        with meter.waiting():
+            time.sleep(0.1)
+        with meter.stepping():
+            time.sleep(0.1)
+    assert 0.25 < meter.read() < 0.75
+
+
+def test_train_records_report_data_wait_between_0_and_1(tmp_path, capsys):
+    train.train_and_evaluate(tiny_config(num_steps=4, log_every=2), tmp_path)
+    records = [r for r in map(json.loads, (tmp_path / "metrics.jsonl").read_text().splitlines()) if r["kind"] == "train"]
+    assert [r["step"] for r in records] == [1, 2, 4]
+    assert all(0.0 <= r["data_wait"] <= 1.0 for r in records), records
+    assert tensorboard_scalars(tmp_path / "tensorboard", "train/data_wait") == [
+        (r["step"], pytest.approx(r["data_wait"])) for r in records]
+    assert re.search(r"step 4/4 .*  data_wait \d+%", capsys.readouterr().out)
 
 
 def test_config_typos_are_errors_and_overrides_apply(tmp_path):
