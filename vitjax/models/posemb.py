@@ -33,11 +33,3 @@ def resize_position_embeddings(posemb: np.ndarray, num_prefix_tokens: int, new_g
     resized = np.asarray(resized, dtype=posemb.dtype).reshape(1, new_grid * new_grid, dim)
     return np.concatenate([prefix, resized], axis=1)
 
-
-def adapt_position_embeddings(params: dict, num_prefix_tokens: int, grid_size: int) -> dict:
-    """Returns ``params`` with its position embeddings resampled to ``grid_size``."""
-    params = dict(params)
-    for name in POSITION_EMBEDDING_NAMES:
-        if name in params:
-            params[name] = resize_position_embeddings(params[name], num_prefix_tokens, grid_size)
-    return params
