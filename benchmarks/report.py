@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from benchmarks.worker import INFERENCE_ENGINES, TRAIN_ENGINES
+
 ENGINE_TITLES = {
     "jax": "JAX fp32 (ours)",
     "jax-vw512": "JAX fp32, 512-bit vectors (ours)",
@@ -16,8 +18,8 @@ ENGINE_TITLES = {
     "timm-train": "timm eager",
     "timm-compile-train": "timm torch.compile",
 }
-PEERS = ("paddle-inference", "onnxruntime", "paddle-dygraph", "timm", "timm-compile")
-TRAIN_ENGINES = ("jax-train", "paddle-dygraph-train", "timm-train", "timm-compile-train")
+# "JAX / best peer" compares our default path with the fastest engine that is not ours.
+PEERS = tuple(e for e in INFERENCE_ENGINES if not e.startswith("jax"))
 
 
 def _fmt_rate(c: dict | None) -> str:
@@ -69,7 +71,7 @@ def render_markdown(report: dict) -> str:
         "## Inference throughput, images/s (median latency)",
         "",
     ]
-    engines = ["jax", "jax-vw512", "jax-bf16", "paddle-inference", "onnxruntime", "paddle-dygraph", "timm", "timm-compile"]
+    engines = list(INFERENCE_ENGINES)
     lines.append("| Model | Batch | " + " | ".join(ENGINE_TITLES[e] for e in engines)
                  + " | JAX / best peer | JAX / ORT | JAX / Paddle Inf. | JAX % of FP32 peak |")
     lines.append("|:--|--:|" + "--:|" * len(engines) + "--:|--:|--:|--:|")

@@ -6,8 +6,10 @@
 
 For every model, one random init of our Flax model gives the weights every engine runs:
 our JAX path (``jax.jit``, fp32, and bf16 compute), Paddle Inference with oneDNN (the
-exported inference model), ONNX Runtime (Paddle2ONNX of that export) and Paddle dygraph
-(our Paddle mirror). Each engine lives in its own process (``benchmarks/worker.py``), so its
+exported inference model), ONNX Runtime (Paddle2ONNX of that export), Paddle dygraph
+(our Paddle mirror) and timm (eager and ``torch.compile``). Our JAX path, Paddle Inference
+and ONNX Runtime are ``interop.deploy``'s predictors, configured as the parity report
+configures them. Each engine lives in its own process (``benchmarks/worker.py``), so its
 peak RSS is its own; outputs are checked against JAX fp32 before anything is timed.
 
 Within each (model, batch) cell the engines are interleaved: every repeat times one call of
@@ -21,26 +23,28 @@ Writes ``<out>/latest.md`` and ``<out>/latest.json`` (``quick.*`` with ``--quick
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import datetime as dt
 import json
 import os
-import statistics
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 
 from benchmarks import machine
 from benchmarks.report import render_markdown
 from benchmarks.worker import ENGINE_XLA_FLAGS, INFERENCE_ENGINES, TRAIN_ENGINES
+from interop.measure import latency_summary, timed, versions
 
 DEFAULT_MODELS = ("DeiT_tiny_patch16_224", "DeiT_small_patch16_224", "DeiT_base_patch16_224", "TNT_small")
 DEFAULT_TRAIN_MODELS = ("DeiT_tiny_patch16_224", "DeiT_small_patch16_224", "TNT_small")
-PEERS = ("paddle-inference", "onnxruntime", "paddle-dygraph", "timm", "timm-compile")
 FP32_ATOL = 1e-4
+TRAIN_LOSS_ATOL = 5e-4  # the first 3 training losses of a peer against JAX's
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -53,10 +57,8 @@ class Worker:
 
     def __init__(self, engine: str, model: str, work: Path, device: str, threads: int, log_dir: Path):
         self.engine = engine
-        env = dict(os.environ)
-        env.update(_thread_env(threads))
+        env = _worker_env(threads, device)
         if device == "cpu":
-            env["JAX_PLATFORMS"] = "cpu"
             env["CUDA_VISIBLE_DEVICES"] = ""
         if engine in ENGINE_XLA_FLAGS:
             if device != "cpu":
@@ -106,68 +108,51 @@ def _thread_env(threads: int) -> dict[str, str]:
             "TF_CPP_MIN_LOG_LEVEL": "3", "FLAGS_call_stack_level": "0"}
 
 
+def _worker_env(threads: int, device: str) -> dict[str, str]:
+    """This process's environment with the thread counts set, and JAX kept on the CPU for ``device="cpu"``."""
+    env = dict(os.environ, **_thread_env(threads))
+    if device == "cpu":
+        env["JAX_PLATFORMS"] = "cpu"
+    return env
+
+
 def _log(msg: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
 
 
-def _versions() -> dict[str, str]:
-    from importlib.metadata import PackageNotFoundError, version
-
-    out = {"python": sys.version.split()[0]}
-    for pkg in ("jax", "jaxlib", "flax", "optax", "paddlepaddle", "paddle2onnx", "onnxruntime", "torch", "timm", "numpy"):
-        try:
-            out[pkg] = version(pkg)
-        except PackageNotFoundError:
-            pass
-    return out
+def _worker_command(args: list[str], threads: int, device: str, timeout_s: float | None = None) -> str:
+    """Runs ``python -m benchmarks.worker ARGS`` to completion and returns its stdout; a failure is a
+    :class:`WorkerError` carrying the end of its stderr."""
+    try:
+        res = subprocess.run([sys.executable, "-m", "benchmarks.worker", *args], capture_output=True, text=True,
+                             env=_worker_env(threads, device), cwd=ROOT, timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        raise WorkerError(f"benchmarks.worker {' '.join(args)}: no answer within {timeout_s:.0f} s") from None
+    if res.returncode != 0:
+        raise WorkerError(f"benchmarks.worker {' '.join(args)} failed ({res.returncode}):\n{res.stderr[-3000:]}")
+    return res.stdout
 
 
 def _xla_matmul_ceiling(threads: int, device: str) -> float | None:
-    """FLOP/s of a 2048^3 float32 matmul under XLA (median of 7): the empirical ceiling."""
-    code = (
-        "import time, statistics, jax, jax.numpy as jnp\n"
-        "a = jnp.ones((2048, 2048), jnp.float32); f = jax.jit(lambda a: a @ a); f(a).block_until_ready()\n"
-        "ts = []\n"
-        "for _ in range(7):\n"
-        "    t = time.perf_counter(); f(a).block_until_ready(); ts.append(time.perf_counter() - t)\n"
-        "print(2 * 2048**3 / statistics.median(ts))\n"
-    )
-    env = dict(os.environ, **_thread_env(threads))
-    if device == "cpu":
-        env["JAX_PLATFORMS"] = "cpu"
+    """FLOP/s of a 2048^3 float32 matmul under XLA (``worker matmul-ceiling``); None if it fails."""
     try:
-        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300, check=True)
-        return float(out.stdout.strip().splitlines()[-1])
-    except (subprocess.SubprocessError, ValueError, IndexError):
+        out = _worker_command(["matmul-ceiling"], threads, device, timeout_s=300)
+        return float(json.loads(out.strip().splitlines()[-1])["flops"])
+    except (WorkerError, ValueError, IndexError, KeyError) as e:
+        _log(f"XLA matmul ceiling not measured: {str(e).splitlines()[0]}")
         return None
 
 
 def _prepare(model: str, work: Path, threads: int, device: str) -> dict:
-    env = dict(os.environ, **_thread_env(threads))
-    if device == "cpu":
-        env["JAX_PLATFORMS"] = "cpu"
-    code = (
-        "import json, sys; from pathlib import Path; from benchmarks.worker import prepare; "
-        "from vitjax.models.complexity import count; "
-        f"prepare({model!r}, Path({str(work)!r})); c = count({model!r}); "
-        f"Path({str(work)!r}, 'complexity.json').write_text(json.dumps({{'macs': c.total_macs, 'params': c.params}}))"
-    )
-    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, cwd=ROOT)
-    if res.returncode != 0:
-        raise WorkerError(f"preparing {model} failed:\n{res.stderr[-3000:]}")
-    info = json.loads((work / "prepare.json").read_text())
-    info.update(json.loads((work / "complexity.json").read_text()))
-    return info
-
-
-def _busy_note() -> list[str]:
-    return machine.busy_processes()
+    """``worker prepare``: weights and exports in ``work``; returns its ``prepare.json`` (export times, macs, params)."""
+    _worker_command(["prepare", model, str(work)], threads, device)
+    return json.loads((work / "prepare.json").read_text())
 
 
 def _wait_until_quiet(max_wait_s: float, force: bool) -> list[str]:
     waited = 0.0
     while True:
-        busy = _busy_note()
+        busy = machine.busy_processes()
         if not busy or force:
             return busy
         if waited >= max_wait_s:
@@ -217,12 +202,9 @@ def _time_cell(workers: dict[str, Worker], batch: int, repeats: int, warmup: int
             cell[name]["times_s"].append(workers[name].ask("time", batch=batch)["seconds"])
             time.sleep(gap_s)
     for name in names:
-        times = cell[name]["times_s"]
-        median = statistics.median(times)
         mem = workers[name].ask("memory")
         cell[name].update(
-            median_ms=median * 1e3, min_ms=min(times) * 1e3, images_per_s=batch / median,
-            iqr_ms=(float(np.percentile(times, 75)) - float(np.percentile(times, 25))) * 1e3,
+            **latency_summary(cell[name]["times_s"], batch),
             peak_rss_mib=mem["maxrss"] / 2**20, rss_mib=mem["rss"] / 2**20,
             device_peak_mib=None if mem.get("device_peak") is None else mem["device_peak"] / 2**20,
         )
@@ -234,63 +216,80 @@ def _max_abs_diff(a, b) -> float:
     return float(np.abs(a - b).max()) if a.shape == b.shape else float("inf")
 
 
-def _start_engines(engines, model, work, args, log_dir, result: dict) -> tuple[dict[str, Worker], dict]:
-    """Starts one worker process per engine and records how long each took to load, and its RSS."""
-    workers = _start_workers(engines, model, work, args.device, args.threads, log_dir)
+@dataclasses.dataclass(frozen=True)
+class Suite:
+    """One kind of measurement over a model's engines: inference (``report["models"]``) or a
+    training step (``report["training"]``). Both start one worker per engine, check outputs,
+    then time one cell per batch; they differ in the fields below."""
+
+    section: str  # the report's key: "models" or "training"
+    label: str  # in log lines: "" or "train "
+    engines: list[str]
+    batches: list[int]
+    repeats: int
+    warmup: int
+    budget_s: float
+    # Output checks, returning entries for result["check"]: once before any batch, or at every batch.
+    check_before: Callable[[dict[str, Worker]], dict] | None = None
+    check_each_batch: Callable[[dict[str, Worker], int], dict] | None = None
+
+
+def _check_inference(workers: dict[str, Worker]) -> dict:
+    """Every engine's logits on one batch of 2 against JAX fp32 (``{engine: {...}}``; empty without ``jax``)."""
+    outputs = {name: w.ask("check", batch=2)["output"] for name, w in workers.items()}
+    checks = {}
+    if "jax" in outputs:
+        for name, out in outputs.items():
+            diff = _max_abs_diff(out, outputs["jax"])
+            fp32 = name != "jax-bf16"
+            checks[name] = {"max_abs_diff_vs_jax_fp32": diff, "fp32": fp32, "ok": (diff <= FP32_ATOL) if fp32 else None}
+            if fp32 and diff > FP32_ATOL:
+                _log(f"  WARNING {name}: max |logits - JAX fp32| = {diff:.2e} > {FP32_ATOL}")
+    return checks
+
+
+def _check_training(workers: dict[str, Worker], batch: int) -> dict:
+    """The first 3 losses of every engine at ``batch``, and their max abs difference from JAX's (``{str(batch): {...}}``)."""
+    losses = {name: w.ask("check", batch=batch)["output"] for name, w in workers.items()}
+    ref = losses.get("jax-train")
+    diffs = {n: _max_abs_diff(v, ref) for n, v in losses.items() if ref is not None and n != "jax-train"}
+    for name, diff in diffs.items():
+        if diff > TRAIN_LOSS_ATOL:
+            _log(f"  WARNING {name}: first 3 losses differ from JAX's by {diff:.1e}")
+    return {str(batch): {"losses": losses, "max_abs_diff_vs_jax": diffs}}
+
+
+def inference_suite(args) -> Suite:
+    return Suite("models", "", [e for e in args.engines if e in INFERENCE_ENGINES], args.batches, args.repeats,
+                 args.warmup, args.cell_budget, check_before=_check_inference)
+
+
+def training_suite(args) -> Suite:
+    return Suite("training", "train ", [e for e in args.engines_train if e in TRAIN_ENGINES], args.train_batches,
+                 args.train_repeats, args.train_warmup, 0.0, check_each_batch=_check_training)
+
+
+def run_suite(suite: Suite, model: str, work: Path, args, log_dir: Path, report: dict) -> None:
+    """Starts the suite's engines for ``model``, checks their outputs, times every batch, and
+    records it all in ``report[suite.section][model]`` (saved after every cell)."""
+    _log(f"{model}: {suite.label}starting {', '.join(suite.engines)}")
+    result = report[suite.section][model]
+    workers = _start_workers(suite.engines, model, work, args.device, args.threads, log_dir)
     result.update({"engines": {}, "cells": {}, "check": {}})
     for name, w in workers.items():
         result["engines"][name] = {"load_s": w.hello["load_s"], "rss_after_load_mib": w.hello["rss"] / 2**20}
-    return workers, result
-
-
-def run_inference(model: str, work: Path, args, log_dir: Path, report: dict) -> None:
-    engines = [e for e in args.engines if e in INFERENCE_ENGINES]
-    _log(f"{model}: starting {', '.join(engines)}")
-    workers, result = _start_engines(engines, model, work, args, log_dir, report["models"][model])
     try:
-        outputs = {name: w.ask("check", batch=2)["output"] for name, w in workers.items()}
-        if "jax" in outputs:
-            for name, out in outputs.items():
-                diff = _max_abs_diff(out, outputs["jax"])
-                fp32 = name != "jax-bf16"
-                result["check"][name] = {"max_abs_diff_vs_jax_fp32": diff, "fp32": fp32, "ok": (diff <= FP32_ATOL) if fp32 else None}
-                if fp32 and diff > FP32_ATOL:
-                    _log(f"  WARNING {name}: max |logits - JAX fp32| = {diff:.2e} > {FP32_ATOL}")
-        for batch in args.batches:
-            busy = _busy_note()
-            started = time.perf_counter()
-            cell = _time_cell(workers, batch, args.repeats, args.warmup, args.gap_ms / 1e3, args.cell_budget)
-            cell_info = {"engines": cell, "busy": busy + [b for b in _busy_note() if b not in busy],
-                         "load_avg": machine.load_average(), "wall_s": time.perf_counter() - started}
-            result["cells"][str(batch)] = cell_info
-            summary = "  ".join(f"{n} {c['images_per_s']:.1f}" for n, c in cell.items())
-            _log(f"  {model} b{batch}: img/s  {summary}  ({cell_info['wall_s']:.0f}s)")
-            _save(report, args)
-    finally:
-        for w in workers.values():
-            w.close()
-
-
-def run_training(model: str, work: Path, args, log_dir: Path, report: dict) -> None:
-    engines = [e for e in args.engines_train if e in TRAIN_ENGINES]
-    _log(f"{model}: training step, starting {', '.join(engines)}")
-    workers, result = _start_engines(engines, model, work, args, log_dir, report["training"][model])
-    try:
-        for batch in args.train_batches:
-            losses = {name: w.ask("check", batch=batch)["output"] for name, w in workers.items()}
-            ref = losses.get("jax-train")
-            diffs = {n: _max_abs_diff(v, ref) for n, v in losses.items() if ref is not None and n != "jax-train"}
-            result["check"][str(batch)] = {"losses": losses, "max_abs_diff_vs_jax": diffs}
-            for name, diff in diffs.items():
-                if diff > 5e-4:
-                    _log(f"  WARNING {name}: first 3 losses differ from JAX's by {diff:.1e}")
-            busy = _busy_note()
-            started = time.perf_counter()
-            cell = _time_cell(workers, batch, args.train_repeats, args.train_warmup, args.gap_ms / 1e3)
-            result["cells"][str(batch)] = {"engines": cell, "busy": busy + [b for b in _busy_note() if b not in busy],
-                                           "load_avg": machine.load_average(), "wall_s": time.perf_counter() - started}
+        if suite.check_before:
+            result["check"].update(suite.check_before(workers))
+        for batch in suite.batches:
+            if suite.check_each_batch:
+                result["check"].update(suite.check_each_batch(workers, batch))
+            busy = machine.busy_processes()
+            cell, wall_s = timed(lambda: _time_cell(workers, batch, suite.repeats, suite.warmup, args.gap_ms / 1e3, suite.budget_s))
+            result["cells"][str(batch)] = {"engines": cell, "busy": busy + [b for b in machine.busy_processes() if b not in busy],
+                                           "load_avg": machine.load_average(), "wall_s": wall_s}
             summary = "  ".join(f"{n} {c['images_per_s']:.2f}" for n, c in cell.items())
-            _log(f"  {model} train b{batch}: img/s  {summary}  ({time.perf_counter() - started:.0f}s)")
+            _log(f"  {model} {suite.label}b{batch}: img/s  {summary}  ({wall_s:.0f}s)")
             _save(report, args)
     finally:
         for w in workers.values():
@@ -368,7 +367,7 @@ def main(argv=None) -> dict:
         "threads": args.threads,
         "xla_flags": os.environ.get("XLA_FLAGS", ""),
         "machine": info,
-        "versions": _versions(),
+        "versions": versions(),
         "settings": {"repeats": args.repeats, "warmup": args.warmup, "train_repeats": args.train_repeats,
                      "train_warmup": args.train_warmup, "gap_ms": args.gap_ms, "cell_budget_s": args.cell_budget, "batches": args.batches, "train_batches": args.train_batches,
                      "fp32_atol": FP32_ATOL, "quick": args.quick},
@@ -385,10 +384,10 @@ def main(argv=None) -> dict:
             prep = _prepare(model, work, args.threads, args.device)
             if model in args.models:
                 report["models"][model] = {"macs_per_image": prep["macs"], "params": prep["params"], "export": prep}
-                run_inference(model, work, args, log_dir, report)
+                run_suite(inference_suite(args), model, work, args, log_dir, report)
             if model in args.train_models:
                 report["training"][model] = {"macs_per_image": prep["macs"], "params": prep["params"]}
-                run_training(model, work, args, log_dir, report)
+                run_suite(training_suite(args), model, work, args, log_dir, report)
             _save(report, args)
     report["wall_s"] = time.time() - started
     report["load_avg_end"] = machine.load_average()

@@ -1,8 +1,11 @@
 """One engine in its own process, driven over stdin/stdout by ``benchmarks/run.py``.
 
-``python -m benchmarks.worker prepare MODEL DIR`` writes the shared weights and the exported
-models; ``python -m benchmarks.worker serve ENGINE MODEL DIR DEVICE`` loads one engine and
-answers JSON commands, one per line:
+Subcommands (``python -m benchmarks.worker --help``):
+
+* ``prepare MODEL DIR``: the shared weights, the exported models, and ``DIR/prepare.json``
+  (export times, multiply-accumulates and parameter count);
+* ``matmul-ceiling``: FLOP/s of a 2048^3 float32 matmul under XLA (median of 7), printed as JSON;
+* ``serve ENGINE MODEL DIR DEVICE THREADS``: loads one engine and answers JSON commands, one per line:
 
 * ``{"cmd": "check", "batch": B}``: the engine's output (logits) on the check batch, as a list
   (training engines: the losses of three steps from the shared weights on a fixed batch);
@@ -12,18 +15,27 @@ answers JSON commands, one per line:
 * ``{"cmd": "quit"}``.
 
 Everything a library prints goes to stderr: the protocol owns the real stdout.
+
+The inference engines for Paddle Inference, ONNX Runtime and our JAX path are the deploy
+predictors (``interop.deploy``) built as ``interop.deploy.create_predictor`` builds them for
+the parity report, so both measure identically configured engines; every duration is taken
+with ``interop.measure``'s timer.
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import resource
 import sys
-import time
 from pathlib import Path
+from typing import TYPE_CHECKING, Callable
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from interop.deploy import Predictor
 
 INFERENCE_ENGINES = ("jax", "jax-vw512", "jax-bf16", "paddle-inference", "onnxruntime", "paddle-dygraph", "timm", "timm-compile")
 # Engines that are our JAX path run with extra XLA flags (set in the worker's environment).
@@ -45,25 +57,48 @@ def labels(batch: int, num_classes: int = 1000) -> np.ndarray:
 # --------------------------------------------------------------------------- prepare
 
 
-def prepare(model_name: str, out_dir: Path) -> None:
-    """Random init of our Flax model -> the weights every engine loads, and the exported models."""
+def prepare(model_name: str, out_dir: Path) -> dict[str, float]:
+    """Random init of our Flax model -> the weights every engine loads (``state.npz``), the
+    exported Paddle inference model (``paddle/``, logits) and its ONNX conversion (``model.onnx``).
+
+    Writes and returns ``prepare.json``: export times (s), multiply-accumulates per image and
+    parameter count (``vitjax.models.complexity``).
+    """
     import jax
 
     import interop
     import vitjax
+    from interop.measure import timed
+    from vitjax.models.complexity import count
 
     out_dir.mkdir(parents=True, exist_ok=True)
     size = vitjax.get_spec(model_name).img_size
     model = vitjax.create_model(model_name)
     variables = jax.jit(model.init)(jax.random.key(SEED), np.zeros((1, size, size, 3), np.float32))
-    state = interop.variables_to_state_dict(variables, model_name)
-    np.savez(out_dir / "state.npz", **state)
-    started = time.perf_counter()
-    interop.export_inference_model(variables, model_name, out_dir / "paddle", softmax=False)
-    exported = time.perf_counter()
-    interop.export_onnx(out_dir / "paddle", out_dir / "model.onnx")
-    timings = {"export_paddle_s": exported - started, "export_onnx_s": time.perf_counter() - exported}
-    (out_dir / "prepare.json").write_text(json.dumps(timings))
+    np.savez(out_dir / "state.npz", **interop.variables_to_state_dict(variables, model_name))
+    _, export_paddle_s = timed(lambda: interop.export_inference_model(variables, model_name, out_dir / "paddle", softmax=False))
+    _, export_onnx_s = timed(lambda: interop.export_onnx(out_dir / "paddle", out_dir / "model.onnx"))
+    complexity = count(model_name)
+    info = {"export_paddle_s": export_paddle_s, "export_onnx_s": export_onnx_s, "macs": complexity.total_macs,
+            "params": complexity.params}
+    (out_dir / "prepare.json").write_text(json.dumps(info))
+    return info
+
+
+def matmul_ceiling(size: int = 2048, calls: int = 7) -> float:
+    """FLOP/s of one ``size``^3 float32 matmul under XLA, at the median of ``calls`` timed calls:
+    the empirical ceiling of this machine (compilation excluded)."""
+    import statistics
+
+    import jax
+    import jax.numpy as jnp
+
+    from interop.measure import call_times
+
+    a = jnp.ones((size, size), jnp.float32)
+    matmul = jax.jit(lambda m: m @ m)
+    matmul(a).block_until_ready()
+    return 2 * size**3 / statistics.median(call_times(lambda: matmul(a).block_until_ready(), calls))
 
 
 # --------------------------------------------------------------------------- engines
@@ -108,73 +143,56 @@ class InferenceEngine(Engine):
         return np.asarray(self.predict(images(batch, self.img_size, seed=3)), np.float64).tolist()
 
 
-class JaxEngine(InferenceEngine):
-    def __init__(self, model_name: str, work: Path, dtype: str):
-        super().__init__()
-        import jax
-        import jax.numpy as jnp
+def _jax_device_peak() -> int | None:
+    """Peak bytes in use on JAX's first device (None on the CPU, which keeps no statistics)."""
+    import jax
 
-        import interop
-        import vitjax
-        from interop.deploy import JaxPredictor
+    device = jax.devices()[0]
+    stats = device.memory_stats() if device.platform != "cpu" else None
+    return int(stats.get("peak_bytes_in_use", 0)) if stats else None
 
+
+def deploy_predictor(engine: str, model_name: str, work: Path, device: str, threads: int) -> Predictor:
+    """The ``interop.deploy`` predictor behind a benchmark engine, configured as the parity
+    report configures that backend (``create_predictor``; logits, not probabilities):
+
+    * ``jax`` / ``jax-vw512``: ``JaxPredictor`` (jit, NCHW in); ``jax-bf16``: the same with
+      ``dtype="bfloat16"`` (bf16 compute, float32 parameters and outputs);
+    * ``paddle-inference``: ``paddle-cpu`` (oneDNN, ``threads`` math threads, IR optimisation:
+      PaddleClas's deploy defaults) or ``paddle-gpu``;
+    * ``onnxruntime``: ``OnnxRuntimePredictor`` with ``threads`` intra-op threads; on a GPU
+      with the CUDA provider (unavailable without it, never a silent CPU run).
+    """
+    import interop
+    from interop.deploy import JaxPredictor, OnnxRuntimePredictor, create_predictor
+
+    if engine in ("jax", "jax-vw512", "jax-bf16"):
         variables = interop.state_dict_to_variables(_load_state(work), model_name)
-        self.img_size = vitjax.get_spec(model_name).img_size
-        self.jax = jax
-        if dtype == "float32":
-            # Exactly what a user deploys: interop's JAX predictor (jit, NCHW in, logits out).
-            self._predict = JaxPredictor(variables, model_name, softmax=False).predict
-        else:
-            model = vitjax.create_model(model_name, dtype=getattr(jnp, dtype))
+        if engine == "jax-bf16":
+            return JaxPredictor(variables, model_name, softmax=False, dtype="bfloat16")
+        return create_predictor("jax", variables=variables, model_name=model_name, softmax=False)
+    if engine == "paddle-inference":
+        return create_predictor("paddle-cpu" if device == "cpu" else "paddle-gpu", model_dir=work / "paddle", threads=threads)
+    if engine == "onnxruntime":
+        if device == "cpu":
+            return create_predictor("onnxruntime", onnx_path=work / "model.onnx", threads=threads)
+        return OnnxRuntimePredictor(work / "model.onnx", threads=threads, device=device)
+    raise ValueError(f"{engine!r} is not a deploy-predictor engine")
 
-            @jax.jit
-            def forward(v, x):
-                return model.apply(v, x.transpose(0, 2, 3, 1)).astype(jnp.float32)
 
-            self._predict = lambda x: np.asarray(forward(variables, x))
-        self.device = jax.devices()[0]
+class PredictorEngine(InferenceEngine):
+    """A deploy predictor (:func:`deploy_predictor`), called exactly as a user calls it."""
+
+    def __init__(self, predictor: Predictor, device_peak: Callable[[], int | None] | None = None):
+        super().__init__()
+        self.predictor, self._device_peak = predictor, device_peak
+        self.img_size = predictor.img_size
 
     def predict(self, x):
-        return self._predict(x)
+        return self.predictor.predict(x)
 
     def device_memory(self):
-        stats = self.device.memory_stats() if self.device.platform != "cpu" else None
-        return int(stats.get("peak_bytes_in_use", 0)) if stats else None
-
-
-class PaddleInferenceEngine(InferenceEngine):
-    def __init__(self, work: Path, device: str, threads: int):
-        super().__init__()
-        from interop.deploy import PaddleInferencePredictor
-
-        # PaddleClas's deploy defaults on CPU: oneDNN on, its kernel cache, IR optimisation on.
-        self._p = PaddleInferencePredictor(work / "paddle", device=device, mkldnn=True, threads=threads)
-        self.img_size = self._p.img_size
-
-    def predict(self, x):
-        return self._p.predict(x)
-
-
-class OnnxRuntimeEngine(InferenceEngine):
-    def __init__(self, work: Path, device: str, threads: int):
-        super().__init__()
-        import onnxruntime as ort
-
-        options = ort.SessionOptions()
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        options.intra_op_num_threads = threads
-        options.inter_op_num_threads = 1
-        options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-        options.log_severity_level = 3
-        providers = ["CPUExecutionProvider"]
-        if device == "gpu" and "CUDAExecutionProvider" in ort.get_available_providers():
-            providers.insert(0, "CUDAExecutionProvider")
-        self._s = ort.InferenceSession(str(work / "model.onnx"), options, providers=providers)
-        inp = self._s.get_inputs()[0]
-        self._name, self.img_size = inp.name, int(inp.shape[-1])
-
-    def predict(self, x):
-        return self._s.run(None, {self._name: x})[0]
+        return self._device_peak() if self._device_peak else None
 
 
 def _paddle_threads(paddle, threads: int) -> None:
@@ -250,7 +268,6 @@ class JaxTrainEngine(TrainEngine):
         self._init = (params, tx)
         self._state = None
         self._batches: dict[int, tuple] = {}
-        self.device = jax.devices()[0]
 
     def _reset(self):
         params, tx = self._init
@@ -271,8 +288,7 @@ class JaxTrainEngine(TrainEngine):
         return float(loss)
 
     def device_memory(self):
-        stats = self.device.memory_stats() if self.device.platform != "cpu" else None
-        return int(stats.get("peak_bytes_in_use", 0)) if stats else None
+        return _jax_device_peak()
 
 
 class PaddleTrainEngine(TrainEngine):
@@ -399,14 +415,11 @@ def vitjax_img_size(model_name: str) -> int:
 
 
 def make_engine(engine: str, model_name: str, work: Path, device: str, threads: int) -> Engine:
-    if engine in ("jax", "jax-vw512"):
-        return JaxEngine(model_name, work, "float32")
-    if engine == "jax-bf16":
-        return JaxEngine(model_name, work, "bfloat16")
-    if engine == "paddle-inference":
-        return PaddleInferenceEngine(work, device, threads)
-    if engine == "onnxruntime":
-        return OnnxRuntimeEngine(work, device, threads)
+    """The engine named ``engine`` (one of :data:`INFERENCE_ENGINES` or :data:`TRAIN_ENGINES`)."""
+    if engine in ("jax", "jax-vw512", "jax-bf16"):
+        return PredictorEngine(deploy_predictor(engine, model_name, work, device, threads), device_peak=_jax_device_peak)
+    if engine in ("paddle-inference", "onnxruntime"):
+        return PredictorEngine(deploy_predictor(engine, model_name, work, device, threads))
     if engine == "paddle-dygraph":
         return PaddleDygraphEngine(model_name, work, device, threads)
     if engine == "jax-train":
@@ -417,7 +430,7 @@ def make_engine(engine: str, model_name: str, work: Path, device: str, threads: 
         return TimmEngine(model_name, work, device, threads, compile=engine == "timm-compile")
     if engine in ("timm-train", "timm-compile-train"):
         return TimmTrainEngine(model_name, work, device, threads, compile=engine == "timm-compile-train")
-    raise ValueError(f"unknown engine {engine!r}")
+    raise ValueError(f"unknown engine {engine!r}; choose from {', '.join(INFERENCE_ENGINES + TRAIN_ENGINES)}")
 
 
 def _rss_bytes() -> int:
@@ -427,7 +440,34 @@ def _rss_bytes() -> int:
         return 0
 
 
+def _error_text(e: BaseException) -> str:
+    """``Type: first line of the message`` (native libraries append pages of C++ trace)."""
+    text = str(e).strip()
+    return f"{type(e).__name__}: {text.splitlines()[0] if text else ''}"
+
+
+def _maxrss_bytes() -> int:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+def answer(engine: Engine, msg: dict) -> dict:
+    """The reply to one protocol command (see the module docstring) other than ``quit``."""
+    from interop.measure import call_times
+
+    cmd = msg["cmd"]
+    if cmd == "check":
+        return {"ok": True, "output": engine.check(msg["batch"])}
+    if cmd == "warmup":
+        return {"ok": True, "seconds": sum(call_times(lambda: engine.run(msg["batch"]), msg["n"]))}
+    if cmd == "time":
+        return {"ok": True, "seconds": call_times(lambda: engine.run(msg["batch"]), 1)[0]}
+    if cmd == "memory":
+        return {"ok": True, "maxrss": _maxrss_bytes(), "rss": _rss_bytes(), "device_peak": engine.device_memory()}
+    return {"ok": False, "error": f"unknown command {cmd!r}"}
+
+
 def serve(engine_name: str, model_name: str, work: Path, device: str, threads: int) -> None:
+    """Loads the engine, says so (load time, RSS), then answers commands from stdin until ``quit`` or EOF."""
     proto = os.fdopen(os.dup(1), "w", buffering=1)
     os.dup2(2, 1)  # library chatter to stderr
     sys.stdout = sys.stderr
@@ -436,49 +476,50 @@ def serve(engine_name: str, model_name: str, work: Path, device: str, threads: i
         proto.write(json.dumps(obj) + "\n")
         proto.flush()
 
+    from interop.measure import timed
+
     try:
-        started = time.perf_counter()
-        engine = make_engine(engine_name, model_name, work, device, threads)
-        reply({"ok": True, "load_s": time.perf_counter() - started, "rss": _rss_bytes(),
-               "maxrss": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024})
+        engine, load_s = timed(lambda: make_engine(engine_name, model_name, work, device, threads))
+        reply({"ok": True, "load_s": load_s, "rss": _rss_bytes(), "maxrss": _maxrss_bytes()})
     except Exception as e:  # reported to the driver, which records the engine as failed
-        reply({"ok": False, "error": f"{type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}"})
+        reply({"ok": False, "error": _error_text(e)})
         return
     for line in sys.stdin:
         msg = json.loads(line)
-        cmd = msg["cmd"]
+        if msg["cmd"] == "quit":
+            reply({"ok": True})
+            return
         try:
-            if cmd == "quit":
-                reply({"ok": True})
-                return
-            if cmd == "check":
-                reply({"ok": True, "output": engine.check(msg["batch"])})
-            elif cmd == "warmup":
-                started = time.perf_counter()
-                for _ in range(msg["n"]):
-                    engine.run(msg["batch"])
-                reply({"ok": True, "seconds": time.perf_counter() - started})
-            elif cmd == "time":
-                started = time.perf_counter()
-                engine.run(msg["batch"])
-                reply({"ok": True, "seconds": time.perf_counter() - started})
-            elif cmd == "memory":
-                reply({"ok": True, "maxrss": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
-                       "rss": _rss_bytes(), "device_peak": engine.device_memory()})
-            else:
-                reply({"ok": False, "error": f"unknown command {cmd!r}"})
+            reply(answer(engine, msg))
         except Exception as e:
-            reply({"ok": False, "error": f"{type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}"})
+            reply({"ok": False, "error": _error_text(e)})
 
 
-def main(argv: list[str]) -> None:
-    if argv[0] == "prepare":
-        prepare(argv[1], Path(argv[2]))
-    elif argv[0] == "serve":
-        serve(argv[1], argv[2], Path(argv[3]), argv[4], int(argv[5]))
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m benchmarks.worker", description="One benchmark engine process (driven by benchmarks.run).")
+    sub = p.add_subparsers(dest="command", required=True)
+    prep = sub.add_parser("prepare", help="weights, exported models and prepare.json for one model")
+    prep.add_argument("model")
+    prep.add_argument("dir", type=Path)
+    sub.add_parser("matmul-ceiling", help="FLOP/s of a 2048^3 float32 matmul under XLA, as JSON")
+    srv = sub.add_parser("serve", help="load one engine and answer JSON commands on stdin")
+    srv.add_argument("engine", choices=INFERENCE_ENGINES + TRAIN_ENGINES)
+    srv.add_argument("model")
+    srv.add_argument("dir", type=Path)
+    srv.add_argument("device", choices=("cpu", "gpu"))
+    srv.add_argument("threads", type=int)
+    return p.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(sys.argv[1:] if argv is None else argv)
+    if args.command == "prepare":
+        print(json.dumps(prepare(args.model, args.dir)))
+    elif args.command == "matmul-ceiling":
+        print(json.dumps({"flops": matmul_ceiling()}))
     else:
-        raise SystemExit(f"usage: python -m benchmarks.worker prepare MODEL DIR | serve ENGINE MODEL DIR DEVICE THREADS (got {argv})")
+        serve(args.engine, args.model, args.dir, args.device, args.threads)
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    main()
