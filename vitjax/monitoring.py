@@ -18,10 +18,11 @@ class LossCheck:
 
     :meth:`after_dispatch` reads the loss of the step *before* the one just dispatched:
     the device has usually finished it, and the new step is already queued behind it, so
-    the host never holds the device back just to check. :meth:`latest` reads (and checks)
+    the host never holds the device back just to check, and never runs more than one step
+    ahead of it (which bounds the batches in flight). :meth:`latest` reads (and checks)
     the newest step's loss; the loop calls it before logging and before saving, so no
-    checkpoint holds the parameters of a non-finite step. With ``enabled=False`` nothing is
-    checked and :meth:`after_dispatch` reads nothing.
+    checkpoint holds the parameters of a non-finite step. With ``enabled=False`` the losses
+    are read the same way but never raise.
     """
 
     def __init__(self, enabled: bool):
@@ -31,7 +32,7 @@ class LossCheck:
     def after_dispatch(self, step: int, loss: jax.Array) -> None:
         """Records step ``step``'s (not yet computed) loss and checks the previous step's."""
         previous, self._newest = self._newest, (step, loss)
-        if self.enabled and previous is not None:
+        if previous is not None:
             self._read(*previous)
 
     def latest(self) -> float:
