@@ -51,7 +51,13 @@ def base_config() -> ml_collections.ConfigDict:
     c.data.val_folder = "val"  # folder: <root>/<val_folder>/<class>/<image>, classes a subset of train's
     c.data.class_names = ""  # a file with one class name per line (predict)
     c.data.on_bad_image = "skip"  # skip (count and log the path) | fail
-    c.data.num_workers = 2  # decoding/augmenting threads per host
+    # Decoding/augmenting workers per host (0: read in the training thread, no read-ahead).
+    c.data.num_workers = 2
+    # threads: one pool, examples read ~one batch ahead; enough for a few cores (PIL releases
+    # the GIL while decoding and resizing). processes: grain mp_prefetch, each worker builds
+    # whole batches; for many-core hosts, where threads stop scaling against the GIL.
+    # Both give the same batches. benchmarks/loader.py measures them.
+    c.data.worker_kind = "threads"
     c.data.eval_resize_short = 0  # 0: the model's PaddleClas eval transform
     c.data.eval_crop_size = 0
 

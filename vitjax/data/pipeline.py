@@ -1,23 +1,50 @@
-"""Deterministic, host-sharded batching over a random-access source.
+"""Deterministic, host-sharded batching over a random-access source, built on grain.
 
 Training reads an endless stream: epoch ``e`` visits the examples in the order of a
 permutation seeded by ``(seed, e)``, and the example at stream position ``p`` is
 augmented with a generator seeded by ``(seed, p)``. The global batch of step ``s`` is
 stream positions ``[s * B, (s + 1) * B)``; host ``h`` of ``H`` reads only its
 contiguous ``B / H`` slice. So a batch is a pure function of the step: a resumed run,
-or the same run on another number of hosts, sees exactly the same data.
+or the same run on another number of hosts, sees exactly the same data, and no
+iterator state needs to be checkpointed.
+
+The stream is a ``grain.MapDataset`` (random access, so ``dataset[s]`` *is* the batch of
+step ``s``)::
+
+    range(host positions) -> map(stream order: position -> (example index, position))
+                          -> map(read, replace a bad image, augment with rng(seed, position))
+                          -> batch(B / H)
+
+and :meth:`TrainLoader.iterate` reads it from the resumed step on with ``num_workers``
+workers of one of two kinds:
+
+* ``"threads"``: ``to_iter_dataset`` with a thread pool over *examples*, about one batch
+  read ahead. PIL decodes and resizes with the GIL released, so threads scale until the
+  Python parts of augmentation (RandAugment's dispatch, numpy glue) saturate one core.
+* ``"processes"``: ``mp_prefetch``: each of ``num_workers`` spawned processes builds whole
+  batches ``k, k + n, k + 2n, ...`` and grain interleaves them back in step order. It
+  scales past the GIL on many-core hosts, at the price of a start-up (each worker imports
+  the transform's modules) and of pickling every float32 batch back to the trainer.
+
+Both give the same batches as ``dataset[s]`` (tested). ``benchmarks/loader.py`` measures
+the two as workers grow; ``benchmarks/results/loader.md`` holds the numbers for this
+machine and the README's data section sums them up.
 
 A corrupt or unreadable image is either fatal (``on_bad_image="fail"``: the error
-names the file) or skipped (``"skip"``): it is logged with its path, counted, and
-replaced by the next readable example, deterministically.
+names the file, raised from whichever worker met it) or skipped (``"skip"``): the
+training stream replaces it by the next readable example, deterministically, and
+evaluation masks it out. Workers send the messages of skipped images along with their
+batch; the loader logs and counts them in :attr:`TrainLoader.bad_images` as it hands the
+batch out, so the count is the same for threads and processes.
+
+``grain`` is imported when a loader is built, not when this module is imported.
 """
 
 from __future__ import annotations
 
-import concurrent.futures
 import dataclasses
 import logging
-from typing import Callable, Iterator
+from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 
@@ -26,62 +53,155 @@ from vitjax.data.transforms import ImageError
 
 Transform = Callable[[np.ndarray, np.random.Generator], np.ndarray]
 
+WORKER_KINDS = ("threads", "processes")
+# Stream positions of a training run are numbered below this (far more than any run reads).
+_STREAM_LENGTH = 2**62
+# How many following examples a bad training image may be replaced by before giving up.
+_MAX_REPLACEMENTS = 100
+
+
+def _grain():
+    """The grain package, imported on first use (it costs ~0.3 s of import time)."""
+    import grain
+
+    return grain
+
+
+def _absl_flags_parsed() -> None:
+    """grain 0.2.18's ``mp_prefetch`` reads one of its absl flags directly and fails with
+    ``UnparsedFlagAccessError`` in a program that never parsed absl flags (a library user,
+    pytest). Such a program gets the flags' defaults; ``vitjax.main`` has parsed them already."""
+    from absl import flags
+
+    if not flags.FLAGS.is_parsed():
+        flags.FLAGS.mark_as_parsed()
+
 
 @dataclasses.dataclass
 class Batch:
     images: np.ndarray  # [local_batch, H, W, C] float32
     labels: np.ndarray  # [local_batch] int32
-    mask: np.ndarray  # [local_batch] bool; False for eval padding
+    mask: np.ndarray  # [local_batch] bool; False for eval padding and dropped bad images
+    skipped: tuple[str, ...] = ()  # messages of the bad images met while building this batch
 
 
 class BadImageLog:
+    """Applies ``data.on_bad_image``: ``"fail"`` raises, ``"skip"`` logs and counts."""
+
     def __init__(self, policy: str):
-        if policy not in ("skip", "fail"):
-            raise DataError(f"data.on_bad_image must be 'skip' or 'fail', not {policy!r}")
+        check_policy(policy)
         self.policy = policy
         self.skipped: list[str] = []
 
-    def record(self, error: ImageError) -> None:
+    def record(self, error: ImageError | str) -> None:
         if self.policy == "fail":
-            raise error
+            raise error if isinstance(error, ImageError) else ImageError(error)
         self.skipped.append(str(error))
         logging.warning("skipped a bad image (%d so far): %s", len(self.skipped), error)
 
+    def record_batch(self, batch: Batch) -> Batch:
+        """Records the bad images a worker met while building ``batch``, and returns it."""
+        for message in batch.skipped:
+            self.record(message)
+        return batch
 
-class _Reader:
-    def __init__(self, source: Source, transform: Transform, seed: int, bad_images: BadImageLog, num_workers: int,
-                 replace_bad: bool = True):
-        self.source, self.transform, self.seed, self.bad = source, transform, seed, bad_images
-        self.replace_bad = replace_bad
-        self.pool = concurrent.futures.ThreadPoolExecutor(max(1, num_workers))
 
-    def example(self, index: int, position: int) -> tuple[np.ndarray, int] | None:
-        """The transformed example at ``index``. A bad image is replaced by the next good
-        one in training, and dropped (``None``, masked out) in evaluation."""
+def check_policy(policy: str) -> str:
+    if policy not in ("skip", "fail"):
+        raise DataError(f"data.on_bad_image must be 'skip' or 'fail', not {policy!r}")
+    return policy
+
+
+def check_workers(num_workers: int, worker_kind: str) -> None:
+    if worker_kind not in WORKER_KINDS:
+        raise DataError(f"data.worker_kind must be one of {', '.join(WORKER_KINDS)}, not {worker_kind!r}")
+    if num_workers < 0:
+        raise DataError(f"data.num_workers must be >= 0, not {num_workers}")
+
+
+@dataclasses.dataclass(frozen=True)
+class _Example:
+    image: np.ndarray | None  # None: a bad eval image or padding, masked out
+    label: int
+    skipped: tuple[str, ...]
+
+
+class _StreamOrder:
+    """Stream position ``p`` -> ``(example index, p)``: epoch ``p // n`` visits the ``n``
+    examples in a permutation seeded by ``(seed, epoch)``."""
+
+    def __init__(self, num_examples: int, seed: int):
+        self.num_examples, self.seed = num_examples, seed
+        self._cached: tuple[int, np.ndarray] = (-1, np.zeros(0, np.int64))
+
+    def permutation(self, epoch: int) -> np.ndarray:
+        cached = self._cached  # one read: safe when threads race to replace it
+        if cached[0] != epoch:
+            order = np.random.default_rng([self.seed, 1_000_003, epoch]).permutation(self.num_examples)
+            cached = self._cached = (epoch, order)
+        return cached[1]
+
+    def __call__(self, position: int) -> tuple[int, int]:
+        epoch, offset = divmod(position, self.num_examples)
+        return int(self.permutation(epoch)[offset]), position
+
+    def __getstate__(self) -> dict[str, Any]:  # workers compute their own permutations
+        return {"num_examples": self.num_examples, "seed": self.seed}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__init__(state["num_examples"], state["seed"])
+
+
+class _EvalOrder:
+    """Position ``p`` -> ``(p, p)`` for the examples, ``(None, p)`` for the padding after them."""
+
+    def __init__(self, num_examples: int):
+        self.num_examples = num_examples
+
+    def __call__(self, position: int) -> tuple[int | None, int]:
+        return (position if position < self.num_examples else None), position
+
+
+class _ReadExample:
+    """``(example index, stream position)`` -> the transformed example, augmented with a
+    generator seeded by ``(seed, position)``. A bad image raises (policy ``fail``), is
+    replaced by the next readable example (training), or is dropped (evaluation)."""
+
+    def __init__(self, source: Source, transform: Transform, seed: int, policy: str, replace_bad: bool):
+        self.source, self.transform, self.seed = source, transform, seed
+        self.policy, self.replace_bad = policy, replace_bad
+
+    def __call__(self, index_and_position: tuple[int | None, int]) -> _Example:
+        index, position = index_and_position
+        if index is None:
+            return _Example(None, 0, ())
         n = len(self.source)
-        for attempt in range(min(n, 100) if self.replace_bad else 1):
-            candidate = (index + attempt) % n
+        skipped: list[str] = []
+        for attempt in range(min(n, _MAX_REPLACEMENTS) if self.replace_bad else 1):
             try:
-                image, label = self.source.load(candidate)
+                image, label = self.source.load((index + attempt) % n)
             except ImageError as e:
-                self.bad.record(e)
+                if self.policy == "fail":
+                    raise
+                skipped.append(str(e))
                 continue
             rng = np.random.default_rng([self.seed, position])
-            return self.transform(image, rng), label
+            return _Example(self.transform(image, rng), label, tuple(skipped))
         if not self.replace_bad:
-            return None
-        raise DataError(f"no readable image among 100 examples from {self.source.describe(index)}")
+            return _Example(None, 0, tuple(skipped))
+        raise DataError(f"no readable image among {_MAX_REPLACEMENTS} examples from {self.source.describe(index)}")
 
-    def batch(self, indices: np.ndarray, positions: np.ndarray, valid: np.ndarray) -> Batch:
-        examples = list(self.pool.map(self.example, indices.tolist(), positions.tolist()))
-        good = next((e for e in examples if e is not None), None)
-        if good is None:
-            raise DataError(f"no readable image in a batch from {self.source.describe(int(indices[0]))}")
-        valid = valid & np.asarray([e is not None for e in examples])
-        examples = [e if e is not None else (np.zeros_like(good[0]), 0) for e in examples]
-        images = np.stack([e[0] for e in examples])
-        labels = np.asarray([e[1] for e in examples], np.int32)
-        return Batch(images, labels, valid)
+
+def _assemble(examples: Sequence[_Example]) -> Batch:
+    """Stacks examples into a :class:`Batch`; dropped ones become masked zero images."""
+    good = next((e.image for e in examples if e.image is not None), None)
+    if good is None:
+        raise DataError(f"no readable image in a batch of {len(examples)} examples: "
+                        + "; ".join(s for e in examples for s in e.skipped)[:2000])
+    images = np.stack([e.image if e.image is not None else np.zeros_like(good) for e in examples])
+    labels = np.asarray([e.label for e in examples], np.int32)
+    mask = np.asarray([e.image is not None for e in examples])
+    return Batch(images, labels, mask, tuple(s for e in examples for s in e.skipped))
 
 
 def _host_slice(global_batch: int, process_index: int, process_count: int) -> slice:
@@ -91,63 +211,121 @@ def _host_slice(global_batch: int, process_index: int, process_count: int) -> sl
     return slice(process_index * per_host, (process_index + 1) * per_host)
 
 
+class _HostPositions:
+    """The ``j``-th example this host reads -> its global stream position: host ``h`` reads
+    positions ``[s * B + h * b, s * B + (h + 1) * b)`` of step ``s`` (``b = B / H``)."""
+
+    def __init__(self, global_batch: int, host_slice: slice):
+        self.global_batch, self.first, self.per_host = global_batch, host_slice.start, host_slice.stop - host_slice.start
+
+    def __call__(self, j: int) -> int:
+        step, offset = divmod(j, self.per_host)
+        return step * self.global_batch + self.first + offset
+
+
+class _Loader:
+    """The grain pipeline shared by training and evaluation: ``examples`` (a MapDataset of
+    :class:`_Example`, this host's share in stream order) batched ``per_host`` at a time."""
+
+    def __init__(self, examples, per_host: int, bad_images: BadImageLog, num_workers: int, worker_kind: str):
+        check_workers(num_workers, worker_kind)
+        self.examples, self.per_host, self.bad_images = examples, per_host, bad_images
+        self.num_workers, self.worker_kind = num_workers, worker_kind
+        self.batches = examples.batch(per_host, drop_remainder=True, batch_fn=_assemble)
+
+    def read(self, step: int) -> Batch:
+        return self.bad_images.record_batch(self.batches[step])
+
+    def stream(self, start: int, stop: int) -> Iterator[Batch]:
+        """Batches ``start`` to ``stop - 1``, read ahead by the workers (started at once);
+        closing the returned generator stops them."""
+        grain = _grain()
+        if self.worker_kind == "processes" and self.num_workers > 0:
+            _absl_flags_parsed()
+            iter_dataset = self.batches[start:stop].to_iter_dataset(
+                grain.ReadOptions(num_threads=0, prefetch_buffer_size=0)
+            ).mp_prefetch(grain.MultiprocessingOptions(num_workers=self.num_workers, per_worker_buffer_size=1))
+        else:
+            examples = self.examples[start * self.per_host : stop * self.per_host]
+            read_ahead = self.per_host if self.num_workers else 0
+            iter_dataset = examples.to_iter_dataset(
+                grain.ReadOptions(num_threads=self.num_workers, prefetch_buffer_size=read_ahead)
+            ).batch(self.per_host, drop_remainder=True, batch_fn=_assemble)
+        iterator = iter(iter_dataset)
+        iterator.start_prefetch()  # workers start now, not at the first next()
+        return self._handed_out(iterator)
+
+    def _handed_out(self, iterator) -> Iterator[Batch]:
+        try:
+            for batch in iterator:
+                yield self.bad_images.record_batch(batch)
+        finally:
+            iterator.close()  # stops threads and worker processes
+
+
 class TrainLoader:
-    """``loader.batch(step)`` is this host's share of the global batch of ``step``."""
+    """``loader.batch(step)`` is this host's share of the global batch of ``step``;
+    ``loader.iterate(start)`` streams the same batches from ``start`` on.
+
+    ``num_workers`` threads or processes (``worker_kind``) decode and augment; 0 reads in
+    the consuming thread. ``transform`` must pickle (cloudpickle: lambdas are fine) when
+    ``worker_kind="processes"``.
+    """
 
     def __init__(self, source: Source, transform: Transform, global_batch: int, *, seed: int,
-                 process_index: int = 0, process_count: int = 1, on_bad_image: str = "skip", num_workers: int = 2):
-        self.source, self.global_batch = source, global_batch
-        self.seed = seed
+                 process_index: int = 0, process_count: int = 1, on_bad_image: str = "skip", num_workers: int = 2,
+                 worker_kind: str = "threads"):
+        grain = _grain()
+        self.source, self.global_batch, self.seed = source, global_batch, seed
         self.bad_images = BadImageLog(on_bad_image)
         self.slice = _host_slice(global_batch, process_index, process_count)
-        self._reader = _Reader(source, transform, seed, self.bad_images, num_workers)
-        self._permutations: dict[int, np.ndarray] = {}
+        per_host = self.slice.stop - self.slice.start
+        examples = (
+            grain.MapDataset.range(_STREAM_LENGTH // global_batch * per_host)
+            .map(_HostPositions(global_batch, self.slice))
+            .map(_StreamOrder(len(source), seed))
+            .map(_ReadExample(source, transform, seed, on_bad_image, replace_bad=True))
+        )
+        self._loader = _Loader(examples, per_host, self.bad_images, num_workers, worker_kind)
 
-    def _permutation(self, epoch: int) -> np.ndarray:
-        if epoch not in self._permutations:
-            self._permutations = {epoch: np.random.default_rng([self.seed, 1_000_003, epoch]).permutation(len(self.source))}
-        return self._permutations[epoch]
+    @property
+    def dataset(self):
+        """The ``grain.MapDataset`` whose element ``s`` is this host's batch of step ``s``
+        (bad images it meets are not recorded in :attr:`bad_images`)."""
+        return self._loader.batches
 
     def positions(self, step: int) -> np.ndarray:
         return np.arange(step * self.global_batch, (step + 1) * self.global_batch, dtype=np.int64)[self.slice]
 
     def batch(self, step: int) -> Batch:
-        n = len(self.source)
-        positions = self.positions(step)
-        indices = np.asarray([self._permutation(int(p // n))[p % n] for p in positions])
-        return self._reader.batch(indices, positions, np.ones(len(positions), bool))
+        return self._loader.read(step)
 
     def iterate(self, start_step: int) -> Iterator[Batch]:
-        """Batches from ``start_step`` on, the next one prepared while the current one trains."""
-        pool = concurrent.futures.ThreadPoolExecutor(1)
-        pending = pool.submit(self.batch, start_step)
-        step = start_step
-        try:
-            while True:
-                batch = pending.result()
-                step += 1
-                pending = pool.submit(self.batch, step)
-                yield batch
-        finally:
-            pool.shutdown(wait=False, cancel_futures=True)
+        """Batches from ``start_step`` on, read ahead by the workers while a step trains."""
+        return self._loader.stream(start_step, len(self._loader.batches))
 
 
 class EvalLoader:
-    """Every example once, in order; the last batch is padded and masked."""
+    """Every example once, in order; the last batch is padded and masked, and so are bad
+    images (they are left out of the metrics, not replaced)."""
 
     def __init__(self, source: Source, transform: Transform, global_batch: int, *, process_index: int = 0,
-                 process_count: int = 1, on_bad_image: str = "skip", num_workers: int = 2):
+                 process_count: int = 1, on_bad_image: str = "skip", num_workers: int = 2, worker_kind: str = "threads"):
+        grain = _grain()
         self.source, self.global_batch = source, global_batch
         self.bad_images = BadImageLog(on_bad_image)
         self.slice = _host_slice(global_batch, process_index, process_count)
-        self._reader = _Reader(source, transform, 0, self.bad_images, num_workers, replace_bad=False)
+        per_host = self.slice.stop - self.slice.start
+        examples = (
+            grain.MapDataset.range(len(self) * per_host)
+            .map(_HostPositions(global_batch, self.slice))
+            .map(_EvalOrder(len(source)))
+            .map(_ReadExample(source, transform, 0, on_bad_image, replace_bad=False))
+        )
+        self._loader = _Loader(examples, per_host, self.bad_images, num_workers, worker_kind)
 
     def __len__(self) -> int:
         return -(-len(self.source) // self.global_batch)
 
     def __iter__(self) -> Iterator[Batch]:
-        n = len(self.source)
-        for step in range(len(self)):
-            positions = np.arange(step * self.global_batch, (step + 1) * self.global_batch)[self.slice]
-            valid = positions < n
-            yield self._reader.batch(np.where(valid, positions, 0), positions, valid)
+        return self._loader.stream(0, len(self))
