@@ -1,0 +1,219 @@
+"""Input-pipeline throughput with the DeiT ImageNet training recipe, as workers grow.
+
+``python -m benchmarks.loader`` writes ~200 ImageNet-sized JPEGs (500x375, quality 90, cut
+from scikit-image's photos) into a temporary image folder and times
+:class:`vitjax.data.pipeline.TrainLoader` on them with ``configs/deit_small.py``'s data and
+augmentation settings (random resized crop to 224, bicubic, flip, RandAugment
+``rand-m9-mstd0.5-inc1``, random erasing 0.25, ImageNet mean/std; mixup/cutmix run on the
+device and are not part of the loader). Rows:
+
+* ``baseline``: the previous hand-written loader's design, re-stated here (a thread pool
+  over the examples of a batch, the next batch prepared in a background thread), so the grain
+  pipeline can be compared against it on the same images and transform;
+* ``threads`` and ``processes`` (``data.worker_kind``) with 1, 2 and 4 workers
+  (``data.num_workers``); ``main thread`` with 0 workers.
+
+Each row reads batches after a warm-up batch (which pays for spawning process workers),
+for at least ``--seconds``; images/s per core divides by the cores the workers can use
+(``min(workers, cores)``). Results go to ``benchmarks/results/loader.{json,md}`` with the CPU
+named as ``lscpu`` names it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import concurrent.futures
+import json
+import os
+import platform
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+from typing import Callable, Iterator
+
+import numpy as np
+
+RESULTS = Path(__file__).parent / "results"
+IMAGE_SIZE = (500, 375)  # ImageNet's typical width x height
+
+
+def write_jpegs(folder: Path, count: int, classes: int = 4, seed: int = 0) -> None:
+    """``count`` 500x375 JPEGs in ``folder/<class>/``: random crops of scikit-image's photos,
+    rescaled and lightly noised so that no two files are alike (like real photos, they
+    compress to ~50-150 KB)."""
+    import skimage.data
+    from PIL import Image
+
+    photos = [skimage.data.astronaut(), skimage.data.chelsea(), skimage.data.coffee(), skimage.data.rocket()]
+    rng = np.random.default_rng(seed)
+    for i in range(count):
+        photo = photos[i % len(photos)]
+        height, width = photo.shape[:2]
+        crop_h = int(rng.integers(height // 2, height + 1))
+        crop_w = min(width, int(crop_h * IMAGE_SIZE[0] / IMAGE_SIZE[1]))
+        top, left = int(rng.integers(0, height - crop_h + 1)), int(rng.integers(0, width - crop_w + 1))
+        image = Image.fromarray(photo[top : top + crop_h, left : left + crop_w]).resize(IMAGE_SIZE, Image.BICUBIC)
+        pixels = np.asarray(image).astype(np.int16) + rng.integers(-6, 7, (IMAGE_SIZE[1], IMAGE_SIZE[0], 3))
+        target = folder / f"class_{i % classes}" / f"img_{i:04d}.jpg"
+        target.parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(pixels.clip(0, 255).astype(np.uint8)).save(target, quality=90)
+
+
+def deit_transform(config_name: str = "deit_small") -> tuple[Callable, str]:
+    """The training transform ``vitjax`` builds for ``configs/<config_name>.py``, and a
+    description of its settings."""
+    import importlib.util
+
+    import vitjax
+    from vitjax.data.augment import train_transform
+
+    path = Path(__file__).resolve().parents[1] / "configs" / f"{config_name}.py"
+    spec = importlib.util.spec_from_file_location(f"loader_bench_{config_name}", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    config = module.get_config()
+    model = vitjax.get_spec(config.model.name)
+    size = config.model.img_size or model.img_size
+    mean, std, augment = model.eval_transform.mean, model.eval_transform.std, config.augment
+
+    def transform(image, rng):
+        return train_transform(image, rng, size=size, mean=mean, std=std, augment=augment)
+
+    a = augment
+    described = (f"configs/{config_name}.py: {size}px random resized crop {tuple(a.crop_scale)} {a.interpolation}, "
+                 f"hflip {a.hflip}, RandAugment {a.randaugment}, random erasing {a.random_erasing}")
+    return transform, described
+
+
+def baseline_batches(source, transform, batch_size: int, num_workers: int, seed: int = 0) -> Iterator[np.ndarray]:
+    """The previous loader's design: a pool of threads maps the examples of a batch, and one
+    background thread prepares the next batch while the current one is consumed."""
+    pool = concurrent.futures.ThreadPoolExecutor(max(1, num_workers))
+    ahead = concurrent.futures.ThreadPoolExecutor(1)
+    order = np.random.default_rng(seed).permutation(len(source))
+
+    def example(position: int) -> np.ndarray:
+        image, _ = source.load(int(order[position % len(order)]))
+        return transform(image, np.random.default_rng([seed, position]))
+
+    def batch(step: int) -> np.ndarray:
+        return np.stack(list(pool.map(example, range(step * batch_size, (step + 1) * batch_size))))
+
+    pending, step = ahead.submit(batch, 0), 0
+    try:
+        while True:
+            ready = pending.result()
+            step += 1
+            pending = ahead.submit(batch, step)
+            yield ready
+    finally:
+        ahead.shutdown(wait=False, cancel_futures=True)
+        pool.shutdown(wait=False, cancel_futures=True)
+
+
+def time_batches(batches: Iterator, batch_size: int, min_seconds: float, min_batches: int) -> dict[str, float]:
+    """Images/s over the batches after the first (the warm-up, also timed and reported)."""
+    start = time.perf_counter()
+    next(batches)
+    warmup = time.perf_counter() - start
+    start, count = time.perf_counter(), 0
+    cpu_start = os.times()
+    while count < min_batches or time.perf_counter() - start < min_seconds:
+        next(batches)
+        count += 1
+    seconds = time.perf_counter() - start
+    batches.close()
+    return {"images_per_s": count * batch_size / seconds, "seconds": seconds, "batches": count,
+            "warmup_s": warmup, "main_process_cpu_s": sum(os.times()[:2]) - sum(cpu_start[:2])}
+
+
+def cpu_name() -> str:
+    try:
+        out = subprocess.run(["lscpu"], capture_output=True, text=True, timeout=10).stdout
+        for line in out.splitlines():
+            if line.startswith("Model name:"):
+                return line.split(":", 1)[1].strip()
+    except (OSError, subprocess.SubprocessError):
+        pass
+    return platform.processor() or "unknown CPU"
+
+
+def run(args: argparse.Namespace) -> dict:
+    from vitjax.data.pipeline import TrainLoader
+    from vitjax.data.sources import ImageFolderSource
+
+    cores = len(os.sched_getaffinity(0))
+    transform, described = deit_transform(args.config)
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        write_jpegs(Path(tmp), args.images)
+        source = ImageFolderSource(tmp)
+        sizes = [os.path.getsize(Path(tmp) / os.fsdecode(p)) for p in source.paths]
+        plan = [("main thread", "threads", 0)]
+        plan += [("baseline", "baseline", n) for n in args.workers]
+        plan += [(kind, kind, n) for kind in ("threads", "processes") for n in args.workers]
+        for label, kind, workers in plan:
+            if kind == "baseline":
+                batches = baseline_batches(source, transform, args.batch_size, workers)
+            else:
+                loader = TrainLoader(source, transform, args.batch_size, seed=0, num_workers=workers, worker_kind=kind)
+                batches = loader.iterate(0)
+            timing = time_batches(batches, args.batch_size, args.seconds, args.min_batches)
+            used = max(1, min(workers, cores))
+            row = {"loader": label, "workers": workers, "cores_used": used, **timing,
+                   "images_per_s_per_core": timing["images_per_s"] / used}
+            rows.append(row)
+            print(f"{label:12s} {workers} workers: {row['images_per_s']:7.1f} img/s  "
+                  f"{row['images_per_s_per_core']:6.1f} img/s/core  (warm-up {timing['warmup_s']:.1f} s)", flush=True)
+    import grain
+
+    return {
+        "cpu": cpu_name(), "cores": cores, "load_average_before": args.load_before,
+        "python": platform.python_version(), "grain": grain.__version__,
+        "recipe": described, "images": args.images, "image_size": list(IMAGE_SIZE),
+        "mean_jpeg_kb": float(np.mean(sizes) / 1024), "batch_size": args.batch_size, "rows": rows,
+    }
+
+
+def markdown(results: dict) -> str:
+    lines = [
+        "# Input pipeline throughput (DeiT ImageNet recipe)",
+        "",
+        f"CPU: {results['cpu']}, {results['cores']} cores available (load average {results['load_average_before']:.2f} "
+        f"before the run); Python {results['python']}, grain {results['grain']}.",
+        f"Recipe: {results['recipe']}.",
+        f"Data: {results['images']} JPEGs of {results['image_size'][0]}x{results['image_size'][1]} "
+        f"(mean {results['mean_jpeg_kb']:.0f} KB), batch {results['batch_size']}, decoded and augmented per step.",
+        "",
+        "| loader | workers | img/s | img/s per core | warm-up s |",
+        "|---|---|---|---|---|",
+    ]
+    for row in results["rows"]:
+        lines.append(f"| {row['loader']} | {row['workers']} | {row['images_per_s']:.1f} | "
+                     f"{row['images_per_s_per_core']:.1f} | {row['warmup_s']:.1f} |")
+    lines += ["", "`baseline` is the previous thread-pool loader's design; `threads` / `processes` are",
+              "`data.worker_kind` of the grain pipeline; per core = img/s / min(workers, cores).", ""]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--config", default="deit_small", help="configs/<name>.py whose data/augment settings to use")
+    parser.add_argument("--images", type=int, default=200)
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--workers", type=int, nargs="+", default=[1, 2, 4])
+    parser.add_argument("--seconds", type=float, default=4.0, help="minimum timed seconds per row")
+    parser.add_argument("--min-batches", type=int, default=4)
+    parser.add_argument("--out", type=Path, default=RESULTS / "loader")
+    args = parser.parse_args(argv)
+    args.load_before = os.getloadavg()[0]
+    results = run(args)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.with_suffix(".json").write_text(json.dumps(results, indent=2) + "\n")
+    args.out.with_suffix(".md").write_text(markdown(results))
+    print(markdown(results))
+
+
+if __name__ == "__main__":
+    main()
