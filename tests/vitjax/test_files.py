@@ -58,3 +58,19 @@ def test_a_failed_atomic_directory_leaves_nothing_behind(tmp_path):
             (tmp / "part.txt").write_text("part")
             raise ValueError("refused")
     assert list(tmp_path.iterdir()) == []
+
+
+def test_atomic_files_and_directories_get_the_modes_of_ordinary_ones(tmp_path):
+    import os
+    import stat
+
+    mask = os.umask(0o022)
+    try:
+        with atomic_file(tmp_path / "w.pdparams") as tmp:
+            tmp.write_bytes(b"x")
+        with atomic_directory(tmp_path / "model") as tmp:
+            (tmp / "inference.json").write_text("{}")
+    finally:
+        os.umask(mask)
+    assert stat.S_IMODE((tmp_path / "w.pdparams").stat().st_mode) == 0o644
+    assert stat.S_IMODE((tmp_path / "model").stat().st_mode) == 0o755
