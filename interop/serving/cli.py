@@ -3,11 +3,13 @@
 On SIGTERM (or Ctrl-C) the server stops listening at once, so new connections are
 refused; requests already received finish (up to ``--graceful-timeout`` seconds), keep-alive
 connections are closed after their current response, and ``/ready`` says 503 meanwhile.
+Then the model's temporary files are removed and the process exits with status 0.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import sys
 
@@ -82,6 +84,19 @@ def _server_class():
         def handle_exit(self, sig, frame) -> None:
             self._on_exit()
             super().handle_exit(sig, frame)
+
+        @contextlib.contextmanager
+        def capture_signals(self):
+            """uvicorn's, except that a finished graceful shutdown returns instead of re-raising the signal.
+
+            uvicorn re-raises SIGTERM once it has drained, which kills the process before
+            ``run``'s clean-up (the model's temporary export directory) can run; we exit 0.
+            """
+            with super().capture_signals():
+                yield
+                if self._captured_signals:
+                    logging.getLogger("interop.serving").info("shut down gracefully after signal %s", self._captured_signals[-1])
+                    self._captured_signals.clear()
 
         async def startup(self, sockets=None) -> None:
             await super().startup(sockets)

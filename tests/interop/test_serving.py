@@ -167,7 +167,8 @@ def test_full_size_model_from_pdparams_serves_the_offline_jax_top5(tmp_path, pho
     """DeiT-tiny at 224 (resize 256, bicubic, crop): the transform matters here; served from a .pdparams file."""
     name = "DeiT_tiny_patch16_224"
     variables = init_variables(name, seed=5)
-    weights = interop.save_pdparams(variables, name, tmp_path / "w.pdparams")
+    weights = tmp_path / "w.pdparams"
+    interop.save_pdparams(variables, name, weights)
     expected = offline_top5(variables, name, photos)
     with serving(load_served_model(weights, backend, threads=2, max_batch_size=4), ServeConfig(max_batch_size=4)) as url:
         assert_same_top5(Client(url).classify([png(image) for _, image in photos]), expected)
@@ -207,11 +208,57 @@ def test_kserve_v2_infer_gives_the_predictor_probabilities(server, exported, pho
     assert client.get(f"/v2/models/{NAME}").json()["inputs"][0]["shape"] == [-1, 3, 32, 32]
 
 
+def test_kserve_v2_uint8_pixels_go_through_the_eval_transform(server, exported):
+    """``UINT8 [N, H, W, 3]`` RGB pixels: the server applies the eval transform, as ``predict`` does."""
+    from vitjax.data.transforms import preprocess_eval
+
+    variables, _ = exported
+    pixels = np.random.default_rng(7).integers(0, 256, (2, 40, 52, 3), np.uint8)
+    request = {"inputs": [{"name": "pixels", "datatype": "UINT8", "shape": list(pixels.shape), "data": pixels.reshape(-1).tolist()}]}
+    reply = Client(server).request("POST", f"/v2/models/{NAME}/infer", json.dumps(request).encode(), "application/json")
+    assert reply.status == 200, reply.text
+    transform = vitjax.get_spec(NAME).eval_transform
+    images = np.stack([preprocess_eval(p, transform).transpose(2, 0, 1) for p in pixels]).astype(np.float32)
+    expected = create_predictor("jax", variables=variables, model_name=NAME).predict(images)
+    np.testing.assert_allclose(np.array(reply.json()["outputs"][0]["data"]).reshape(2, 1000), expected, rtol=0, atol=ATOL)
+
+
+def test_metrics_are_prometheus_text_with_requests_errors_latency_batches_and_queue(server, photos):
+    client = Client(server)
+    assert client.classify([png(photos[0][1])]).status == 200
+    assert client.request("POST", "/classify", b"", "image/png").status == 400
+    reply = client.get("/metrics")
+    assert reply.status == 200 and reply.headers["content-type"].startswith("text/plain")
+    samples = dict(line.rsplit(" ", 1) for line in reply.text.splitlines() if line and not line.startswith("#"))
+    assert float(samples['vitjax_serve_requests_total{code="200",endpoint="/classify"}']) >= 1
+    assert float(samples['vitjax_serve_requests_total{code="400",endpoint="/classify"}']) >= 1
+    assert float(samples['vitjax_serve_errors_total{kind="empty_input"}']) >= 1
+    assert float(samples['vitjax_serve_request_seconds_count{endpoint="/classify"}']) >= 2
+    assert 'vitjax_serve_request_seconds_bucket{endpoint="/classify",le="0.005"}' in samples
+    assert float(samples['vitjax_serve_batch_size_bucket{le="8.0"}']) == float(samples["vitjax_serve_batch_size_count"]) >= 1
+    assert float(samples["vitjax_serve_images_total"]) >= 1
+    assert float(samples["vitjax_serve_queue_depth"]) == 0  # nothing waiting once the answers are in
+    assert float(samples["vitjax_serve_in_flight_requests"]) == 1  # this very /metrics request
+    assert "vitjax_serve_inference_seconds_bucket" in reply.text
+
+
+def test_serve_command_defaults_are_safe_for_a_service():
+    """Loopback only, limits on body size, images, pixels, queue and concurrency, unless told otherwise."""
+    from interop.__main__ import build_parser
+
+    args = build_parser().parse_args(["serve", "model_dir"])
+    assert args.host == "127.0.0.1" and args.backend == "paddle-cpu" and args.port == 8080
+    assert args.max_body_mb == 16 and args.max_images == 32 and args.max_pixels == 40_000_000
+    assert args.max_queue == 256 and args.max_concurrency == 128 and args.timeout == 30
+    with pytest.raises(ValueError, match="max_batch_size must be >= 1"):
+        ServeConfig(max_batch_size=0)
+
+
 def bad_requests(photo: np.ndarray) -> list[tuple[str, int, str, dict]]:
     """``(what, status, error kind, request)`` for every kind of bad input."""
     good = jpeg(photo)
     big = np.zeros((2100, 2100, 3), np.uint8)  # 4.4 MP > LIMITS.max_pixels, a tiny PNG
-    strip = np.zeros((1, 3000, 3), np.uint8)  # 1 x 3000: resized to 36 x 108000 px
+    strip = np.zeros((1, 4000, 3), np.uint8)  # 4000 x 1: resized to 144000 x 36 = 5.2 MP > LIMITS.max_pixels
     many, many_type = multipart_body([good] * 5)
     no_files = b"--b\r\nContent-Disposition: form-data; name=\"text\"\r\n\r\nhello\r\n--b--\r\n"
     raw = lambda data, ctype="application/octet-stream": dict(method="POST", path="/classify", body=data, content_type=ctype)  # noqa: E731
@@ -281,12 +328,14 @@ def test_every_bad_input_gets_a_one_line_4xx_while_valid_requests_stay_right(ser
     with ThreadPoolExecutor(3) as pool:
         for _ in range(3):
             pool.submit(valid_traffic)
-        for what, status, kind, request in cases:
-            got, body = send(server, **request)
-            assert got == status, f"{what}: {got} {body[:200]!r}"
-            error = json.loads(body)["error"]
-            assert error and "\n" not in error and "Traceback" not in error, what
-        stop.set()
+        try:
+            for what, status, kind, request in cases:
+                got, body = send(server, **request)
+                assert got == status, f"{what}: {got} {body[:200]!r}"
+                error = json.loads(body)["error"]
+                assert error and "\n" not in error and "Traceback" not in error, what
+        finally:
+            stop.set()
     assert not failures, failures[:3]
     assert len(answers) >= 3
     for _, _, kind, _ in cases:
