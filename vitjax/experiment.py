@@ -102,7 +102,7 @@ class Experiment:
             source,
             lambda image, rng: train_transform(image, rng, size=size, mean=t.mean, std=t.std, augment=c.augment),
             c.batch_size, seed=c.seed, process_index=jax.process_index(), process_count=jax.process_count(),
-            on_bad_image=c.data.on_bad_image, num_workers=c.data.num_workers,
+            on_bad_image=c.data.on_bad_image, num_workers=c.data.num_workers, worker_kind=c.data.worker_kind,
         )
 
     def eval_transform(self) -> EvalTransform:
@@ -124,7 +124,8 @@ class Experiment:
         source = make_source(c.data, train=False, img_size=self.shape[0])
         return EvalLoader(source, lambda image, rng: preprocess_eval(image, t), c.eval_batch_size,
                           process_index=jax.process_index(), process_count=jax.process_count(),
-                          on_bad_image=c.data.on_bad_image, num_workers=c.data.num_workers)
+                          on_bad_image=c.data.on_bad_image, num_workers=c.data.num_workers,
+                          worker_kind=c.data.worker_kind)
 
     # Steps --------------------------------------------------------------------------------
 

@@ -78,3 +78,14 @@ def test_worker_options_are_checked(tmp_path):
         TrainLoader(source, noisy_eval_transform, 1, seed=0, worker_kind="fibers")
     with pytest.raises(DataError, match="data.num_workers must be >= 0, not -1"):
         TrainLoader(source, noisy_eval_transform, 1, seed=0, num_workers=-1)
+
+
+def test_training_with_process_workers_takes_the_same_steps_as_with_threads(tmp_path):
+    from test_train import assert_params_close, final_params, tiny_config
+
+    from vitjax import train
+
+    for kind in ("threads", "processes"):
+        train.train_and_evaluate(tiny_config(num_steps=3, **{"data.worker_kind": kind, "data.num_workers": 2}),
+                                 tmp_path / kind)
+    assert_params_close(final_params(tmp_path / "threads"), final_params(tmp_path / "processes"), atol=0.0)
