@@ -36,14 +36,6 @@ from weight_server import serving
 TEST_MODEL = "DeiT_test_patch8_32"
 
 
-@pytest.fixture()
-def cache(tmp_path, monkeypatch) -> Path:
-    monkeypatch.setenv("VITJAX_CACHE", str(tmp_path / "cache"))
-    monkeypatch.delenv("VITJAX_WEIGHTS_URL", raising=False)
-    monkeypatch.delenv("VITJAX_OFFLINE", raising=False)
-    return tmp_path / "cache" / "paddleclas"
-
-
 def _paddleclas_source(relative: str) -> Path:
     return Path(paddleclas_reference._ppcls_root()).parent / relative
 

@@ -59,15 +59,6 @@ def test_weights(tmp_path_factory):
 
 
 @pytest.fixture()
-def cache(tmp_path, monkeypatch) -> Path:
-    """An empty cache; no mirror, not offline."""
-    monkeypatch.setenv("VITJAX_CACHE", str(tmp_path / "cache"))
-    monkeypatch.delenv("VITJAX_WEIGHTS_URL", raising=False)
-    monkeypatch.delenv("VITJAX_OFFLINE", raising=False)
-    return tmp_path / "cache" / "paddleclas"
-
-
-@pytest.fixture()
 def server(test_weights, cache):
     """Serves the test model's weights; the test model's entry points at it."""
     with serving({PATH: test_weights[1]}) as srv:
