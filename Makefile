@@ -72,5 +72,5 @@ bench: $(STAMP)
 lock:
 	rm -rf .venv-lock && $(PYTHON) -m venv .venv-lock && .venv-lock/bin/python -m pip install -q --upgrade pip
 	.venv-lock/bin/python -m pip install -q -e ".[$(EXTRAS)]" && .venv-lock/bin/python -m pip install -q --no-deps paddleclas==2.6.0
-	{ echo "# Exact versions tested on Python $(PYVER) (make lock)."; .venv-lock/bin/python -m pip freeze --exclude-editable; } > $(LOCK)
+	{ echo "# Exact versions tested on Python $(PYVER) (make lock PYTHON=python$(PYVER) re-resolves them)."; .venv-lock/bin/python -m pip freeze --exclude-editable; } > $(LOCK)
 	rm -rf .venv-lock
