@@ -1,0 +1,190 @@
+"""Our training step against a plain Flax ViT of the same size and against timm, in one process.
+
+``python -m benchmarks.train_step_control [--model DeiT_tiny_patch16_224] [--batch 8] [--rounds 5] [--profile]``
+
+The control is a ViT written with Flax's library layers only (``nn.Conv`` patches,
+``nn.MultiHeadDotProductAttention``, ``nn.LayerNorm``, ``nn.gelu``), with our model's width,
+depth and heads: it separates what our model's code costs from what XLA's CPU backend costs.
+Each variant's forward, gradient and full step (gradient + AdamW, buffers donated) are timed in
+interleaved rounds; the table gives medians. ``--profile`` also prints the most expensive XLA
+kernels of our model's gradient (a per-thunk profile through ``jax.profiler``), which is how the
+transposed residual-gradient copies in the README were found.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import glob
+import os
+import statistics
+import tempfile
+import time
+
+import numpy as np
+
+
+def control_vit(dim: int, depth: int, heads: int):
+    import flax.linen as nn
+    import jax.numpy as jnp
+
+    class ControlViT(nn.Module):
+        """A ViT from Flax's library layers (the control)."""
+
+        @nn.compact
+        def __call__(self, images, train: bool = False):
+            x = nn.Conv(dim, (16, 16), (16, 16))(images)
+            batch = x.shape[0]
+            x = x.reshape(batch, -1, dim)
+            cls = self.param("cls", nn.initializers.zeros, (1, 1, dim))
+            x = jnp.concatenate([jnp.broadcast_to(cls, (batch, 1, dim)), x], 1)
+            x = x + self.param("pos", nn.initializers.normal(0.02), (1, x.shape[1], dim))
+            for _ in range(depth):
+                h = nn.LayerNorm(1e-6)(x)
+                x = x + nn.MultiHeadDotProductAttention(heads)(h, h)
+                h = nn.LayerNorm(1e-6)(x)
+                x = x + nn.Dense(dim)(nn.gelu(nn.Dense(4 * dim)(h), approximate=False))
+            return nn.Dense(1000)(nn.LayerNorm(1e-6)(x)[:, 0])
+
+    return ControlViT()
+
+
+def jax_variant(model, images, labels):
+    """``{"fwd", "grad", "step"}`` callables for a Flax classifier."""
+    import jax
+    import jax.numpy as jnp
+    import optax
+
+    tx = optax.adamw(1e-4, weight_decay=0.05)
+    params = jax.jit(model.init)(jax.random.key(0), images[:1])["params"]
+
+    def loss_fn(p):
+        out = model.apply({"params": p}, images, train=True)
+        if isinstance(out, tuple):
+            out = (out[0] + out[1]) / 2
+        return optax.softmax_cross_entropy_with_integer_labels(out, labels).mean()
+
+    def step(p, s):
+        loss, grads = jax.value_and_grad(loss_fn)(p)
+        updates, s = tx.update(grads, s, p)
+        return optax.apply_updates(p, updates), s, loss
+
+    fwd, grad, step = jax.jit(loss_fn), jax.jit(jax.grad(loss_fn)), jax.jit(step, donate_argnums=(0, 1))
+    state = [jax.tree.map(jnp.copy, params), tx.init(params)]
+
+    def run_step():
+        state[0], state[1], loss = step(*state)
+        return loss
+
+    return {"fwd": lambda: fwd(params), "grad": lambda: grad(params), "step": run_step}, (grad, params)
+
+
+def timm_variant(model_name: str, images: np.ndarray, labels: np.ndarray):
+    import timm
+    import torch
+
+    from benchmarks.timm_peer import timm_name
+
+    torch.set_num_threads(len(os.sched_getaffinity(0)))
+    model = timm.create_model(timm_name(model_name))
+    model.train()
+    opt = torch.optim.AdamW(model.parameters(), 1e-4, weight_decay=0.05)
+    x = torch.from_numpy(images.transpose(0, 3, 1, 2).copy())
+    y = torch.from_numpy(labels.astype(np.int64))
+
+    def step():
+        loss = torch.nn.functional.cross_entropy(model(x), y)
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+
+    def fwd():
+        with torch.no_grad():
+            model(x)
+
+    return {"fwd": fwd, "step": step}
+
+
+def top_kernels(grad, params, count: int = 25) -> list[tuple[str, float]]:
+    """(kernel name, ms per call) of the most expensive XLA thunks of ``grad(params)``."""
+    import jax
+    from jax.profiler import ProfileData
+
+    with tempfile.TemporaryDirectory() as trace:
+        jax.block_until_ready(grad(params))
+        jax.profiler.start_trace(trace)
+        for _ in range(3):
+            jax.block_until_ready(grad(params))
+        jax.profiler.stop_trace()
+        data = ProfileData.from_file(sorted(glob.glob(f"{trace}/**/*.xplane.pb", recursive=True))[-1])
+    totals = collections.Counter()
+    for plane in data.planes:
+        for line in plane.lines:
+            for event in line.events:
+                if "fusion" in event.name or event.name.startswith(("dot", "copy", "transpose")):
+                    totals[event.name] += event.duration_ns
+    return [(name, ns / 3e6) for name, ns in totals.most_common(count)]
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--model", default="DeiT_tiny_patch16_224")
+    p.add_argument("--batch", type=int, default=8)
+    p.add_argument("--rounds", type=int, default=5)
+    p.add_argument("--no-timm", action="store_true")
+    p.add_argument("--profile", action="store_true")
+    args = p.parse_args(argv)
+    if args.profile:
+        os.environ["XLA_FLAGS"] = os.environ.get("XLA_FLAGS", "") + " --xla_cpu_enable_xprof_traceme=true"
+
+    import jax
+    import jax.numpy as jnp
+
+    import vitjax
+
+    spec = vitjax.get_spec(args.model)
+    if not args.model.startswith("DeiT") or spec.distilled:
+        raise SystemExit("the control is a plain ViT: choose a non-distilled DeiT model")
+    size = spec.img_size
+    images = np.random.RandomState(0).randn(args.batch, size, size, 3).astype(np.float32)
+    labels = (np.arange(args.batch) % 1000).astype(np.int32)
+    arch = spec.arch
+    ours, (grad, params) = jax_variant(vitjax.create_model(args.model), jnp.asarray(images), jnp.asarray(labels))
+    variants = {"vitjax": ours,
+                "Flax ViT (control)": jax_variant(control_vit(arch.embed_dim, arch.depth, arch.num_heads),
+                                                  jnp.asarray(images), jnp.asarray(labels))[0]}
+    if not args.no_timm:
+        variants["timm eager"] = timm_variant(args.model, images, labels)
+
+    def call(fn):
+        jax.block_until_ready(fn())
+
+    cells = {(v, k): [] for v, fns in variants.items() for k in fns}
+    for v, k in cells:
+        call(variants[v][k])
+        call(variants[v][k])
+    for _ in range(args.rounds):
+        for v, k in cells:
+            started = time.perf_counter()
+            call(variants[v][k])
+            cells[(v, k)].append(time.perf_counter() - started)
+    print(f"{args.model}, batch {args.batch}, median of {args.rounds} interleaved rounds, ms (img/s)\n")
+    print("| Variant | forward | gradient | step (gradient + AdamW) |\n|:--|--:|--:|--:|")
+    for v, fns in variants.items():
+        row = []
+        for k in ("fwd", "grad", "step"):
+            if (v, k) in cells:
+                m = statistics.median(cells[(v, k)])
+                row.append(f"{m * 1e3:.0f} ({args.batch / m:.1f})")
+            else:
+                row.append("n/a")
+        print(f"| {v} | " + " | ".join(row) + " |")
+    if args.profile:
+        print("\nMost expensive XLA kernels of our gradient, ms per call:")
+        for name, ms in top_kernels(grad, params):
+            print(f"{ms:8.2f}  {name}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
