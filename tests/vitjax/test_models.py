@@ -136,3 +136,25 @@ def test_bfloat16_compute_stays_close_to_float32():
     out = bf16.apply(variables, x)
     assert out.dtype == jnp.bfloat16
     np.testing.assert_allclose(np.asarray(out, np.float32), f32.apply(variables, x), atol=0.1)
+
+
+def test_layer_norm_gradient_is_autodiff_of_paddles_two_pass_formula():
+    """Our LayerNorm's closed-form backward equals autodiff of the two-pass forward it computes."""
+    from vitjax.models.layers import layer_norm
+
+    x = jax.random.normal(jax.random.key(0), (4, 7, 48)) * 3 + 1
+    norm = layer_norm(1e-6, "norm")
+    params = jax.tree.map(lambda a: a + 0.1 * jax.random.normal(jax.random.key(2), a.shape),
+                          norm.init(jax.random.key(1), x)["params"])
+    weights = jax.random.normal(jax.random.key(3), x.shape)
+
+    def two_pass(p, x):
+        centered = x - x.mean(-1, keepdims=True)
+        return centered / jnp.sqrt((centered * centered).mean(-1, keepdims=True) + 1e-6) * p["scale"] + p["bias"]
+
+    ours = jax.grad(lambda p, x: jnp.sum(norm.apply({"params": p}, x) * weights), argnums=(0, 1))(params, x)
+    reference = jax.grad(lambda p, x: jnp.sum(two_pass(p, x) * weights), argnums=(0, 1))(params, x)
+    np.testing.assert_allclose(ours[1], reference[1], atol=1e-6)
+    for key in ("scale", "bias"):
+        np.testing.assert_allclose(ours[0][key], reference[0][key], atol=1e-5, rtol=1e-6)
+    np.testing.assert_allclose(norm.apply({"params": params}, x), two_pass(params, x), atol=1e-6)

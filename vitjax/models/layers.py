@@ -7,6 +7,7 @@ exact (erf) GELU, LayerNorm with the two-pass variance, softmax attention with t
 
 from __future__ import annotations
 
+import functools
 from typing import Callable
 
 import flax.linen as nn
@@ -30,9 +31,60 @@ def gelu(x: jax.Array) -> jax.Array:
     return 0.5 * x * (1.0 + jax.lax.erf(x * np.sqrt(0.5).astype(x.dtype)))
 
 
-def layer_norm(epsilon: float, name: str, dtype: Dtype = jnp.float32) -> nn.LayerNorm:
-    """A LayerNorm with Paddle's numerics: variance as mean((x - mean)^2), not E[x^2] - E[x]^2."""
-    return nn.LayerNorm(epsilon=epsilon, use_fast_variance=False, dtype=dtype, name=name)
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
+def _layer_norm(x: jax.Array, scale: jax.Array, bias: jax.Array, epsilon: float) -> jax.Array:
+    return _layer_norm_fwd(x, scale, bias, epsilon)[0]
+
+
+def _layer_norm_fwd(x, scale, bias, epsilon):
+    mean = jnp.mean(x, axis=-1, keepdims=True)
+    centered = x - mean
+    variance = jnp.mean(centered * centered, axis=-1, keepdims=True)  # Paddle's two-pass variance
+    inv_std = jax.lax.rsqrt(variance + epsilon)
+    normalized = centered * inv_std
+    return normalized * scale + bias, (normalized, inv_std, scale)
+
+
+def _layer_norm_bwd(epsilon, residuals, dy):
+    normalized, inv_std, scale = residuals
+    g = dy * scale
+    dx = inv_std * (g - jnp.mean(g, axis=-1, keepdims=True)
+                    - normalized * jnp.mean(g * normalized, axis=-1, keepdims=True))
+    batch_axes = tuple(range(dy.ndim - 1))
+    return dx, jnp.sum(dy * normalized, axis=batch_axes), jnp.sum(dy, axis=batch_axes)
+
+
+_layer_norm.defvjp(_layer_norm_fwd, _layer_norm_bwd)
+
+
+class LayerNorm(nn.Module):
+    """LayerNorm over the last axis with Paddle's numerics and a closed-form gradient.
+
+    Forward: ``(x - mean) / sqrt(var + epsilon) * scale + bias`` with the two-pass variance
+    ``mean((x - mean)^2)``, as Paddle computes it (not ``E[x^2] - E[x]^2``), in float32.
+    Backward: the textbook gradient ``inv_std * (g - mean(g) - x_hat * mean(g * x_hat))`` with
+    ``g = dy * scale``, from saved ``x_hat`` and ``inv_std``. It equals what autodiff gives for the
+    two-pass forward (a test checks), but XLA's CPU backend compiles autodiff's version into
+    transposed copies of the residual-stream gradient that re-fuse the gradient sums of every
+    later block: DeiT-tiny's training step went from 920 to 590 ms at batch 8 with this one.
+    Parameters ``scale`` (ones) and ``bias`` (zeros), as ``nn.LayerNorm``'s.
+    """
+
+    epsilon: float = 1e-6
+    dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        features = x.shape[-1]
+        scale = self.param("scale", nn.initializers.ones, (features,), jnp.float32)
+        bias = self.param("bias", nn.initializers.zeros, (features,), jnp.float32)
+        y = _layer_norm(x.astype(jnp.float32), scale, bias, self.epsilon)
+        return y.astype(self.dtype)
+
+
+def layer_norm(epsilon: float, name: str, dtype: Dtype = jnp.float32) -> LayerNorm:
+    """A LayerNorm with Paddle's numerics (see :class:`LayerNorm`)."""
+    return LayerNorm(epsilon=epsilon, dtype=dtype, name=name)
 
 
 def dense(features: int, name: str, use_bias: bool = True, dtype: Dtype = jnp.float32) -> nn.Dense:
