@@ -323,6 +323,22 @@ def _refuse_offline(dest: Path, url: str) -> None:
                            "unset VITJAX_OFFLINE, or put it there by hand")
 
 
+def _check_download(url: str, path: Path, sha256: str | None, check: Callable[[Path], object] | None,
+                    refusable: tuple[type[BaseException], ...] = (ValueError, OSError)) -> tuple[str, object]:
+    """``(SHA-256 of path, check(path))``; a SHA-256 other than the published ``sha256``, or a
+    ``refusable`` error from ``check``, raises :class:`RefusedDownload` naming ``url``."""
+    digest = sha256_of(path)
+    if sha256 is not None and digest != sha256:
+        raise RefusedDownload(f"refused the download of {url}: its SHA-256 is {digest}, not the "
+                              f"published {sha256}; nothing was cached")
+    if check is None:
+        return digest, None
+    try:
+        return digest, check(path)
+    except refusable as e:
+        raise RefusedDownload(f"refused the download of {url}: {e}; nothing was cached") from None
+
+
 def fetch_cached(
     url: str,
     dest: Path,
@@ -349,16 +365,7 @@ def fetch_cached(
     sidecar = digest_sidecar(dest)
 
     def check(path: Path) -> str:
-        digest = sha256_of(path)
-        if sha256 is not None and digest != sha256:
-            raise RefusedDownload(f"refused the download of {url}: its SHA-256 is {digest}, not the "
-                                  f"published {sha256}; nothing was cached")
-        if verify is not None:
-            try:
-                verify(path)
-            except (ValueError, OSError) as e:
-                raise RefusedDownload(f"refused the download of {url}: {e}; nothing was cached") from None
-        return digest
+        return _check_download(url, path, sha256, verify)[0]
 
     with file_lock(dest):
         if _usable_cached(dest, sidecar, lambda: write_digests(sidecar, {dest.name: check(dest)})):
@@ -407,14 +414,8 @@ def fetch_cached_archive(
                          label=url.rsplit("/", 1)[-1])
         staging = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", dir=dest.parent))
         try:
-            digest = sha256_of(part)
-            if sha256 is not None and digest != sha256:
-                raise RefusedDownload(f"refused the download of {url}: its SHA-256 is {digest}, not the "
-                                      f"published {sha256}; nothing was cached")
-            try:
-                unpacked = unpack(part, staging)
-            except (ValueError, OSError, tarfile.TarError) as e:
-                raise RefusedDownload(f"refused the download of {url}: {e}; nothing was cached") from None
+            _, unpacked = _check_download(url, part, sha256, lambda archive: unpack(archive, staging),
+                                          refusable=(ValueError, OSError, tarfile.TarError))
             digests = {f"{dest.name}/{path.relative_to(unpacked).as_posix()}": sha256_of(path)
                        for path in sorted(unpacked.rglob("*")) if path.is_file()}
             os.replace(unpacked, dest)
