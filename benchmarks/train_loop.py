@@ -90,23 +90,18 @@ def data_wait(workdir: Path) -> float:
 def bare_step_seconds(config, workdir: Path, steps: int) -> list[float]:
     """Seconds per call of the loop's own jitted step, on one device batch, ``steps`` times."""
     import jax
-    import jax.numpy as jnp
 
-    from vitjax import sharding, train
+    from vitjax import train
     from vitjax.optim import lr_schedule, make_optimizer
 
     exp = train.Experiment(config, workdir)
     c = exp.config
     loader = exp.train_loader()
-    steps_per_epoch = len(loader.source) / c.batch_size
-    schedule = lr_schedule(c.optimizer, c.batch_size, steps_per_epoch, c.num_steps)
+    schedule = lr_schedule(c.optimizer, c.batch_size, len(loader.source) / c.batch_size, c.num_steps)
     tx = make_optimizer(c.optimizer, schedule, exp.abstract_params)
-    abstract = jax.eval_shape(lambda p: train.TrainState(jnp.zeros((), jnp.int32), p, tx.init(p)), exp.abstract_params)
-    shardings = sharding.state_shardings(abstract, tx, exp.mesh, c.sharding.strategy, exp.rules)
+    _, shardings = train.train_state_layout(exp, tx)
     state = train.initial_state(exp, tx, shardings)
-    step = jax.jit(train.make_train_step(exp.model, tx, schedule, c, train.make_teacher(c)),
-                   in_shardings=(shardings, exp.batch_sharding, exp.batch_sharding),
-                   out_shardings=(shardings, exp.replicated), donate_argnums=0)
+    step = train.jitted_train_step(exp, tx, schedule, shardings)
     batches = loader.iterate(0)
     batch = next(batches)
     batches.close()

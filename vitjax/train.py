@@ -45,8 +45,9 @@ from vitjax.steps import TrainState, make_eval_step, make_train_step
 
 __all__ = [
     "Experiment", "Preempted", "TrainState", "build_model", "checkpoint_manager", "class_names", "evaluate",
-    "image_shape", "load_weights", "make_eval_step", "make_teacher", "make_train_step", "merge_loaded", "mix_batch",
-    "predict", "to_global", "to_host", "train_and_evaluate",
+    "image_shape", "initial_state", "jitted_train_step", "load_weights", "make_eval_step", "make_teacher",
+    "make_train_step", "merge_loaded", "mix_batch", "predict", "to_global", "to_host", "train_and_evaluate",
+    "train_state_layout",
 ]
 
 _teacher = make_teacher  # its former name here
@@ -68,9 +69,7 @@ def train_and_evaluate(config, workdir: str | Path) -> dict[str, float]:
     total_steps = c.num_steps or max(1, math.ceil(c.num_epochs * steps_per_epoch))
     schedule = lr_schedule(c.optimizer, c.batch_size, steps_per_epoch, total_steps)
     tx = make_optimizer(c.optimizer, schedule, exp.abstract_params)
-
-    abstract_state = jax.eval_shape(lambda p: TrainState(jnp.zeros((), jnp.int32), p, tx.init(p)), exp.abstract_params)
-    state_shardings = sharding.state_shardings(abstract_state, tx, exp.mesh, c.sharding.strategy, exp.rules)
+    abstract_state, state_shardings = train_state_layout(exp, tx)
     manager = checkpoint_manager(workdir, c.keep_checkpoints)
     state = checkpoints.restore_latest_state(manager, abstract_state, state_shardings)
     if state is None:
@@ -78,12 +77,7 @@ def train_and_evaluate(config, workdir: str | Path) -> dict[str, float]:
     else:
         log.info("resumed from %s at step %d", manager.directory, manager.latest_step())
 
-    train_step = jax.jit(
-        make_train_step(exp.model, tx, schedule, c, make_teacher(c)),
-        in_shardings=(state_shardings, exp.batch_sharding, exp.batch_sharding),
-        out_shardings=(state_shardings, exp.replicated),
-        donate_argnums=0,
-    )
+    train_step = jitted_train_step(exp, tx, schedule, state_shardings)
     log.info("training %s on %s: %d steps of %d images, mesh %s, strategy %s", c.model.name, c.data.source,
              total_steps, c.batch_size, dict(exp.mesh.shape), c.sharding.strategy)
     writer = reporting.MetricsWriter(workdir)
@@ -102,6 +96,24 @@ def train_and_evaluate(config, workdir: str | Path) -> dict[str, float]:
         if c.plot:
             reporting.plot_curves(workdir)
     return results
+
+
+def train_state_layout(exp: Experiment, tx: optax.GradientTransformation) -> tuple[TrainState, TrainState]:
+    """The train state's shapes (``jax.ShapeDtypeStruct`` leaves) and its ``NamedSharding`` per leaf."""
+    abstract_state = jax.eval_shape(lambda p: TrainState(jnp.zeros((), jnp.int32), p, tx.init(p)), exp.abstract_params)
+    c = exp.config
+    return abstract_state, sharding.state_shardings(abstract_state, tx, exp.mesh, c.sharding.strategy, exp.rules)
+
+
+def jitted_train_step(exp: Experiment, tx: optax.GradientTransformation, schedule: optax.Schedule,
+                      state_shardings: TrainState) -> Callable:
+    """The loop's update: ``make_train_step`` jitted over the mesh, the state donated."""
+    return jax.jit(
+        make_train_step(exp.model, tx, schedule, exp.config, make_teacher(exp.config)),
+        in_shardings=(state_shardings, exp.batch_sharding, exp.batch_sharding),
+        out_shardings=(state_shardings, exp.replicated),
+        donate_argnums=0,
+    )
 
 
 def initial_state(exp: Experiment, tx: optax.GradientTransformation, state_shardings: TrainState) -> TrainState:
