@@ -61,27 +61,28 @@ class InputWaitMeter:
     """
 
     def __init__(self):
-        self._waiting = self._stepping = 0.0
+        self._seconds = {"waiting": 0.0, "stepping": 0.0}
+
+    def waiting(self) -> contextlib.AbstractContextManager[None]:
+        """Encloses getting the batch and placing it on the devices."""
+        return self._timed("waiting")
+
+    def stepping(self) -> contextlib.AbstractContextManager[None]:
+        """Encloses dispatching the update and reading the previous step's loss."""
+        return self._timed("stepping")
 
     @contextlib.contextmanager
-    def waiting(self) -> Iterator[None]:
+    def _timed(self, kind: str) -> Iterator[None]:
         start = time.perf_counter()
         try:
             yield
         finally:
-            self._waiting += time.perf_counter() - start
-
-    @contextlib.contextmanager
-    def stepping(self) -> Iterator[None]:
-        start = time.perf_counter()
-        try:
-            yield
-        finally:
-            self._stepping += time.perf_counter() - start
+            self._seconds[kind] += time.perf_counter() - start
 
     def read(self) -> float:
         """The fraction in [0, 1] since the previous call (0 before any step), and resets."""
-        total = self._waiting + self._stepping
-        fraction = self._waiting / total if total > 0 else 0.0
-        self._waiting = self._stepping = 0.0
+        waiting, stepping = self._seconds["waiting"], self._seconds["stepping"]
+        total = waiting + stepping
+        fraction = waiting / total if total > 0 else 0.0
+        self._seconds = {"waiting": 0.0, "stepping": 0.0}
         return min(max(fraction, 0.0), 1.0)
