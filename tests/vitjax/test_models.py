@@ -158,3 +158,25 @@ def test_layer_norm_gradient_is_autodiff_of_paddles_two_pass_formula():
     for key in ("scale", "bias"):
         np.testing.assert_allclose(ours[0][key], reference[0][key], atol=1e-5, rtol=1e-6)
     np.testing.assert_allclose(norm.apply({"params": params}, x), two_pass(params, x), atol=1e-6)
+
+
+@pytest.mark.parametrize("shape", [(2, 3, 17, 8), (5, 4, 16, 6)], ids=["deit-like", "tnt-inner-like"])
+def test_attention_gradient_is_autodiff_of_the_softmax_formula(shape):
+    """Our attention's closed-form backward equals autodiff of plain softmax attention."""
+    from vitjax.models.layers import softmax_attention
+
+    q, k, v, weights = (jax.random.normal(jax.random.key(i), shape) * 2 for i in range(4))
+
+    def reference(q, k, v):
+        logits = jnp.einsum("bhqd,bhkd->bhqk", q, k) / np.sqrt(shape[-1])
+        return jnp.einsum("bhqk,bhkd->bhqd", jax.nn.softmax(logits, axis=-1), v)
+
+    np.testing.assert_allclose(softmax_attention(q, k, v), reference(q, k, v), atol=1e-5, rtol=1e-5)
+    ours = jax.grad(lambda *a: jnp.sum(softmax_attention(*a) * weights), argnums=(0, 1, 2))(q, k, v)
+    theirs = jax.grad(lambda *a: jnp.sum(reference(*a) * weights), argnums=(0, 1, 2))(q, k, v)
+    for name, a, b in zip("qkv", ours, theirs):
+        np.testing.assert_allclose(a, b, atol=2e-5, rtol=1e-5, err_msg=f"d{name}")
+    # bfloat16 inputs get bfloat16 gradients (the cotangent dtype must match the input's)
+    low = jax.grad(lambda *a: jnp.sum(softmax_attention(*a).astype(jnp.float32)), argnums=(0, 1, 2))(
+        *(t.astype(jnp.bfloat16) for t in (q, k, v)))
+    assert all(g.dtype == jnp.bfloat16 for g in low)
