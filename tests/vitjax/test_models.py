@@ -176,6 +176,10 @@ def test_attention_gradient_is_autodiff_of_the_softmax_formula(shape):
     theirs = jax.grad(lambda *a: jnp.sum(reference(*a) * weights), argnums=(0, 1, 2))(q, k, v)
     for name, a, b in zip("qkv", ours, theirs):
         np.testing.assert_allclose(a, b, atol=2e-5, rtol=1e-5, err_msg=f"d{name}")
+    # the CPU's multiply-and-reduce form of dK and dV equals the matmul other backends run
+    from vitjax.models.layers import _sum_over_queries_matmul, _sum_over_queries_reduce
+
+    np.testing.assert_allclose(_sum_over_queries_reduce(q, v), _sum_over_queries_matmul(q, v), atol=1e-5, rtol=1e-5)
     # bfloat16 inputs get bfloat16 gradients (the cotangent dtype must match the input's)
     low = jax.grad(lambda *a: jnp.sum(softmax_attention(*a).astype(jnp.float32)), argnums=(0, 1, 2))(
         *(t.astype(jnp.bfloat16) for t in (q, k, v)))

@@ -189,14 +189,32 @@ def _softmax_attention_fwd(q, k, v):
 
 def _softmax_attention_bwd(residuals, d_out):
     q, k, v, weights, out = residuals
-    d_v = jnp.einsum("bhqk,bhqd->bhkd", weights.astype(v.dtype), d_out)
+    d_v = _sum_over_queries(weights.astype(v.dtype), d_out)
     d_weights = jnp.einsum("bhqd,bhkd->bhqk", d_out, v).astype(jnp.float32)
     # sum_k P_qk dP_qk, computed as sum_d dO_qd O_qd (the same quantity, head_dim terms per query)
     delta = jnp.sum(d_out.astype(jnp.float32) * out.astype(jnp.float32), axis=-1, keepdims=True)
     d_logits = (weights * (d_weights - delta) * q.shape[-1] ** -0.5).astype(q.dtype)
     d_q = jnp.einsum("bhqk,bhkd->bhqd", d_logits, k)
-    d_k = jnp.einsum("bhqk,bhqd->bhkd", d_logits, q)
+    d_k = _sum_over_queries(d_logits, q)
     return d_q, d_k, d_v
+
+
+def _sum_over_queries(a: jax.Array, b: jax.Array) -> jax.Array:
+    """``sum_q a[..., q, k] b[..., q, d]``: a batched matmul, or on CPU one fused multiply-and-reduce.
+
+    The matmul contracts the leading (row) axis of both operands, which XLA's CPU backend hands
+    to Eigen rather than its YNNPACK kernels: 3x slower for TNT's 16-word inner attention and
+    1.3-1.5x for DeiT's 197 tokens than the fused reduction. GPUs and TPUs keep the matmul.
+    """
+    return jax.lax.platform_dependent(a, b, cpu=_sum_over_queries_reduce, default=_sum_over_queries_matmul)
+
+
+def _sum_over_queries_reduce(a: jax.Array, b: jax.Array) -> jax.Array:
+    return jnp.sum(a[..., :, :, None] * b[..., :, None, :], axis=-3)
+
+
+def _sum_over_queries_matmul(a: jax.Array, b: jax.Array) -> jax.Array:
+    return jnp.einsum("...qk,...qd->...kd", a, b)
 
 
 softmax_attention.defvjp(_softmax_attention_fwd, _softmax_attention_bwd)
