@@ -53,6 +53,8 @@ def render_markdown(report: dict) -> str:
         + (f" ({', '.join(m['gpus'])})" if m.get("gpus") else ""),
         f"- Threads: {report['threads']} for every engine (XLA's CPU pool, Paddle `set_cpu_math_library_num_threads`, "
         "ORT `intra_op_num_threads` with `inter_op_num_threads=1` and `ORT_ENABLE_ALL`, dygraph `set_num_threads` + OMP)",
+        "- Host allocator: " + ("the system malloc (glibc)" if report.get("allocator", "default") == "default"
+                                else f"`LD_PRELOAD={report['allocator']}` in every engine's process"),
         f"- FP32 peak: {m['peak_derivation']}; {m['fma_pipes_rule']}."
         + (f" Empirical ceiling: one 2048x2048x2048 matmul under XLA reaches {m['xla_matmul_2048_flops'] / 1e9:.0f} GFLOP/s "
            f"({m['xla_matmul_2048_flops'] / peak:.0%} of peak)." if m.get("xla_matmul_2048_flops") else ""),

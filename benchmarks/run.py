@@ -40,6 +40,7 @@ from benchmarks import machine
 from benchmarks.report import render_markdown
 from benchmarks.worker import ENGINE_XLA_FLAGS, INFERENCE_ENGINES, TRAIN_ENGINES
 from interop.measure import latency_summary, timed, versions
+from vitjax.hostmem import tcmalloc_library
 
 DEFAULT_MODELS = ("DeiT_tiny_patch16_224", "DeiT_small_patch16_224", "DeiT_base_patch16_224", "TNT_small")
 DEFAULT_TRAIN_MODELS = ("DeiT_tiny_patch16_224", "DeiT_small_patch16_224", "TNT_small")
@@ -334,8 +335,15 @@ def parse_args(argv=None):
     p.add_argument("--fma-pipes", type=int, default=None, help="override the FMA pipes per core used for the peak")
     p.add_argument("--force", action="store_true", help="do not wait for other pytest/training jobs to finish")
     p.add_argument("--max-wait", type=float, default=1800, help="seconds to wait for other jobs before measuring anyway")
+    p.add_argument("--allocator", choices=("default", "tcmalloc"), default="default",
+                   help="tcmalloc: preload it into every engine's process (LD_PRELOAD); default: the system malloc")
     p.add_argument("--out", default=str(ROOT / "benchmarks" / "results"))
     args = p.parse_args(argv)
+    if args.allocator == "tcmalloc":
+        library = tcmalloc_library()
+        if library is None:
+            p.error("--allocator tcmalloc: no tcmalloc found (Debian/Ubuntu: apt install libtcmalloc-minimal4)")
+        os.environ["LD_PRELOAD"] = " ".join(filter(None, [library, os.environ.get("LD_PRELOAD", "")]))
     if args.quick:
         args.models = ["DeiT_tiny_patch16_224", "TNT_small"]
         args.batches, args.repeats, args.warmup = [8], 3, 2
@@ -366,6 +374,7 @@ def main(argv=None) -> dict:
         "device": args.device,
         "threads": args.threads,
         "xla_flags": os.environ.get("XLA_FLAGS", ""),
+        "allocator": args.allocator if args.allocator == "default" else os.environ["LD_PRELOAD"],
         "machine": info,
         "versions": versions(),
         "settings": {"repeats": args.repeats, "warmup": args.warmup, "train_repeats": args.train_repeats,

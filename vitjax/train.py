@@ -36,6 +36,7 @@ from vitjax.checkpoints import checkpoint_manager
 from vitjax.data.pipeline import TrainLoader
 from vitjax.evaluation import class_names, eval_metrics, evaluate, predict
 from vitjax.experiment import Experiment, to_global, to_host
+from vitjax.hostmem import allocator_advice
 from vitjax.mixing import mix_batch
 from vitjax.model_init import build_model, image_shape, load_weights, make_teacher, merge_loaded
 from vitjax.monitoring import InputWaitMeter, LossCheck
@@ -78,6 +79,8 @@ def train_and_evaluate(config, workdir: str | Path) -> dict[str, float]:
         log.info("resumed from %s at step %d", manager.directory, manager.latest_step())
 
     train_step = jitted_train_step(exp, tx, schedule, state_shardings)
+    if advice := allocator_advice(jax.default_backend()):
+        log.info("host memory: %s", advice)
     log.info("training %s on %s: %d steps of %d images, mesh %s, strategy %s", c.model.name, c.data.source,
              total_steps, c.batch_size, dict(exp.mesh.shape), c.sharding.strategy)
     writer = reporting.MetricsWriter(workdir)

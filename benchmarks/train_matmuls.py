@@ -1,0 +1,163 @@
+"""The training step's matmuls, one at a time: XLA (JAX) against PyTorch (oneDNN), fp32 and bf16.
+
+``python -m benchmarks.train_matmuls [--model DeiT_tiny_patch16_224] [--batch 8] [--rounds 15]``
+
+A training step's matmuls come in three forms per dense layer: the forward ``y = x W``, the
+input gradient ``dx = g W^T`` and the weight gradient ``dW = x^T g``, which contracts the token
+axis, the leading axis of both operands; attention adds batched matmuls over heads, two of them
+in the backward pass again contracting the leading (query) axis. This times each form at the
+model's real shapes, in one process, XLA and PyTorch interleaved (one call each per round, in
+rotated order, 50 ms apart, median over rounds), with both libraries on the same threads. It is
+what the best kernel of each library reaches on this machine, so it separates the matmuls'
+share of the gap to timm from everything else in the step (``benchmarks.train_step_control``
+times the whole step).
+
+GFLOP/s are 2 x M x N x K per call; the FP32 peak is ``benchmarks.machine``'s.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import time
+from dataclasses import dataclass
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class Matmul:
+    name: str
+    batch: int  # batched matmuls (heads); 1 for dense layers
+    m: int
+    k: int
+    n: int
+    transposed_lhs: bool  # contracts the leading axis of the stored left operand (x^T g)
+
+    @property
+    def flops(self) -> int:
+        return 2 * self.batch * self.m * self.k * self.n
+
+
+def step_matmuls(model: str, batch: int) -> list[Matmul]:
+    """The distinct matmul forms of one transformer block of ``model`` (DeiT: its blocks; TNT: inner and outer)."""
+    import vitjax
+
+    spec = vitjax.get_spec(model)
+    arch = spec.arch
+    forms = []
+
+    def dense(prefix: str, tokens: int, d_in: int, d_out: int):
+        forms.extend([
+            Matmul(f"{prefix} forward x W", 1, tokens, d_in, d_out, False),
+            Matmul(f"{prefix} input grad g W^T", 1, tokens, d_out, d_in, False),
+            Matmul(f"{prefix} weight grad x^T g", 1, d_in, tokens, d_out, True),
+        ])
+
+    def attention(prefix: str, groups: int, tokens: int, heads: int, head_dim: int):
+        b = groups * heads
+        forms.extend([
+            Matmul(f"{prefix} P V (forward)", b, tokens, tokens, head_dim, False),
+            Matmul(f"{prefix} P^T dO (backward)", b, tokens, tokens, head_dim, True),
+        ])
+
+    if spec.family == "tnt":
+        words, patches = arch.num_pixel, arch.grid_size**2
+        dense("inner fc1", batch * patches * words, arch.in_dim, 4 * arch.in_dim)
+        attention("inner attention", batch * patches, words, arch.in_num_heads, arch.in_dim // arch.in_num_heads)
+        tokens = patches + 1
+    else:
+        tokens = arch.grid_size**2 + arch.num_prefix_tokens
+    dim = arch.embed_dim
+    dense("qkv", batch * tokens, dim, 3 * dim)
+    dense("fc1", batch * tokens, dim, int(dim * arch.mlp_ratio))
+    dense("fc2", batch * tokens, int(dim * arch.mlp_ratio), dim)
+    attention("attention", batch, tokens, arch.num_heads, dim // arch.num_heads)
+    return forms
+
+
+def _operands(form: Matmul, rng: np.random.RandomState) -> tuple[np.ndarray, np.ndarray]:
+    # Stored as the step stores them: x^T g keeps x as [tokens, d_in] and contracts its rows.
+    lhs_shape = (form.batch, form.k, form.m) if form.transposed_lhs else (form.batch, form.m, form.k)
+    return (rng.randn(*lhs_shape).astype(np.float32), rng.randn(form.batch, form.k, form.n).astype(np.float32))
+
+
+def jax_call(form: Matmul, lhs: np.ndarray, rhs: np.ndarray, bf16: bool):
+    import jax
+    import jax.numpy as jnp
+
+    equation = "bkm,bkn->bmn" if form.transposed_lhs else "bmk,bkn->bmn"
+    dtype = jnp.bfloat16 if bf16 else jnp.float32
+    fn = jax.jit(lambda a, b: jnp.einsum(equation, a, b, preferred_element_type=jnp.float32))
+    a, b = jnp.asarray(lhs, dtype), jnp.asarray(rhs, dtype)
+    return lambda: jax.block_until_ready(fn(a, b))
+
+
+def torch_call(form: Matmul, lhs: np.ndarray, rhs: np.ndarray, bf16: bool):
+    import torch
+
+    dtype = torch.bfloat16 if bf16 else torch.float32
+    a, b = torch.from_numpy(lhs).to(dtype), torch.from_numpy(rhs).to(dtype)
+    if form.transposed_lhs:
+        return lambda: torch.bmm(a.transpose(1, 2), b)  # a strided view: BLAS's transposed-operand flag
+    return lambda: torch.bmm(a, b)
+
+
+def interleaved_medians(calls: dict[str, object], rounds: int, gap_s: float = 0.05) -> dict[str, float]:
+    for fn in calls.values():
+        fn(), fn()
+    times: dict[str, list[float]] = {name: [] for name in calls}
+    names = list(calls)
+    for r in range(rounds):
+        for name in names[r % len(names):] + names[: r % len(names)]:
+            time.sleep(gap_s)
+            started = time.perf_counter()
+            calls[name]()
+            times[name].append(time.perf_counter() - started)
+    return {name: statistics.median(t) for name, t in times.items()}
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--model", default="DeiT_tiny_patch16_224")
+    p.add_argument("--batch", type=int, default=8)
+    p.add_argument("--rounds", type=int, default=15)
+    p.add_argument("--no-bf16", action="store_true")
+    args = p.parse_args(argv)
+
+    import torch
+
+    from benchmarks import machine
+
+    threads = len(os.sched_getaffinity(0))
+    torch.set_num_threads(threads)
+    info = machine.describe()
+    peak = info["peak_fp32_flops"] / 1e9
+    dtypes = [False] if args.no_bf16 else [False, True]
+    print(f"{args.model}, batch {args.batch}: one block's matmul forms, GFLOP/s (median of {args.rounds} "
+          f"interleaved rounds), {threads} threads each; {info['cpu']}; FP32 peak {peak:.0f} GFLOP/s\n")
+    header = "| Matmul | batch x M x K x N | XLA fp32 | PyTorch fp32 | XLA / PyTorch |"
+    if len(dtypes) == 2:
+        header += " XLA bf16 | PyTorch bf16 |"
+    print(header)
+    print("|:--|:--|--:|--:|--:|" + ("--:|--:|" if len(dtypes) == 2 else ""))
+    rng = np.random.RandomState(0)
+    for form in step_matmuls(args.model, args.batch):
+        lhs, rhs = _operands(form, rng)
+        calls = {}
+        for bf16 in dtypes:
+            calls[("xla", bf16)] = jax_call(form, lhs, rhs, bf16)
+            calls[("torch", bf16)] = torch_call(form, lhs, rhs, bf16)
+        medians = interleaved_medians(calls, args.rounds)
+        rate = {key: form.flops / t / 1e9 for key, t in medians.items()}
+        row = (f"| {form.name} | {form.batch} x {form.m} x {form.k} x {form.n} | {rate[('xla', False)]:.0f} | "
+               f"{rate[('torch', False)]:.0f} | {rate[('xla', False)] / rate[('torch', False)]:.2f}x |")
+        if len(dtypes) == 2:
+            row += f" {rate[('xla', True)]:.0f} | {rate[('torch', True)]:.0f} |"
+        print(row, flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
