@@ -21,6 +21,10 @@ STAMP := $(VENV)/.installed-$(shell cat pyproject.toml Makefile $(LOCK) | cksum 
 CORE_STAMP := $(CORE_VENV)/.installed-$(shell cat pyproject.toml Makefile $(LOCK) | cksum | cut -d' ' -f1)
 WORKDIR ?= runs/digits
 PYTEST_ARGS ?=
+# tcmalloc, where installed (Debian/Ubuntu: apt install libtcmalloc-minimal4), is preloaded for
+# training and benchmarks: under glibc's malloc XLA's CPU backend page-faults its per-step
+# temporary buffer on every step (vitjax/hostmem.py; README: Performance).
+TCMALLOC ?= $(firstword $(wildcard /usr/lib/x86_64-linux-gnu/libtcmalloc_minimal.so.4 /usr/lib/aarch64-linux-gnu/libtcmalloc_minimal.so.4 /usr/lib64/libtcmalloc_minimal.so.4))
 # pytest exits 5 when a selection (-k) matches nothing in one of the two trees: that is not a failure.
 PYTEST = $(1) -m pytest -q $(2) $(PYTEST_ARGS) || [ $$? -eq 5 ]
 
@@ -49,7 +53,7 @@ setup: $(STAMP)
 
 # The main job on its embedded default: train a small DeiT on scikit-learn's digits.
 run: $(STAMP)
-	$(PY) -m vitjax.main --workdir $(WORKDIR)
+	$(if $(TCMALLOC),LD_PRELOAD=$(TCMALLOC)) $(PY) -m vitjax.main --workdir $(WORKDIR)
 
 # Every test, the slow ones included, in two processes: the core tree never imports Paddle, the
 # interop tree imports it first (Paddle crashes when imported after TensorFlow).
@@ -66,7 +70,7 @@ test-core: $(CORE_STAMP)
 	$(call PYTEST,$(CORE_VENV)/bin/python,-m "not slow or notebook or install" tests/vitjax)
 
 bench: $(STAMP)
-	$(PY) -m benchmarks.run
+	$(PY) -m benchmarks.run $(if $(TCMALLOC),--allocator tcmalloc)
 
 # Re-resolve requirements/py$(PYVER).txt: the newest releases the ranges in pyproject.toml allow.
 lock:

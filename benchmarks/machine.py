@@ -3,11 +3,12 @@
 Theoretical peak = cores x FMA pipes per core x FP32 lanes per FMA x 2 FLOP per FMA x clock.
 
 * cores: the CPUs this process may run on (``os.sched_getaffinity``).
-* lanes: 16 with AVX-512F (512-bit registers), 8 with AVX2/FMA3, from ``/proc/cpuinfo`` flags.
+* lanes: what one FMA pipe computes per cycle: 16 fp32 with AVX-512F on 512-bit datapaths, 8 with
+  AVX2/FMA3, from ``/proc/cpuinfo`` flags; AMD Zen 4 (family 0x19 with AVX-512F) accepts 512-bit
+  instructions but executes each on 256-bit datapaths in two halves, so it counts 8.
 * FMA pipes per core: not visible in any flag; taken from the microarchitecture (AMD family
   0x1A Zen 5 and 0x19 Zen 3/4, Intel server cores with AVX-512: 2), overridable with
-  ``--fma-pipes``. (Zen 4 executes a 512-bit FMA as two 256-bit halves; its 512-bit
-  lanes x 2 pipes over-states it by 2x; a row in the report says which rule was used.)
+  ``--fma-pipes``; a row in the report says which rule was used.
 * clock: a VM's ``/proc/cpuinfo`` shows the nominal (TSC) clock while the core boosts, so we
   also *measure* the clock with a chain of dependent integer multiplies (3 cycles each on
   every x86 core since 2006), compiled with ``cc`` when one is present, and use the
@@ -79,7 +80,7 @@ def _fma_pipes(vendor: str, family: int) -> tuple[int, str]:
     if vendor == "AuthenticAMD" and family >= 0x1A:
         return 2, "AMD family 0x1A (Zen 5): 2 x 512-bit FMA pipes per core"
     if vendor == "AuthenticAMD" and family == 0x19:
-        return 2, "AMD family 0x19 (Zen 3/4): 2 FMA pipes per core (Zen 4 runs 512-bit ops as 2 x 256)"
+        return 2, "AMD family 0x19 (Zen 3/4): 2 x 256-bit FMA pipes per core (Zen 4 runs each 512-bit FMA as 2 x 256)"
     return 2, "assumed 2 FMA pipes per core (Intel server/client cores since Haswell)"
 
 
@@ -89,7 +90,9 @@ def describe(measure_clock: bool = True, fma_pipes: int | None = None) -> dict:
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     vendor = info.get("vendor_id", "")
     family = int(info.get("cpu family", "0") or 0)
-    if "avx512f" in flags:
+    if "avx512f" in flags and vendor == "AuthenticAMD" and family == 0x19:
+        lanes, isa = 8, "AVX-512F on 256-bit FMA datapaths (Zen 4)"
+    elif "avx512f" in flags:
         lanes, isa = 16, "AVX-512F (512-bit FMA)"
     elif "avx2" in flags and "fma" in flags:
         lanes, isa = 8, "AVX2 + FMA3 (256-bit FMA)"

@@ -6,8 +6,9 @@ A training step's matmuls come in three forms per dense layer: the forward ``y =
 input gradient ``dx = g W^T`` and the weight gradient ``dW = x^T g``, which contracts the token
 axis, the leading axis of both operands; attention adds batched matmuls over heads, two of them
 in the backward pass again contracting the leading (query) axis. This times each form at the
-model's real shapes, in one process, XLA and PyTorch interleaved (one call each per round, in
-rotated order, 50 ms apart, median over rounds), with both libraries on the same threads. It is
+model's real shapes, in one process, XLA and PyTorch interleaved (per round, a burst of
+back-to-back calls of each, as inside a step, in rotated order, 50 ms apart; median over rounds),
+with both libraries on the same threads. It is
 what the best kernel of each library reaches on this machine, so it separates the matmuls'
 share of the gap to timm from everything else in the step (``benchmarks.train_step_control``
 times the whole step).
@@ -79,15 +80,17 @@ def step_matmuls(model: str, batch: int) -> list[Matmul]:
 
 def _operands(form: Matmul, rng: np.random.RandomState) -> tuple[np.ndarray, np.ndarray]:
     # Stored as the step stores them: x^T g keeps x as [tokens, d_in] and contracts its rows.
-    lhs_shape = (form.batch, form.k, form.m) if form.transposed_lhs else (form.batch, form.m, form.k)
-    return (rng.randn(*lhs_shape).astype(np.float32), rng.randn(form.batch, form.k, form.n).astype(np.float32))
+    # Dense layers are plain 2-D matmuls in the step (no batch axis), attention is batched over heads.
+    batch = (form.batch,) if form.batch > 1 else ()
+    lhs_shape = batch + ((form.k, form.m) if form.transposed_lhs else (form.m, form.k))
+    return (rng.randn(*lhs_shape).astype(np.float32), rng.randn(*batch, form.k, form.n).astype(np.float32))
 
 
 def jax_call(form: Matmul, lhs: np.ndarray, rhs: np.ndarray, bf16: bool):
     import jax
     import jax.numpy as jnp
 
-    equation = "bkm,bkn->bmn" if form.transposed_lhs else "bmk,bkn->bmn"
+    equation = "...km,...kn->...mn" if form.transposed_lhs else "...mk,...kn->...mn"
     dtype = jnp.bfloat16 if bf16 else jnp.float32
     fn = jax.jit(lambda a, b: jnp.einsum(equation, a, b, preferred_element_type=jnp.float32))
     a, b = jnp.asarray(lhs, dtype), jnp.asarray(rhs, dtype)
@@ -100,21 +103,29 @@ def torch_call(form: Matmul, lhs: np.ndarray, rhs: np.ndarray, bf16: bool):
     dtype = torch.bfloat16 if bf16 else torch.float32
     a, b = torch.from_numpy(lhs).to(dtype), torch.from_numpy(rhs).to(dtype)
     if form.transposed_lhs:
-        return lambda: torch.bmm(a.transpose(1, 2), b)  # a strided view: BLAS's transposed-operand flag
-    return lambda: torch.bmm(a, b)
+        return lambda: torch.matmul(a.transpose(-1, -2), b)  # a strided view: BLAS's transposed-operand flag
+    return lambda: torch.matmul(a, b)
 
 
-def interleaved_medians(calls: dict[str, object], rounds: int, gap_s: float = 0.05) -> dict[str, float]:
-    for fn in calls.values():
+def interleaved_medians(calls: dict[str, object], rounds: int, gap_s: float = 0.05, sample_s: float = 0.03) -> dict[str, float]:
+    """Seconds per call, median over ``rounds``; each round times a burst of back-to-back calls per
+    library (at least ``sample_s`` long, as inside a step), libraries in rotated order ``gap_s`` apart."""
+    bursts = {}
+    for name, fn in calls.items():
         fn(), fn()
+        started = time.perf_counter()
+        fn()
+        bursts[name] = max(1, int(sample_s / max(time.perf_counter() - started, 1e-6)))
     times: dict[str, list[float]] = {name: [] for name in calls}
     names = list(calls)
     for r in range(rounds):
         for name in names[r % len(names):] + names[: r % len(names)]:
             time.sleep(gap_s)
+            fn, n = calls[name], bursts[name]
             started = time.perf_counter()
-            calls[name]()
-            times[name].append(time.perf_counter() - started)
+            for _ in range(n):
+                fn()
+            times[name].append((time.perf_counter() - started) / n)
     return {name: statistics.median(t) for name, t in times.items()}
 
 

@@ -31,10 +31,10 @@ def test_xla_and_pytorch_calls_compute_the_same_products(bf16):
     rng = np.random.RandomState(0)
     for form in step_matmuls("DeiT_test_patch8_32", 2):
         lhs, rhs = _operands(form, rng)
-        expected = np.einsum("bkm,bkn->bmn" if form.transposed_lhs else "bmk,bkn->bmn", lhs, rhs)
+        expected = np.einsum("...km,...kn->...mn" if form.transposed_lhs else "...mk,...kn->...mn", lhs, rhs)
         ours = np.asarray(jax_call(form, lhs, rhs, bf16)())
         theirs = torch_call(form, lhs, rhs, bf16)().to(torch.float32).numpy()
         tolerance = 0.1 * np.abs(expected).max() if bf16 else 1e-4
-        assert ours.shape == theirs.shape == (form.batch, form.m, form.n), form.name
+        assert ours.shape == theirs.shape == ((form.batch,) if form.batch > 1 else ()) + (form.m, form.n), form.name
         np.testing.assert_allclose(ours, expected, atol=tolerance, err_msg=form.name)
         np.testing.assert_allclose(theirs, expected, atol=tolerance, err_msg=form.name)
