@@ -1,6 +1,7 @@
 """Inference and training throughput of our JAX path against the engines a user would otherwise use.
 
-    python -m benchmarks.run                       # full run (~25 min on 2 CPU cores)
+    python -m benchmarks.run                       # full run (~45 min on 2 CPU cores)
+    python -m benchmarks.run --allocator tcmalloc  # every engine's process preloads tcmalloc (make bench)
     python -m benchmarks.run --quick               # smoke test (~3 min)
     python -m benchmarks.run --models TNT_small --batches 8 --repeats 20
 
