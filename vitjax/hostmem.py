@@ -14,7 +14,7 @@ from __future__ import annotations
 import ctypes.util
 from pathlib import Path
 
-_KNOWN = (("tcmalloc", "tcmalloc"), ("jemalloc", "jemalloc"), ("mimalloc", "mimalloc"))
+_KNOWN = ("tcmalloc", "jemalloc", "mimalloc")
 TCMALLOC_HINT = ("on CPU, XLA page-faults its per-step temporary buffer under glibc malloc; "
                  "LD_PRELOAD={lib} made the training step 1.2-1.3x faster at batch 32 (README: Performance)")
 
@@ -31,8 +31,8 @@ def host_allocator(maps: str | None = None) -> str:
         except OSError:
             return "unknown"
     libraries = {Path(line.split()[-1]).name for line in maps.splitlines() if "/" in line}
-    for name, marker in _KNOWN:
-        if any(marker in library for library in libraries):
+    for name in _KNOWN:
+        if any(name in library for library in libraries):
             return name
     return "glibc"
 
@@ -43,8 +43,7 @@ def tcmalloc_library() -> str | None:
         for name in ("libtcmalloc_minimal.so.4", "libtcmalloc.so.4"):
             if (Path(directory) / name).is_file():
                 return str(Path(directory) / name)
-    found = ctypes.util.find_library("tcmalloc_minimal") or ctypes.util.find_library("tcmalloc")
-    return found
+    return ctypes.util.find_library("tcmalloc_minimal") or ctypes.util.find_library("tcmalloc")
 
 
 def allocator_advice(backend: str) -> str | None:

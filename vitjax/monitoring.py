@@ -84,5 +84,5 @@ class InputWaitMeter:
         waiting, stepping = self._seconds["waiting"], self._seconds["stepping"]
         total = waiting + stepping
         fraction = waiting / total if total > 0 else 0.0
-        self._seconds = {"waiting": 0.0, "stepping": 0.0}
+        self._seconds = dict.fromkeys(self._seconds, 0.0)
         return min(max(fraction, 0.0), 1.0)
