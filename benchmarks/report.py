@@ -6,6 +6,7 @@ from benchmarks.worker import INFERENCE_ENGINES, TRAIN_ENGINES
 
 ENGINE_TITLES = {
     "jax": "JAX fp32 (ours)",
+    "jax-unpinned": "JAX fp32, threads unpinned (ours)",
     "jax-vw512": "JAX fp32, 512-bit vectors (ours)",
     "jax-bf16": "JAX bf16 (ours)",
     "paddle-inference": "Paddle Inference (oneDNN)",
@@ -58,8 +59,10 @@ def render_markdown(report: dict) -> str:
         f"- FP32 peak: {m['peak_derivation']}; {m['fma_pipes_rule']}."
         + (f" Empirical ceiling: one 2048x2048x2048 matmul under XLA reaches {m['xla_matmul_2048_flops'] / 1e9:.0f} GFLOP/s "
            f"({m['xla_matmul_2048_flops'] / peak:.0%} of peak)." if m.get("xla_matmul_2048_flops") else ""),
-        "- Our JAX path: interop's `JaxPredictor` (jit, NCHW in, logits out) with XLA's defaults; \"512-bit vectors\" is the same with "
-        "`XLA_FLAGS=--xla_cpu_prefer_vector_width=512` (XLA's CPU backend emits 256-bit loops by default); bf16 computes in "
+        "- Our JAX path: interop's `JaxPredictor` (jit, NCHW in, logits out) with XLA's defaults, XLA's CPU worker threads "
+        "pinned one per core after the first call (the predictor's default, `vitjax.cpu_threads`); \"threads unpinned\" is the "
+        "same with `pin_threads=False`; \"512-bit vectors\" (where run) with `XLA_FLAGS=--xla_cpu_prefer_vector_width=512` "
+        "(XLA's CPU backend emits 256-bit loops by default); bf16 computes in "
         "bfloat16 with float32 parameters. Ratios to peers use the default fp32 path.",
         "- Versions: " + ", ".join(f"{k} {v}" for k, v in report["versions"].items()),
         f"- Method: same random weights in every engine (our Flax init -> Paddle export -> Paddle2ONNX); one process per "
@@ -73,7 +76,8 @@ def render_markdown(report: dict) -> str:
         "## Inference throughput, images/s (median latency)",
         "",
     ]
-    engines = list(INFERENCE_ENGINES)
+    ran = {e for entry in report["models"].values() for c in entry.get("cells", {}).values() for e in c["engines"]}
+    engines = [e for e in INFERENCE_ENGINES if e in ran] or list(INFERENCE_ENGINES)
     lines.append("| Model | Batch | " + " | ".join(ENGINE_TITLES[e] for e in engines)
                  + " | JAX / best peer | JAX / ORT | JAX / Paddle Inf. | JAX % of FP32 peak |")
     lines.append("|:--|--:|" + "--:|" * len(engines) + "--:|--:|--:|--:|")

@@ -39,7 +39,7 @@ import numpy as np
 
 from benchmarks import machine
 from benchmarks.report import render_markdown
-from benchmarks.worker import ENGINE_XLA_FLAGS, INFERENCE_ENGINES, TRAIN_ENGINES
+from benchmarks.worker import DEFAULT_INFERENCE_ENGINES, ENGINE_XLA_FLAGS, INFERENCE_ENGINES, TRAIN_ENGINES
 from interop.measure import latency_summary, timed, versions
 from vitjax.hostmem import tcmalloc_library
 
@@ -318,8 +318,9 @@ def parse_args(argv=None):
     p.add_argument("--batches", nargs="+", type=int, default=[1, 8, 32])
     p.add_argument("--repeats", type=int, default=10, help="timed rounds per (model, batch) cell")
     p.add_argument("--warmup", type=int, default=2, help="untimed calls per engine and batch (compilation included)")
-    p.add_argument("--engines", nargs="+", default=list(INFERENCE_ENGINES), choices=INFERENCE_ENGINES,
-                   help="jax-vw512 is our JAX path with XLA_FLAGS=--xla_cpu_prefer_vector_width=512 (CPU only)")
+    p.add_argument("--engines", nargs="+", default=list(DEFAULT_INFERENCE_ENGINES), choices=INFERENCE_ENGINES,
+                   help="jax-unpinned: our JAX path with XLA's CPU workers left unpinned; jax-vw512 (not run by default): "
+                        "with XLA_FLAGS=--xla_cpu_prefer_vector_width=512 (CPU only)")
     p.add_argument("--train-models", nargs="*", default=list(DEFAULT_TRAIN_MODELS))
     p.add_argument("--train-batches", nargs="+", type=int, default=[8, 32])
     p.add_argument("--train-repeats", type=int, default=8)

@@ -37,7 +37,11 @@ import numpy as np
 if TYPE_CHECKING:
     from interop.deploy import Predictor
 
-INFERENCE_ENGINES = ("jax", "jax-vw512", "jax-bf16", "paddle-inference", "onnxruntime", "paddle-dygraph", "timm", "timm-compile")
+INFERENCE_ENGINES = ("jax", "jax-unpinned", "jax-vw512", "jax-bf16", "paddle-inference", "onnxruntime", "paddle-dygraph", "timm",
+                     "timm-compile")
+# What `benchmarks.run` times unless told otherwise (jax-vw512 is an experiment: no gain measured).
+DEFAULT_INFERENCE_ENGINES = tuple(e for e in INFERENCE_ENGINES if e != "jax-vw512")
+JAX_INFERENCE_ENGINES = tuple(e for e in INFERENCE_ENGINES if e.startswith("jax"))
 # Engines that are our JAX path run with extra XLA flags (set in the worker's environment).
 ENGINE_XLA_FLAGS = {"jax-vw512": "--xla_cpu_prefer_vector_width=512"}
 TRAIN_ENGINES = ("jax-train", "paddle-dygraph-train", "timm-train", "timm-compile-train")
@@ -156,7 +160,8 @@ def deploy_predictor(engine: str, model_name: str, work: Path, device: str, thre
     """The ``interop.deploy`` predictor behind a benchmark engine, configured as the parity
     report configures that backend (``create_predictor``; logits, not probabilities):
 
-    * ``jax`` / ``jax-vw512``: ``JaxPredictor`` (jit, NCHW in); ``jax-bf16``: the same with
+    * ``jax`` / ``jax-vw512``: ``JaxPredictor`` (jit, NCHW in; XLA's CPU workers pinned one per
+      core, its default); ``jax-unpinned``: the same with ``pin_threads=False``; ``jax-bf16``:
       ``dtype="bfloat16"`` (bf16 compute, float32 parameters and outputs);
     * ``paddle-inference``: ``paddle-cpu`` (oneDNN, ``threads`` math threads, IR optimisation:
       PaddleClas's deploy defaults) or ``paddle-gpu``;
@@ -166,10 +171,12 @@ def deploy_predictor(engine: str, model_name: str, work: Path, device: str, thre
     import interop
     from interop.deploy import JaxPredictor, OnnxRuntimePredictor, create_predictor
 
-    if engine in ("jax", "jax-vw512", "jax-bf16"):
+    if engine in JAX_INFERENCE_ENGINES:
         variables = interop.state_dict_to_variables(_load_state(work), model_name)
         if engine == "jax-bf16":
             return JaxPredictor(variables, model_name, softmax=False, dtype="bfloat16")
+        if engine == "jax-unpinned":
+            return JaxPredictor(variables, model_name, softmax=False, pin_threads=False)
         return create_predictor("jax", variables=variables, model_name=model_name, softmax=False)
     if engine == "paddle-inference":
         return create_predictor("paddle-cpu" if device == "cpu" else "paddle-gpu", model_dir=work / "paddle", threads=threads)
@@ -416,7 +423,7 @@ def vitjax_img_size(model_name: str) -> int:
 
 def make_engine(engine: str, model_name: str, work: Path, device: str, threads: int) -> Engine:
     """The engine named ``engine`` (one of :data:`INFERENCE_ENGINES` or :data:`TRAIN_ENGINES`)."""
-    if engine in ("jax", "jax-vw512", "jax-bf16"):
+    if engine in JAX_INFERENCE_ENGINES:
         return PredictorEngine(deploy_predictor(engine, model_name, work, device, threads), device_peak=_jax_device_peak)
     if engine in ("paddle-inference", "onnxruntime"):
         return PredictorEngine(deploy_predictor(engine, model_name, work, device, threads))

@@ -16,6 +16,7 @@ import pytest
 from benchmarks.worker import INFERENCE_ENGINES, PredictorEngine, deploy_predictor, images, make_engine, prepare
 from interop.deploy import JaxPredictor, OnnxRuntimePredictor, PaddleInferencePredictor, create_predictor
 from interop.measure import call_times, latency_summary, timed, versions
+from vitjax.cpu_threads import unpin_xla_worker_threads
 
 MODEL = "DeiT_test_patch8_32"
 ROOT = Path(__file__).resolve().parents[2]
@@ -50,15 +51,21 @@ def test_engines_are_the_parity_reports_predictors_with_its_options(work, engine
     np.testing.assert_array_equal(predictor.predict(x), parity.predict(x))
 
 
-def test_jax_engines_are_the_jax_predictor_in_float32_and_bfloat16(work):
+def test_jax_engines_are_the_jax_predictor_in_float32_and_bfloat16_pinned_or_not(work):
     fp32 = deploy_predictor("jax", MODEL, work, "cpu", threads=2)
     bf16 = deploy_predictor("jax-bf16", MODEL, work, "cpu", threads=2)
-    assert isinstance(fp32, JaxPredictor) and isinstance(bf16, JaxPredictor)
-    assert (fp32.dtype, bf16.dtype) == ("float32", "bfloat16")
+    unpinned = deploy_predictor("jax-unpinned", MODEL, work, "cpu", threads=2)
+    assert all(isinstance(p, JaxPredictor) for p in (fp32, bf16, unpinned))
+    assert (fp32.dtype, bf16.dtype, unpinned.dtype) == ("float32", "bfloat16", "float32")
     x = images(2, fp32.img_size, seed=6)
-    logits, low = fp32.predict(x), bf16.predict(x)
-    assert logits.dtype == low.dtype == np.float32
-    assert 0 < np.abs(logits - low).max() < 0.1  # bf16 compute: close to fp32, not equal
+    try:
+        logits, low, free = fp32.predict(x), bf16.predict(x), unpinned.predict(x)
+        assert logits.dtype == low.dtype == np.float32
+        assert 0 < np.abs(logits - low).max() < 0.1  # bf16 compute: close to fp32, not equal
+        np.testing.assert_array_equal(free, logits)  # pinning changes where threads run, not what they compute
+        assert unpinned.pinned_threads == {} and (fp32.pinned_threads or not sys.platform.startswith("linux"))
+    finally:
+        unpin_xla_worker_threads()
 
 
 def test_every_inference_engine_checks_against_the_exported_models(work):

@@ -5,6 +5,7 @@ difference <= 1e-4); one that cannot run here says why and is never replaced.
 """
 
 import json
+import os
 import subprocess
 import sys
 
@@ -214,3 +215,27 @@ def test_export_and_import_commands_round_trip_through_a_pdparams_file(weights_f
     assert list(original) == list(back) and all(np.array_equal(original[k], back[k]) for k in original)
     result = run_cli("import", str(tmp_path / "nowhere"), str(tmp_path / "x.pdparams"))
     assert result.returncode == 2 and "no such inference model directory" in result.stderr
+
+
+def test_the_jax_predictor_pins_xla_workers_on_cpu_unless_told_not_to(deployed):
+    """Pinned after the first call (XLA starts its workers then), one core each; process-wide."""
+    from vitjax.cpu_threads import process_cpus, unpin_xla_worker_threads, xla_worker_threads
+
+    if not sys.platform.startswith("linux") or jax.default_backend() != "cpu":
+        pytest.skip("pinning is for the CPU backend on Linux")
+    name = TEST_SIZE[0]
+    variables, images = deployed[name][0], random_images(name, batch=1, seed=3)
+    try:
+        unpin_xla_worker_threads()
+        free = JaxPredictor(variables, name, pin_threads=False)
+        free.predict(images)
+        assert free.pinned_threads == {}
+        assert all(os.sched_getaffinity(t) == set(process_cpus()) for t in xla_worker_threads())
+
+        pinned = JaxPredictor(variables, name)
+        assert pinned.pinned_threads == {}  # nothing before the first call
+        np.testing.assert_array_equal(pinned.predict(images), JaxPredictor(variables, name, pin_threads=False).predict(images))
+        assert set(pinned.pinned_threads) == set(xla_worker_threads())
+        assert all(os.sched_getaffinity(t) == {cpu} for t, cpu in pinned.pinned_threads.items())
+    finally:
+        unpin_xla_worker_threads()

@@ -1,0 +1,70 @@
+"""XLA's CPU worker threads are found by name and can be pinned one per core, and freed again."""
+
+import os
+import sys
+from collections import Counter
+
+import jax
+import jax.numpy as jnp
+import pytest
+
+from vitjax.cpu_threads import (
+    XLA_WORKER_THREAD_NAME,
+    pin_xla_worker_threads,
+    process_cpus,
+    unpin_xla_worker_threads,
+    xla_worker_threads,
+)
+
+linux_only = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="thread affinity through /proc is Linux's")
+
+
+def _run_a_computation():
+    x = jnp.ones((256, 256))
+    jax.block_until_ready(jax.jit(lambda a: a @ a)(x))
+
+
+def test_workers_are_read_by_thread_name(tmp_path):
+    for tid, name in ((10, "python"), (12, XLA_WORKER_THREAD_NAME), (11, XLA_WORKER_THREAD_NAME), (13, "tf_XLACompile")):
+        (tmp_path / str(tid)).mkdir()
+        (tmp_path / str(tid) / "comm").write_text(name + "\n")
+    assert xla_worker_threads(tmp_path) == [11, 12]
+    assert xla_worker_threads(tmp_path / "missing") == []
+
+
+@linux_only
+def test_this_process_has_xla_workers_once_a_computation_has_run():
+    _run_a_computation()
+    workers = xla_worker_threads()
+    assert workers, "no tf_XLAEigen thread after a jitted computation"
+    assert set(workers) <= {int(t) for t in os.listdir("/proc/self/task")}
+    assert os.getpid() not in workers  # the main thread is not a worker
+
+
+@linux_only
+def test_pinning_gives_each_worker_one_cpu_round_robin_and_unpinning_frees_them():
+    _run_a_computation()
+    cpus, main_mask = process_cpus(), os.sched_getaffinity(0)
+    try:
+        pinned = pin_xla_worker_threads()
+        assert set(pinned) == set(xla_worker_threads())
+        for tid, cpu in pinned.items():
+            assert os.sched_getaffinity(tid) == {cpu} and cpu in cpus
+        load = Counter(pinned.values())
+        assert max(load.values()) - min(load.values()) <= 1
+        assert len(load) == min(len(cpus), len(pinned))  # as many cores used as there are workers (or cores)
+        assert os.sched_getaffinity(0) == main_mask  # the calling thread keeps its own mask
+
+        one = pin_xla_worker_threads([cpus[-1]])
+        assert set(one.values()) == {cpus[-1]} and all(os.sched_getaffinity(t) == {cpus[-1]} for t in one)
+        _run_a_computation()  # computations still run with pinned workers
+    finally:
+        unpin_xla_worker_threads()
+    assert all(os.sched_getaffinity(t) == set(cpus) for t in xla_worker_threads())
+
+
+def test_pinning_to_no_cpu_is_refused():
+    if not hasattr(os, "sched_setaffinity"):
+        pytest.skip("no thread affinity on this platform")
+    with pytest.raises(ValueError, match="no CPUs"):
+        pin_xla_worker_threads([])
