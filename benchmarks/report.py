@@ -59,9 +59,11 @@ def render_markdown(report: dict) -> str:
         f"- FP32 peak: {m['peak_derivation']}; {m['fma_pipes_rule']}."
         + (f" Empirical ceiling: one 2048x2048x2048 matmul under XLA reaches {m['xla_matmul_2048_flops'] / 1e9:.0f} GFLOP/s "
            f"({m['xla_matmul_2048_flops'] / peak:.0%} of peak)." if m.get("xla_matmul_2048_flops") else ""),
-        "- Our JAX path: interop's `JaxPredictor` (jit, NCHW in, logits out) with XLA's defaults, XLA's CPU worker threads "
-        "pinned one per core after the first call (the predictor's default, `vitjax.cpu_threads`); \"threads unpinned\" is the "
-        "same with `pin_threads=False`; \"512-bit vectors\" (where run) with `XLA_FLAGS=--xla_cpu_prefer_vector_width=512` "
+        "- Our JAX path: interop's `JaxPredictor` (jit, NCHW in, logits out) with XLA's defaults"
+        + ("; XLA's CPU worker threads pinned one per core (the predictor's default on CPU, `vitjax.cpu_threads`), "
+           "\"threads unpinned\" is the same with `pin_threads=False`" if report["settings"].get("jax_pin_threads")
+           else "; XLA's CPU worker threads not pinned")
+        + "; \"512-bit vectors\" (where run) with `XLA_FLAGS=--xla_cpu_prefer_vector_width=512` "
         "(XLA's CPU backend emits 256-bit loops by default); bf16 computes in "
         "bfloat16 with float32 parameters. Ratios to peers use the default fp32 path.",
         "- Versions: " + ", ".join(f"{k} {v}" for k, v in report["versions"].items()),
@@ -77,7 +79,7 @@ def render_markdown(report: dict) -> str:
         "",
     ]
     ran = {e for entry in report["models"].values() for c in entry.get("cells", {}).values() for e in c["engines"]}
-    engines = [e for e in INFERENCE_ENGINES if e in ran] or list(INFERENCE_ENGINES)
+    engines = [e for e in INFERENCE_ENGINES if e in ran]
     lines.append("| Model | Batch | " + " | ".join(ENGINE_TITLES[e] for e in engines)
                  + " | JAX / best peer | JAX / ORT | JAX / Paddle Inf. | JAX % of FP32 peak |")
     lines.append("|:--|--:|" + "--:|" * len(engines) + "--:|--:|--:|--:|")

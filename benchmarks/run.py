@@ -356,8 +356,8 @@ def parse_args(argv=None):
         args.threads = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     if args.device == "auto":
         args.device = "gpu" if machine.gpu_names() else "cpu"
-    if args.device != "cpu":
-        args.engines = [e for e in args.engines if e not in ENGINE_XLA_FLAGS]
+    if args.device != "cpu":  # XLA CPU flags and CPU thread pinning mean nothing on a GPU
+        args.engines = [e for e in args.engines if e not in ENGINE_XLA_FLAGS and e != "jax-unpinned"]
     return args, argv
 
 
@@ -380,6 +380,7 @@ def main(argv=None) -> dict:
         "machine": info,
         "versions": versions(),
         "settings": {"repeats": args.repeats, "warmup": args.warmup, "train_repeats": args.train_repeats,
+                     "jax_pin_threads": args.device == "cpu",  # JaxPredictor's default on CPU
                      "train_warmup": args.train_warmup, "gap_ms": args.gap_ms, "cell_budget_s": args.cell_budget, "batches": args.batches, "train_batches": args.train_batches,
                      "fp32_atol": FP32_ATOL, "quick": args.quick},
         "busy_at_start": busy_at_start,

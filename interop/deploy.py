@@ -80,7 +80,7 @@ class JaxPredictor(Predictor):
         """``dtype`` is the computation dtype (``"bfloat16"``: bf16 compute on float32
         parameters); outputs are float32 whatever it is.
 
-        ``pin_threads``: on the CPU backend, pin XLA's worker threads one per core after the
+        ``pin_threads``: on the CPU backend (Linux), pin XLA's worker threads one per core at the
         first call (:mod:`vitjax.cpu_threads`: batch-1 latency after an idle gap 33 -> 22 ms
         on DeiT-tiny, 2 cores); process-wide, so pass ``False`` when this process also trains
         or shares its cores with other busy processes. ``pinned_threads`` says what was pinned."""
@@ -101,16 +101,16 @@ class JaxPredictor(Predictor):
             return jax.nn.softmax(logits, axis=-1) if softmax else logits
 
         self._forward, self._variables = jax.jit(forward), variables
-        self._pin_threads = bool(pin_threads) and jax.default_backend() == "cpu"
+        self._pin_pending = bool(pin_threads) and jax.default_backend() == "cpu"
         self.pinned_threads: dict[int, int] = {}
 
     def _run(self, images: np.ndarray) -> np.ndarray:
-        out = np.asarray(self._forward(self._variables, images))
-        if self._pin_threads:  # once, after the first call: XLA starts its workers then
+        if self._pin_pending:  # once, when the model first runs
             from vitjax.cpu_threads import pin_xla_worker_threads
 
-            self.pinned_threads, self._pin_threads = pin_xla_worker_threads(), False
-        return out
+            self._pin_pending = False
+            self.pinned_threads = pin_xla_worker_threads()
+        return np.asarray(self._forward(self._variables, images))
 
 
 def gpu_status() -> tuple[bool, str]:
@@ -323,16 +323,18 @@ def create_predictor(
     threads: int = 1,
     mkldnn: bool = True,
     max_batch: int = 8,
+    pin_threads: bool = True,
 ) -> Predictor:
     """The predictor for ``backend`` (see :data:`BACKENDS`); raises :class:`BackendUnavailable`
-    rather than substituting another backend."""
+    rather than substituting another backend. ``pin_threads`` is :class:`JaxPredictor`'s (the
+    ``jax`` backend on CPU)."""
     ok, reason = backend_status(backend)
     if not ok:
         raise BackendUnavailable(f"{backend}: unavailable: {reason}")
     if backend == "jax":
         if variables is None or model_name is None:
             raise ValueError("jax backend: pass variables and model_name")
-        return JaxPredictor(variables, model_name, softmax=softmax)
+        return JaxPredictor(variables, model_name, softmax=softmax, pin_threads=pin_threads)
     if backend == "onnxruntime":
         if onnx_path is None:
             raise ValueError("onnxruntime backend: pass onnx_path")

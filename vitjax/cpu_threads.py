@@ -1,8 +1,7 @@
 """XLA's CPU worker threads, and pinning them one per core for latency-bound inference.
 
 XLA's CPU backend runs a compiled computation's parallel work on a pool of worker threads
-(named ``tf_XLAEigen``, one per core of the process's CPU set), started by the first
-computation. Between requests those threads sleep; when the next request wakes them, Linux
+(named ``tf_XLAEigen``, one per core of the process's CPU set), started with JAX's CPU client. Between requests those threads sleep; when the next request wakes them, Linux
 places a woken thread next to the thread that woke it, so both workers often land on the
 same core and share it until the load balancer moves one, which takes longer than a whole
 batch-1 forward pass. Measured on 2 cores (Zen 4), DeiT-tiny at batch 1 with 300 ms between
@@ -13,7 +12,9 @@ between calls.
 
 So inference predictors pin the workers (``interop.deploy.JaxPredictor(pin_threads=True)``),
 and training leaves them free. Pinning is process-wide (every JAX computation in the
-process shares the pool) and Linux-only; elsewhere these functions do nothing.
+process shares the pool) and Linux-only; elsewhere these functions find no threads and do
+nothing. It never fails a computation: a CPU the kernel refuses (outside the cgroup's CPU set,
+say) leaves that thread as it was.
 """
 
 from __future__ import annotations
@@ -27,13 +28,13 @@ _TASKS = Path("/proc/self/task")
 
 
 def xla_worker_threads(tasks: Path = _TASKS) -> list[int]:
-    """Thread ids of XLA's CPU worker pool in this process, in creation order; ``[]`` before
-    the first computation has run, or where there is no ``/proc`` (not Linux)."""
+    """Thread ids of XLA's CPU worker pool in this process, sorted; ``[]`` before JAX's CPU
+    client exists, or where there is no ``/proc`` (not Linux)."""
     try:
-        entries = sorted((int(entry.name) for entry in tasks.iterdir()))
+        entries = sorted(int(entry.name) for entry in tasks.iterdir())
     except OSError:
         return []
-    workers = []
+    workers: list[int] = []
     for tid in entries:
         try:
             name = (tasks / str(tid) / "comm").read_text().strip()
@@ -45,25 +46,28 @@ def xla_worker_threads(tasks: Path = _TASKS) -> list[int]:
 
 
 def process_cpus() -> list[int]:
-    """The CPUs this process may run on (its affinity mask), sorted."""
-    return sorted(os.sched_getaffinity(0))
+    """The CPUs this process may run on, sorted: its main thread's affinity mask (not the calling
+    thread's, which may itself be pinned); every CPU where there is no affinity (not Linux)."""
+    if not hasattr(os, "sched_getaffinity"):
+        return list(range(os.cpu_count() or 1))
+    return sorted(os.sched_getaffinity(os.getpid()))
 
 
 def pin_xla_worker_threads(cpus: Iterable[int] | None = None) -> dict[int, int]:
     """Pins each XLA CPU worker thread to one CPU of ``cpus`` (default: the process's own CPU
-    set), round robin, and returns ``{thread id: cpu}``; ``{}`` where there are no workers yet
-    or no thread affinity (call it after the first computation has run)."""
+    set), round robin, and returns ``{thread id: cpu}`` for the threads it pinned; ``{}`` where
+    there are no workers or no thread affinity."""
     if not hasattr(os, "sched_setaffinity"):
         return {}
     cpus = sorted(set(process_cpus() if cpus is None else cpus))
     if not cpus:
         raise ValueError("pin_xla_worker_threads: no CPUs to pin to")
-    pinned = {}
+    pinned: dict[int, int] = {}
     for index, tid in enumerate(xla_worker_threads()):
         cpu = cpus[index % len(cpus)]
         try:
             os.sched_setaffinity(tid, {cpu})
-        except (ProcessLookupError, PermissionError):
+        except OSError:  # the thread ended, or the kernel refuses that CPU (EINVAL, EPERM)
             continue
         pinned[tid] = cpu
     return pinned
@@ -77,5 +81,5 @@ def unpin_xla_worker_threads() -> None:
     for tid in xla_worker_threads():
         try:
             os.sched_setaffinity(tid, cpus)
-        except (ProcessLookupError, PermissionError):
+        except OSError:
             continue

@@ -12,3 +12,12 @@ import pytest
 @pytest.fixture(autouse=True)
 def _paddle_seed():
     paddle.seed(1234)
+
+
+@pytest.fixture(autouse=True)
+def _xla_workers_unpinned():
+    """A ``jax`` predictor pins XLA's CPU workers process-wide; each test starts with them free."""
+    yield
+    from vitjax.cpu_threads import unpin_xla_worker_threads
+
+    unpin_xla_worker_threads()

@@ -6,17 +6,19 @@ predictors built with ``create_predictor``'s options; both reports time them wit
 """
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
 
+import jax
 import numpy as np
 import pytest
 
 from benchmarks.worker import INFERENCE_ENGINES, PredictorEngine, deploy_predictor, images, make_engine, prepare
 from interop.deploy import JaxPredictor, OnnxRuntimePredictor, PaddleInferencePredictor, create_predictor
 from interop.measure import call_times, latency_summary, timed, versions
-from vitjax.cpu_threads import unpin_xla_worker_threads
+from vitjax.cpu_threads import process_cpus, xla_worker_threads
 
 MODEL = "DeiT_test_patch8_32"
 ROOT = Path(__file__).resolve().parents[2]
@@ -58,14 +60,15 @@ def test_jax_engines_are_the_jax_predictor_in_float32_and_bfloat16_pinned_or_not
     assert all(isinstance(p, JaxPredictor) for p in (fp32, bf16, unpinned))
     assert (fp32.dtype, bf16.dtype, unpinned.dtype) == ("float32", "bfloat16", "float32")
     x = images(2, fp32.img_size, seed=6)
-    try:
-        logits, low, free = fp32.predict(x), bf16.predict(x), unpinned.predict(x)
-        assert logits.dtype == low.dtype == np.float32
-        assert 0 < np.abs(logits - low).max() < 0.1  # bf16 compute: close to fp32, not equal
-        np.testing.assert_array_equal(free, logits)  # pinning changes where threads run, not what they compute
-        assert unpinned.pinned_threads == {} and (fp32.pinned_threads or not sys.platform.startswith("linux"))
-    finally:
-        unpin_xla_worker_threads()
+    free = unpinned.predict(x)
+    if sys.platform.startswith("linux") and jax.default_backend() == "cpu":
+        assert all(os.sched_getaffinity(t) == set(process_cpus()) for t in xla_worker_threads())
+    logits, low = fp32.predict(x), bf16.predict(x)
+    assert logits.dtype == low.dtype == np.float32
+    assert 0 < np.abs(logits - low).max() < 0.1  # bf16 compute: close to fp32, not equal
+    np.testing.assert_array_equal(free, logits)  # pinning changes where threads run, not what they compute
+    if sys.platform.startswith("linux") and jax.default_backend() == "cpu":
+        assert fp32.pinned_threads and all(os.sched_getaffinity(t) == {c} for t, c in fp32.pinned_threads.items())
 
 
 def test_every_inference_engine_checks_against_the_exported_models(work):

@@ -218,24 +218,27 @@ def test_export_and_import_commands_round_trip_through_a_pdparams_file(weights_f
 
 
 def test_the_jax_predictor_pins_xla_workers_on_cpu_unless_told_not_to(deployed):
-    """Pinned after the first call (XLA starts its workers then), one core each; process-wide."""
-    from vitjax.cpu_threads import process_cpus, unpin_xla_worker_threads, xla_worker_threads
+    """Pinned when the model first runs, one core each, process-wide; pinning changes where the
+    workers run, not what they compute. (conftest frees the workers after every test.)"""
+    from vitjax.cpu_threads import process_cpus, xla_worker_threads
 
     if not sys.platform.startswith("linux") or jax.default_backend() != "cpu":
         pytest.skip("pinning is for the CPU backend on Linux")
     name = TEST_SIZE[0]
     variables, images = deployed[name][0], random_images(name, batch=1, seed=3)
-    try:
-        unpin_xla_worker_threads()
-        free = JaxPredictor(variables, name, pin_threads=False)
-        free.predict(images)
-        assert free.pinned_threads == {}
-        assert all(os.sched_getaffinity(t) == set(process_cpus()) for t in xla_worker_threads())
+    every_cpu = set(process_cpus())
 
-        pinned = JaxPredictor(variables, name)
-        assert pinned.pinned_threads == {}  # nothing before the first call
-        np.testing.assert_array_equal(pinned.predict(images), JaxPredictor(variables, name, pin_threads=False).predict(images))
-        assert set(pinned.pinned_threads) == set(xla_worker_threads())
-        assert all(os.sched_getaffinity(t) == {cpu} for t, cpu in pinned.pinned_threads.items())
-    finally:
-        unpin_xla_worker_threads()
+    def affinities():
+        return {t: os.sched_getaffinity(t) for t in xla_worker_threads()}
+
+    free = create_predictor("jax", variables=variables, model_name=name, pin_threads=False)
+    expected = free.predict(images)
+    assert free.pinned_threads == {}
+    assert all(cpus == every_cpu for cpus in affinities().values())
+
+    pinned = create_predictor("jax", variables=variables, model_name=name)
+    assert all(cpus == every_cpu for cpus in affinities().values())  # nothing pinned before the model runs
+    np.testing.assert_array_equal(pinned.predict(images), expected)
+    assert set(pinned.pinned_threads) == set(xla_worker_threads()) != set()
+    assert affinities() == {t: {cpu} for t, cpu in pinned.pinned_threads.items()}
+    assert set(pinned.pinned_threads.values()) == set(sorted(every_cpu)[: len(pinned.pinned_threads)])

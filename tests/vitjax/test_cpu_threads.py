@@ -2,6 +2,7 @@
 
 import os
 import sys
+import threading
 from collections import Counter
 
 import jax
@@ -53,7 +54,7 @@ def test_pinning_gives_each_worker_one_cpu_round_robin_and_unpinning_frees_them(
         load = Counter(pinned.values())
         assert max(load.values()) - min(load.values()) <= 1
         assert len(load) == min(len(cpus), len(pinned))  # as many cores used as there are workers (or cores)
-        assert os.sched_getaffinity(0) == main_mask  # the calling thread keeps its own mask
+        assert os.sched_getaffinity(0) == main_mask  # only the workers were pinned
 
         one = pin_xla_worker_threads([cpus[-1]])
         assert set(one.values()) == {cpus[-1]} and all(os.sched_getaffinity(t) == {cpus[-1]} for t in one)
@@ -61,6 +62,27 @@ def test_pinning_gives_each_worker_one_cpu_round_robin_and_unpinning_frees_them(
     finally:
         unpin_xla_worker_threads()
     assert all(os.sched_getaffinity(t) == set(cpus) for t in xla_worker_threads())
+
+
+@linux_only
+def test_a_pinned_caller_still_spreads_the_workers_over_the_process_cpus():
+    _run_a_computation()
+    cpus = process_cpus()
+    if len(cpus) < 2:
+        pytest.skip("needs two CPUs")
+    seen = {}
+
+    def from_a_thread_pinned_to_one_cpu():
+        os.sched_setaffinity(0, {cpus[0]})  # 0: this (calling) thread
+        seen["pinned"] = pin_xla_worker_threads()
+
+    caller = threading.Thread(target=from_a_thread_pinned_to_one_cpu)
+    try:
+        caller.start()
+        caller.join()
+        assert len(set(seen["pinned"].values())) == min(len(cpus), len(seen["pinned"])) > 1
+    finally:
+        unpin_xla_worker_threads()
 
 
 def test_pinning_to_no_cpu_is_refused():
