@@ -90,3 +90,23 @@ def test_pinning_to_no_cpu_is_refused():
         pytest.skip("no thread affinity on this platform")
     with pytest.raises(ValueError, match="no CPUs"):
         pin_xla_worker_threads([])
+
+
+@linux_only
+def test_the_pinning_benchmark_times_every_condition_and_leaves_the_workers_free():
+    from benchmarks.thread_pinning import CONDITIONS, time_conditions
+
+    x = jnp.ones((128, 128))
+    matmul = jax.jit(lambda a: a @ a)
+    calls = []
+
+    def predict():
+        calls.append(tuple(sorted(os.sched_getaffinity(t)) for t in xla_worker_threads()))
+        jax.block_until_ready(matmul(x))
+
+    medians = time_conditions(predict, rounds=4, gap_s=0.01)
+    assert set(medians) == set(CONDITIONS) and all(t > 0 for t in medians.values())
+    assert len(calls) == 4 * (len(CONDITIONS) + 2)  # back-to-back conditions call once untimed first
+    assert any(all(len(cpus) == 1 for cpus in call) for call in calls)  # some calls ran pinned
+    assert any(all(len(cpus) == len(process_cpus()) for cpus in call) for call in calls)  # and some free
+    assert all(os.sched_getaffinity(t) == set(process_cpus()) for t in xla_worker_threads())
