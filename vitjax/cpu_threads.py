@@ -1,14 +1,15 @@
 """XLA's CPU worker threads, and pinning them one per core for latency-bound inference.
 
 XLA's CPU backend runs a compiled computation's parallel work on a pool of worker threads
-(named ``tf_XLAEigen``, one per core of the process's CPU set), started with JAX's CPU client. Between requests those threads sleep; when the next request wakes them, Linux
-places a woken thread next to the thread that woke it, so both workers often land on the
-same core and share it until the load balancer moves one, which takes longer than a whole
-batch-1 forward pass. Measured on 2 cores (Zen 4), DeiT-tiny at batch 1 with 300 ms between
-calls: 33 ms per call with free threads, 22 ms with each worker pinned to its own core
-(back to back, with no idle gaps: 21 ms either way); training steps, which never leave the
-workers idle, gain nothing. ONNX Runtime avoids the same cost by spinning its threads
-between calls.
+(named ``tf_XLAEigen``, one per core of the process's CPU set), started with JAX's CPU client.
+Between requests those threads sleep; when the next request wakes them, Linux tends to place
+a woken thread next to the thread that woke it, so both workers often land on the same core
+and share it until the load balancer moves one, which takes longer than a whole batch-1
+forward pass. Measured on 2 cores (Zen 4), DeiT-tiny at batch 1 with 300 ms between calls:
+33-34 ms per call with free threads, 22 ms with each worker pinned to its own core (back to
+back, with no idle gaps: 21 ms either way); training steps, which never leave the workers
+idle, gain nothing. ONNX Runtime avoids the same cost by spinning its threads between calls.
+``python -m benchmarks.thread_pinning`` measures it on another machine.
 
 So inference predictors pin the workers (``interop.deploy.JaxPredictor(pin_threads=True)``),
 and training leaves them free. Pinning is process-wide (every JAX computation in the
