@@ -39,7 +39,7 @@ import numpy as np
 
 from benchmarks import machine
 from benchmarks.report import render_markdown
-from benchmarks.worker import DEFAULT_INFERENCE_ENGINES, ENGINE_XLA_FLAGS, INFERENCE_ENGINES, TRAIN_ENGINES
+from benchmarks.worker import CPU_ONLY_ENGINES, DEFAULT_INFERENCE_ENGINES, ENGINE_XLA_FLAGS, INFERENCE_ENGINES, TRAIN_ENGINES
 from interop.measure import latency_summary, timed, versions
 from vitjax.hostmem import tcmalloc_library
 
@@ -356,8 +356,8 @@ def parse_args(argv=None):
         args.threads = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     if args.device == "auto":
         args.device = "gpu" if machine.gpu_names() else "cpu"
-    if args.device != "cpu":  # XLA CPU flags and CPU thread pinning mean nothing on a GPU
-        args.engines = [e for e in args.engines if e not in ENGINE_XLA_FLAGS and e != "jax-unpinned"]
+    if args.device != "cpu":
+        args.engines = [e for e in args.engines if e not in CPU_ONLY_ENGINES]
     return args, argv
 
 

@@ -44,6 +44,8 @@ DEFAULT_INFERENCE_ENGINES = tuple(e for e in INFERENCE_ENGINES if e != "jax-vw51
 JAX_INFERENCE_ENGINES = tuple(e for e in INFERENCE_ENGINES if e.startswith("jax"))
 # Engines that are our JAX path run with extra XLA flags (set in the worker's environment).
 ENGINE_XLA_FLAGS = {"jax-vw512": "--xla_cpu_prefer_vector_width=512"}
+# Engines whose difference from `jax` exists only on the CPU (XLA CPU flags, CPU thread pinning).
+CPU_ONLY_ENGINES = (*ENGINE_XLA_FLAGS, "jax-unpinned")
 TRAIN_ENGINES = ("jax-train", "paddle-dygraph-train", "timm-train", "timm-compile-train")
 SEED = 0
 LR, WEIGHT_DECAY = 1e-4, 0.05
@@ -175,9 +177,8 @@ def deploy_predictor(engine: str, model_name: str, work: Path, device: str, thre
         variables = interop.state_dict_to_variables(_load_state(work), model_name)
         if engine == "jax-bf16":
             return JaxPredictor(variables, model_name, softmax=False, dtype="bfloat16")
-        if engine == "jax-unpinned":
-            return JaxPredictor(variables, model_name, softmax=False, pin_threads=False)
-        return create_predictor("jax", variables=variables, model_name=model_name, softmax=False)
+        return create_predictor("jax", variables=variables, model_name=model_name, softmax=False,
+                                pin_threads=engine != "jax-unpinned")
     if engine == "paddle-inference":
         return create_predictor("paddle-cpu" if device == "cpu" else "paddle-gpu", model_dir=work / "paddle", threads=threads)
     if engine == "onnxruntime":

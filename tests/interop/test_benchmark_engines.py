@@ -60,14 +60,15 @@ def test_jax_engines_are_the_jax_predictor_in_float32_and_bfloat16_pinned_or_not
     assert all(isinstance(p, JaxPredictor) for p in (fp32, bf16, unpinned))
     assert (fp32.dtype, bf16.dtype, unpinned.dtype) == ("float32", "bfloat16", "float32")
     x = images(2, fp32.img_size, seed=6)
+    pinning_applies = sys.platform.startswith("linux") and jax.default_backend() == "cpu"
     free = unpinned.predict(x)
-    if sys.platform.startswith("linux") and jax.default_backend() == "cpu":
+    if pinning_applies:
         assert all(os.sched_getaffinity(t) == set(process_cpus()) for t in xla_worker_threads())
     logits, low = fp32.predict(x), bf16.predict(x)
     assert logits.dtype == low.dtype == np.float32
     assert 0 < np.abs(logits - low).max() < 0.1  # bf16 compute: close to fp32, not equal
     np.testing.assert_array_equal(free, logits)  # pinning changes where threads run, not what they compute
-    if sys.platform.startswith("linux") and jax.default_backend() == "cpu":
+    if pinning_applies:
         assert fp32.pinned_threads and all(os.sched_getaffinity(t) == {c} for t, c in fp32.pinned_threads.items())
 
 
