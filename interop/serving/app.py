@@ -43,6 +43,8 @@ from interop.serving.model import ServedModel, top_k
 
 log = logging.getLogger("interop.serving")
 
+ARRIVED_WHILE_DRAINING = "vitjax.arrived_while_draining"  # ASGI scope key: was the server draining when the request came in
+
 
 class ServingState:
     """The served model, the batcher and the server's life cycle (warming up, ready, draining)."""
@@ -73,8 +75,14 @@ class ServingState:
         self.ready = True
         log.info("%s on %s: warmed up, ready", self.model.name, self.model.backend)
 
-    def check_accepting(self) -> None:
-        if self.draining:
+    def check_accepting(self, request: Request) -> None:
+        """Refuses a request that arrived after SIGTERM, or before the warm-up finished.
+
+        Arrival is when the request's headers came in (stamped by :class:`RequestMetrics`), not
+        when its handler starts: a request still sending its body when SIGTERM lands is in
+        flight and is served.
+        """
+        if self.draining and request.scope.get(ARRIVED_WHILE_DRAINING, True):
             raise ShuttingDown("server is shutting down")
         if not self.ready:
             raise NotReady("model is warming up; retry when GET /ready says ready")
@@ -197,7 +205,7 @@ def _endpoint(scope, routes) -> str:
 
 
 class RequestMetrics:
-    """ASGI middleware: per request, the status code, latency and in-flight count."""
+    """ASGI middleware: per request, the status code, latency and in-flight count; and whether it arrived draining."""
 
     def __init__(self, app, state: ServingState):
         self.app, self.state = app, state
@@ -212,6 +220,7 @@ class RequestMetrics:
                 status["code"] = str(message["status"])
             await send(message)
 
+        scope[ARRIVED_WHILE_DRAINING] = self.state.draining
         metrics.in_flight.inc()
         try:
             await self.app(scope, receive, send_and_record)
@@ -264,7 +273,7 @@ def create_app(model: ServedModel, config: ServeConfig) -> FastAPI:
 
     @app.post("/classify")
     async def classify(request: Request) -> dict[str, Any]:
-        state.check_accepting()
+        state.check_accepting(request)
         k = state.parse_top_k(request.query_params.get("top_k"))
         blobs = await read_images(request, config.max_images_per_request)
         probs = await state.classify(await state.preprocess_all(blobs))

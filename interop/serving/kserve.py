@@ -82,7 +82,7 @@ def add_kserve_routes(app: FastAPI, state) -> None:
     @app.post("/v2/models/{name}/infer")
     async def infer(name: str, request: Request) -> dict[str, Any]:
         check_name(name)
-        state.check_accepting()
+        state.check_accepting(request)
         if media_type(request) not in ("application/json", ""):
             raise UnsupportedMediaType(f"content type {media_type(request)!r}: only the JSON form of the v2 protocol is supported")
         payload = parse_json(await request.body())

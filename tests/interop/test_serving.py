@@ -34,7 +34,7 @@ from interop.deploy import create_predictor
 from interop.inference import InferenceModelError
 from interop.parity import TOLERANCES, default_photos, photo_batch
 from interop.serving import ServeConfig, create_app, load_served_model
-from interop.serving.client import Client, json_body, multipart_body
+from interop.serving.client import Client, Response, json_body, multipart_body
 
 uvicorn = pytest.importorskip("uvicorn")
 
@@ -187,6 +187,27 @@ def test_ready_only_after_a_warm_up_batch_of_every_size_the_batcher_runs(exporte
         assert Client(url).get("/ready").json()["status"] == "ready"
         assert model.predictor._forward._cache_size() == 4  # batch buckets 1, 2, 4, 8 compiled before ready
         assert Client(url).get("/health").json() == {"status": "alive"}
+
+
+def test_a_request_that_arrived_before_sigterm_is_served_though_its_body_ends_after(exported, photos):
+    from starlette.testclient import TestClient
+
+    variables, model_dir = exported
+    data, expected = png(photos[3][1]), offline_top5(variables, NAME, photos[3:4])
+    with TestClient(create_app(load_served_model(model_dir, "onnxruntime", threads=1), ServeConfig(max_batch_size=2))) as client:
+        state, deadline = client.app.state.serving, time.monotonic() + 120
+        while client.get("/ready").status_code != 200:
+            assert time.monotonic() < deadline, "never became ready"
+            time.sleep(0.05)
+
+        def body_during_which_sigterm_lands():
+            state.draining = True  # what the server's SIGTERM handler sets
+            yield data
+
+        arrived_before = client.post("/classify", content=body_during_which_sigterm_lands(), headers={"content-type": "image/png"})
+        assert_same_top5(Response(arrived_before.status_code, dict(arrived_before.headers), arrived_before.content), expected)
+        arrived_after = client.post("/classify", content=data, headers={"content-type": "image/png"})
+        assert arrived_after.status_code == 503 and arrived_after.json() == {"error": "server is shutting down"}
 
 
 def test_kserve_v2_infer_gives_the_predictor_probabilities(server, exported, photos):
