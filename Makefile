@@ -15,7 +15,7 @@ comma := ,
 VENV ?= $(if $(filter 3.11,$(PYVER)),.venv,.venv-$(PYVER))
 CORE_VENV ?= .venv-core-$(PYVER)
 # The timm peer (torch) only where its CPU build is locked: requirements/py3.11.txt.
-EXTRAS ?= interop,tfds,serve,test$(if $(shell grep -q '^torch==' $(LOCK) && echo y),$(comma)bench)
+EXTRAS ?= interop,tfds,serve,cpu-kernels,test$(if $(shell grep -q '^torch==' $(LOCK) && echo y),$(comma)bench)
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml Makefile $(LOCK) | cksum | cut -d' ' -f1)
 CORE_STAMP := $(CORE_VENV)/.installed-$(shell cat pyproject.toml Makefile $(LOCK) | cksum | cut -d' ' -f1)
@@ -47,7 +47,7 @@ $(STAMP): pyproject.toml Makefile $(LOCK)
 
 # The core alone (no Paddle, no TensorFlow): proves `vitjax` needs neither.
 $(CORE_STAMP): pyproject.toml Makefile $(LOCK)
-	$(call install,$(CORE_VENV),test)
+	$(call install,$(CORE_VENV),cpu-kernels$(comma)test)
 
 setup: $(STAMP)
 

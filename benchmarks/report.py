@@ -13,6 +13,7 @@ ENGINE_TITLES = {
     "onnxruntime": "ONNX Runtime",
     "paddle-dygraph": "Paddle dygraph",
     "jax-train": "JAX (ours)",
+    "jax-xla-train": "JAX, XLA's matmuls (ours)",
     "paddle-dygraph-train": "Paddle dygraph",
     "timm": "timm eager",
     "timm-compile": "timm torch.compile",
@@ -33,6 +34,15 @@ def _ratio(a: dict | None, b: dict | None) -> str:
     if not a or not b:
         return "n/a"
     return f"{a['images_per_s'] / b['images_per_s']:.2f}x"
+
+
+def _train_matmul_note(training: dict) -> str:
+    """Which matmul kernel our default training path (``model.matmul=auto``) resolved to."""
+    used = sorted({e["engines"]["jax-train"].get("matmul", "?") for e in training.values() if "jax-train" in e.get("engines", {})})
+    if not used:
+        return ""
+    return (f" \"JAX (ours)\" is vitjax's default training path (`model.matmul=auto`), here with {' / '.join(used)} matmuls"
+            " for the dense layers; \"XLA's matmuls\" is the same step with `model.matmul=xla`.")
 
 
 def _gib(x):
@@ -122,7 +132,7 @@ def render_markdown(report: dict) -> str:
                              + f" | {_ratio(jax, pd)} | {_ratio(jax, tm)} | {_ratio(jax, tc)} | {frac} | {loss_txt} |")
         lines += ["", "Same weights, same batch (224x224, random labels), cross-entropy, AdamW (lr 1e-4, weight decay 0.05 on "
                   "every parameter, as Paddle's AdamW), no dropout or drop path (the Paddle mirror has none). Training FLOPs "
-                  "counted as 3 x forward.", ""]
+                  "counted as 3 x forward." + _train_matmul_note(report["training"]), ""]
 
     lines += ["## Peak memory (MiB): peak RSS of each engine's process, up to and including that batch", ""]
     lines.append("| Model | Batch | " + " | ".join(ENGINE_TITLES[e] for e in engines) + " |")

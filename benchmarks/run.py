@@ -279,7 +279,7 @@ def run_suite(suite: Suite, model: str, work: Path, args, log_dir: Path, report:
     workers = _start_workers(suite.engines, model, work, args.device, args.threads, log_dir)
     result.update({"engines": {}, "cells": {}, "check": {}})
     for name, w in workers.items():
-        result["engines"][name] = {"load_s": w.hello["load_s"], "rss_after_load_mib": w.hello["rss"] / 2**20}
+        result["engines"][name] = {"load_s": w.hello["load_s"], "rss_after_load_mib": w.hello["rss"] / 2**20, **w.hello.get("info", {})}
     try:
         if suite.check_before:
             result["check"].update(suite.check_before(workers))

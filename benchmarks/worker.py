@@ -46,7 +46,9 @@ JAX_INFERENCE_ENGINES = tuple(e for e in INFERENCE_ENGINES if e.startswith("jax"
 ENGINE_XLA_FLAGS = {"jax-vw512": "--xla_cpu_prefer_vector_width=512"}
 # Engines whose difference from `jax` exists only on the CPU (XLA CPU flags, CPU thread pinning).
 CPU_ONLY_ENGINES = (*ENGINE_XLA_FLAGS, "jax-unpinned")
-TRAIN_ENGINES = ("jax-train", "paddle-dygraph-train", "timm-train", "timm-compile-train")
+# jax-train is what vitjax.main trains with (model.matmul="auto": oneDNN's matmul on one CPU device
+# where the kernel builds); jax-xla-train keeps XLA's matmul.
+TRAIN_ENGINES = ("jax-train", "jax-xla-train", "paddle-dygraph-train", "timm-train", "timm-compile-train")
 SEED = 0
 LR, WEIGHT_DECAY = 1e-4, 0.05
 
@@ -250,16 +252,18 @@ class TrainEngine(Engine):
 class JaxTrainEngine(TrainEngine):
     """value_and_grad of the cross-entropy + optax AdamW, one jitted step (params/opt state donated)."""
 
-    def __init__(self, model_name: str, work: Path):
+    def __init__(self, model_name: str, work: Path, matmul: str = "auto"):
         import jax
         import optax
 
         import interop
         import vitjax
+        from vitjax.model_init import resolve_matmul
 
         self.jax = jax
         self.img_size = vitjax.get_spec(model_name).img_size
-        model = vitjax.create_model(model_name)  # drop rates 0, as the Paddle mirror has none
+        self.info = {"matmul": resolve_matmul(matmul)}
+        model = vitjax.create_model(model_name, matmul=self.info["matmul"])  # drop rates 0, as the Paddle mirror has none
         params = interop.state_dict_to_variables(_load_state(work), model_name)["params"]
         tx = optax.adamw(LR, b1=0.9, b2=0.999, eps=1e-8, weight_decay=WEIGHT_DECAY)  # decays every parameter, as Paddle's AdamW
 
@@ -430,8 +434,8 @@ def make_engine(engine: str, model_name: str, work: Path, device: str, threads: 
         return PredictorEngine(deploy_predictor(engine, model_name, work, device, threads))
     if engine == "paddle-dygraph":
         return PaddleDygraphEngine(model_name, work, device, threads)
-    if engine == "jax-train":
-        return JaxTrainEngine(model_name, work)
+    if engine in ("jax-train", "jax-xla-train"):
+        return JaxTrainEngine(model_name, work, matmul="auto" if engine == "jax-train" else "xla")
     if engine == "paddle-dygraph-train":
         return PaddleTrainEngine(model_name, work, device, threads)
     if engine in ("timm", "timm-compile"):
@@ -488,7 +492,7 @@ def serve(engine_name: str, model_name: str, work: Path, device: str, threads: i
 
     try:
         engine, load_s = timed(lambda: make_engine(engine_name, model_name, work, device, threads))
-        reply({"ok": True, "load_s": load_s, "rss": _rss_bytes(), "maxrss": _maxrss_bytes()})
+        reply({"ok": True, "load_s": load_s, "rss": _rss_bytes(), "maxrss": _maxrss_bytes(), "info": getattr(engine, "info", {})})
     except Exception as e:  # reported to the driver, which records the engine as failed
         reply({"ok": False, "error": _error_text(e)})
         return

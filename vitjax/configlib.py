@@ -27,6 +27,10 @@ def base_config() -> ml_collections.ConfigDict:
     c.model.attn_drop_rate = 0.0
     c.model.drop_path_rate = 0.1
     c.model.dtype = "float32"  # computation dtype: float32 | bfloat16
+    # The dense layers' matmul kernel: xla | onednn (vitjax.kernels.onednn: oneDNN on the CPU, faster
+    # training there; needs the cpu-kernels extra and a C++ compiler) | auto (onednn when this run is
+    # on one CPU device and the kernel builds, else xla). Same parameters and checkpoints either way.
+    c.model.matmul = "auto"
 
     # Initial weights (fine-tuning, eval, predict): a .pdparams file or an orbax
     # checkpoint / workdir. A workdir that already has checkpoints resumes instead.

@@ -8,6 +8,7 @@ so a head left out with ``init.head='skip'`` keeps its fresh values.
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 import flax.linen as nn
@@ -17,8 +18,38 @@ import numpy as np
 from flax.traverse_util import flatten_dict, unflatten_dict
 
 from vitjax import checkpoints
+from vitjax.models.layers import MATMUL_KERNELS
 from vitjax.models.registry import create_model
+
+log = logging.getLogger("vitjax")
 from vitjax.steps import Teacher
+
+
+def resolve_matmul(choice: str, num_devices: int | None = None) -> str:
+    """``model.matmul`` as the model takes it: ``"auto"`` becomes ``"onednn"`` on one CPU device
+    where the kernel builds, else ``"xla"``; an explicit ``"onednn"`` must be able to run."""
+    num_devices = jax.device_count() if num_devices is None else num_devices
+    if choice not in ("auto", *MATMUL_KERNELS):
+        raise ValueError(f"model.matmul={choice!r}: expected auto or one of {MATMUL_KERNELS}")
+    if choice == "xla" or (choice == "auto" and (jax.default_backend() != "cpu" or num_devices != 1)):
+        return "xla"
+    if num_devices != 1:
+        raise ValueError(f"model.matmul='onednn' runs on one CPU device; this run has {num_devices} devices (use auto or xla)")
+    from vitjax.kernels import onednn
+
+    reason = onednn.unavailable_reason()
+    if reason is None:
+        return "onednn"
+    if choice == "onednn":
+        raise onednn.KernelUnavailable(f"model.matmul='onednn': {reason}")
+    if not _said_unavailable:
+        _said_unavailable.append(reason)
+        log.info("dense layers use XLA's matmul (the oneDNN kernel, faster for training on the CPU, is unavailable: %s)",
+                 reason.splitlines()[0])
+    return "xla"
+
+
+_said_unavailable: list[str] = []
 
 
 def build_model(model_config, *, train: bool = True) -> nn.Module:
@@ -31,6 +62,7 @@ def build_model(model_config, *, train: bool = True) -> nn.Module:
         attn_drop_rate=model_config.attn_drop_rate if train else 0.0,
         drop_path_rate=model_config.drop_path_rate if train else 0.0,
         dtype=jnp.dtype(model_config.dtype),
+        matmul=resolve_matmul(model_config.get("matmul", "xla")),
     )
 
 

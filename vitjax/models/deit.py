@@ -52,19 +52,20 @@ class Attention(nn.Module):
     attn_drop_rate: float = 0.0
     proj_drop_rate: float = 0.0
     dtype: Dtype = jnp.float32
+    matmul: str = "xla"
 
     @nn.compact
     def __call__(self, x: jax.Array, deterministic: bool) -> jax.Array:
         batch, tokens, _ = x.shape
         head_dim = self.dim // self.num_heads
-        qkv = dense(3 * self.dim, "qkv", use_bias=self.qkv_bias, dtype=self.dtype)(x)
+        qkv = dense(3 * self.dim, "qkv", use_bias=self.qkv_bias, dtype=self.dtype, matmul=self.matmul)(x)
         qkv = qkv.reshape(batch, tokens, 3, self.num_heads, head_dim)
         q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]
         dropout = None
         if self.attn_drop_rate > 0.0 and not deterministic:
             dropout = lambda w: nn.Dropout(self.attn_drop_rate)(w, deterministic=False)  # noqa: E731
         out = multi_head_attention(q, k, v, dropout).reshape(batch, tokens, self.dim)
-        out = dense(self.dim, "proj", dtype=self.dtype)(out)
+        out = dense(self.dim, "proj", dtype=self.dtype, matmul=self.matmul)(out)
         return nn.Dropout(self.proj_drop_rate)(out, deterministic=deterministic)
 
 
@@ -76,6 +77,7 @@ class Block(nn.Module):
     attn_drop_rate: float = 0.0
     drop_path_rate: float = 0.0
     dtype: Dtype = jnp.float32
+    matmul: str = "xla"
 
     @nn.compact
     def __call__(self, x: jax.Array, deterministic: bool) -> jax.Array:
@@ -84,11 +86,11 @@ class Block(nn.Module):
         y = layer_norm(arch.epsilon, "norm1", self.dtype)(x)
         y = Attention(
             arch.embed_dim, arch.num_heads, arch.qkv_bias, self.attn_drop_rate, self.drop_rate,
-            dtype=self.dtype, name="attn",
+            dtype=self.dtype, matmul=self.matmul, name="attn",
         )(y, deterministic)
         x = x + drop_path(y, deterministic)
         y = layer_norm(arch.epsilon, "norm2", self.dtype)(x)
-        y = Mlp(int(arch.embed_dim * arch.mlp_ratio), arch.embed_dim, self.drop_rate, self.dtype, name="mlp")(
+        y = Mlp(int(arch.embed_dim * arch.mlp_ratio), arch.embed_dim, self.drop_rate, self.dtype, self.matmul, name="mlp")(
             y, deterministic
         )
         return x + drop_path(y, deterministic)
@@ -120,6 +122,7 @@ class DeiT(nn.Module):
     attn_drop_rate: float = 0.0
     drop_path_rate: float = 0.0
     dtype: Dtype = jnp.float32
+    matmul: str = "xla"  # "onednn": the dense layers run oneDNN's matmul on the CPU (vitjax.kernels.onednn)
 
     @nn.compact
     def __call__(self, images: jax.Array, train: bool = False):
@@ -142,17 +145,17 @@ class DeiT(nn.Module):
 
         rates = np.linspace(0.0, self.drop_path_rate, arch.depth)
         for i in range(arch.depth):
-            x = Block(arch, self.drop_rate, self.attn_drop_rate, float(rates[i]), self.dtype, name=f"blocks_{i}")(
+            x = Block(arch, self.drop_rate, self.attn_drop_rate, float(rates[i]), self.dtype, self.matmul, name=f"blocks_{i}")(
                 x, deterministic
             )
         x = layer_norm(arch.epsilon, "norm", self.dtype)(x)
 
         if self.num_classes <= 0:
             return x[:, 0] if not arch.distilled else (x[:, 0] + x[:, 1]) / 2
-        logits = dense(self.num_classes, "head", dtype=self.dtype)(x[:, 0])
+        logits = dense(self.num_classes, "head", dtype=self.dtype, matmul=self.matmul)(x[:, 0])
         if not arch.distilled:
             return logits
-        dist_logits = dense(self.num_classes, "head_dist", dtype=self.dtype)(x[:, 1])
+        dist_logits = dense(self.num_classes, "head_dist", dtype=self.dtype, matmul=self.matmul)(x[:, 1])
         if train:
             return logits, dist_logits
         return (logits + dist_logits) / 2

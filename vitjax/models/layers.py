@@ -87,7 +87,23 @@ def layer_norm(epsilon: float, name: str, dtype: Dtype = jnp.float32) -> LayerNo
     return LayerNorm(epsilon=epsilon, dtype=dtype, name=name)
 
 
-def dense(features: int, name: str, use_bias: bool = True, dtype: Dtype = jnp.float32) -> nn.Dense:
+MATMUL_KERNELS = ("xla", "onednn")
+
+
+def dense(features: int, name: str, use_bias: bool = True, dtype: Dtype = jnp.float32, matmul: str = "xla") -> nn.Dense:
+    """A Linear layer with PaddleClas's initialisers.
+
+    ``matmul="onednn"`` computes it (forward and gradients) with oneDNN's matmul on the CPU and
+    XLA's elsewhere (:mod:`vitjax.kernels.onednn`; same parameters, fp32 results equal to
+    rounding); ``"xla"`` is XLA's ``dot_general`` everywhere.
+    """
+    if matmul not in MATMUL_KERNELS:
+        raise ValueError(f"matmul={matmul!r}: expected one of {MATMUL_KERNELS}")
+    extra = {}
+    if matmul == "onednn":
+        from vitjax.kernels import onednn
+
+        extra["dot_general"] = onednn.dense_dot_general
     return nn.Dense(
         features,
         use_bias=use_bias,
@@ -95,6 +111,7 @@ def dense(features: int, name: str, use_bias: bool = True, dtype: Dtype = jnp.fl
         bias_init=nn.initializers.zeros,
         dtype=dtype,
         name=name,
+        **extra,
     )
 
 
@@ -127,13 +144,14 @@ class Mlp(nn.Module):
     out_features: int
     drop_rate: float = 0.0
     dtype: Dtype = jnp.float32
+    matmul: str = "xla"
 
     @nn.compact
     def __call__(self, x: jax.Array, deterministic: bool) -> jax.Array:
-        x = dense(self.hidden_features, "fc1", dtype=self.dtype)(x)
+        x = dense(self.hidden_features, "fc1", dtype=self.dtype, matmul=self.matmul)(x)
         x = gelu(x)
         x = nn.Dropout(self.drop_rate)(x, deterministic=deterministic)
-        x = dense(self.out_features, "fc2", dtype=self.dtype)(x)
+        x = dense(self.out_features, "fc2", dtype=self.dtype, matmul=self.matmul)(x)
         return nn.Dropout(self.drop_rate)(x, deterministic=deterministic)
 
 

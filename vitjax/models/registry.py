@@ -123,11 +123,14 @@ def create_model(
     attn_drop_rate: float = 0.0,
     drop_path_rate: float = 0.0,
     dtype=jnp.float32,
+    matmul: str = "xla",
 ) -> nn.Module:
     """Builds the Flax (Linen) module registered under ``name``.
 
     ``img_size`` changes the input resolution (the position embeddings are resized
-    when weights are loaded); ``dtype`` is the computation dtype (parameters stay float32).
+    when weights are loaded); ``dtype`` is the computation dtype (parameters stay float32);
+    ``matmul="onednn"`` runs the dense layers on oneDNN's matmul on the CPU (faster training
+    there; :mod:`vitjax.kernels.onednn`), XLA's elsewhere.
     """
     spec = get_spec(name)
     arch = spec.arch if img_size is None else dataclasses.replace(spec.arch, img_size=int(img_size))
@@ -140,4 +143,5 @@ def create_model(
         attn_drop_rate=attn_drop_rate,
         drop_path_rate=drop_path_rate,
         dtype=dtype,
+        matmul=matmul,
     )

@@ -69,21 +69,22 @@ class Attention(nn.Module):
     attn_drop_rate: float = 0.0
     proj_drop_rate: float = 0.0
     dtype: Dtype = jnp.float32
+    matmul: str = "xla"
 
     @nn.compact
     def __call__(self, x: jax.Array, deterministic: bool) -> jax.Array:
         *lead, tokens, _ = x.shape
         x = x.reshape(-1, tokens, self.dim)
         head_dim = self.dim // self.num_heads
-        qk = dense(2 * self.dim, "qk", use_bias=self.qkv_bias, dtype=self.dtype)(x)
+        qk = dense(2 * self.dim, "qk", use_bias=self.qkv_bias, dtype=self.dtype, matmul=self.matmul)(x)
         qk = qk.reshape(x.shape[0], tokens, 2, self.num_heads, head_dim)
-        v = dense(self.dim, "v", use_bias=self.qkv_bias, dtype=self.dtype)(x)
+        v = dense(self.dim, "v", use_bias=self.qkv_bias, dtype=self.dtype, matmul=self.matmul)(x)
         v = v.reshape(x.shape[0], tokens, self.num_heads, head_dim)
         dropout = None
         if self.attn_drop_rate > 0.0 and not deterministic:
             dropout = lambda w: nn.Dropout(self.attn_drop_rate)(w, deterministic=False)  # noqa: E731
         out = multi_head_attention(qk[:, :, 0], qk[:, :, 1], v, dropout).reshape(x.shape[0], tokens, self.dim)
-        out = dense(self.dim, "proj", dtype=self.dtype)(out)
+        out = dense(self.dim, "proj", dtype=self.dtype, matmul=self.matmul)(out)
         out = nn.Dropout(self.proj_drop_rate)(out, deterministic=deterministic)
         return out.reshape(*lead, tokens, self.dim)
 
@@ -96,6 +97,7 @@ class Block(nn.Module):
     attn_drop_rate: float = 0.0
     drop_path_rate: float = 0.0
     dtype: Dtype = jnp.float32
+    matmul: str = "xla"
 
     @nn.compact
     def __call__(self, pixel_embed: jax.Array, patch_embed: jax.Array, deterministic: bool):
@@ -104,20 +106,20 @@ class Block(nn.Module):
         drop_path_in = DropPath(self.drop_path_rate, sample_dims=2)
 
         def attention(dim: int, heads: int, name: str) -> Attention:
-            return Attention(dim, heads, arch.qkv_bias, self.attn_drop_rate, self.drop_rate, self.dtype, name=name)
+            return Attention(dim, heads, arch.qkv_bias, self.attn_drop_rate, self.drop_rate, self.dtype, self.matmul, name=name)
 
         # Inner transformer over the words of each patch: [batch, patches, words, in_dim].
         y = attention(arch.in_dim, arch.in_num_heads, "attn_in")(layer_norm(eps, "norm_in", self.dtype)(pixel_embed), deterministic)
         pixel_embed = pixel_embed + drop_path_in(y, deterministic)
         y = layer_norm(eps, "norm_mlp_in", self.dtype)(pixel_embed)
-        y = Mlp(4 * arch.in_dim, arch.in_dim, self.drop_rate, self.dtype, name="mlp_in")(y, deterministic)
+        y = Mlp(4 * arch.in_dim, arch.in_dim, self.drop_rate, self.dtype, self.matmul, name="mlp_in")(y, deterministic)
         pixel_embed = pixel_embed + drop_path_in(y, deterministic)
 
         # Words of a patch, concatenated, are added to that patch (not to the class token).
         batch, patches = pixel_embed.shape[:2]
         words = pixel_embed.reshape(batch, patches, arch.num_pixel * arch.in_dim)
         words = layer_norm(eps, "norm1_proj", self.dtype)(words)
-        words = dense(arch.embed_dim, "proj", use_bias=False, dtype=self.dtype)(words)
+        words = dense(arch.embed_dim, "proj", use_bias=False, dtype=self.dtype, matmul=self.matmul)(words)
         words = layer_norm(eps, "norm2_proj", self.dtype)(words)
         patch_embed = jnp.concatenate([patch_embed[:, :1], patch_embed[:, 1:] + words], axis=1)
 
@@ -125,7 +127,7 @@ class Block(nn.Module):
         y = attention(arch.embed_dim, arch.num_heads, "attn_out")(layer_norm(eps, "norm_out", self.dtype)(patch_embed), deterministic)
         patch_embed = patch_embed + drop_path(y, deterministic)
         y = layer_norm(eps, "norm_mlp", self.dtype)(patch_embed)
-        y = Mlp(int(arch.embed_dim * arch.mlp_ratio), arch.embed_dim, self.drop_rate, self.dtype, name="mlp")(
+        y = Mlp(int(arch.embed_dim * arch.mlp_ratio), arch.embed_dim, self.drop_rate, self.dtype, self.matmul, name="mlp")(
             y, deterministic
         )
         patch_embed = patch_embed + drop_path(y, deterministic)
@@ -183,6 +185,7 @@ class TNT(nn.Module):
     attn_drop_rate: float = 0.0
     drop_path_rate: float = 0.0
     dtype: Dtype = jnp.float32
+    matmul: str = "xla"  # "onednn": the dense layers run oneDNN's matmul on the CPU (vitjax.kernels.onednn)
 
     @nn.compact
     def __call__(self, images: jax.Array, train: bool = False) -> jax.Array:
@@ -200,7 +203,7 @@ class TNT(nn.Module):
 
         patch_embed = pixel_embed.reshape(batch, num_patches, arch.num_pixel * arch.in_dim)
         patch_embed = layer_norm(eps, "norm1_proj", self.dtype)(patch_embed)
-        patch_embed = dense(arch.embed_dim, "proj", dtype=self.dtype)(patch_embed)
+        patch_embed = dense(arch.embed_dim, "proj", dtype=self.dtype, matmul=self.matmul)(patch_embed)
         patch_embed = layer_norm(eps, "norm2_proj", self.dtype)(patch_embed)
         cls = jnp.broadcast_to(cls_token, (batch, 1, arch.embed_dim)).astype(patch_embed.dtype)
         patch_embed = jnp.concatenate([cls, patch_embed], axis=1) + patch_pos.astype(patch_embed.dtype)
@@ -209,10 +212,10 @@ class TNT(nn.Module):
         rates = np.linspace(0.0, self.drop_path_rate, arch.depth)
         for i in range(arch.depth):
             pixel_embed, patch_embed = Block(
-                arch, self.drop_rate, self.attn_drop_rate, float(rates[i]), self.dtype, name=f"blocks_{i}"
+                arch, self.drop_rate, self.attn_drop_rate, float(rates[i]), self.dtype, self.matmul, name=f"blocks_{i}"
             )(pixel_embed, patch_embed, deterministic)
 
         features = layer_norm(eps, "norm", self.dtype)(patch_embed)[:, 0]
         if self.num_classes <= 0:
             return features
-        return dense(self.num_classes, "head", dtype=self.dtype)(features)
+        return dense(self.num_classes, "head", dtype=self.dtype, matmul=self.matmul)(features)

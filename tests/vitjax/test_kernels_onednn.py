@@ -1,0 +1,166 @@
+"""oneDNN's matmul as an XLA custom call (``vitjax.kernels.onednn``, ``model.matmul="onednn"``).
+
+The kernel computes what XLA computes (fp32, up to summation order), forward and backward, inside
+jitted models and training steps; it is built once per cache and refuses clearly when it cannot be.
+"""
+
+import importlib.metadata
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+import vitjax
+from vitjax.model_init import resolve_matmul
+
+try:
+    importlib.metadata.version("onednn-cpu-gomp")
+except importlib.metadata.PackageNotFoundError:
+    pytest.skip("the cpu-kernels extra (onednn-cpu-gomp) is not installed", allow_module_level=True)
+
+from vitjax.kernels import onednn  # noqa: E402
+
+MODEL = "DeiT_test_patch8_32"
+
+
+def rel_err(a, b) -> float:
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    return float(np.abs(a - b).max() / np.abs(b).max())
+
+
+@pytest.mark.parametrize("transpose_a", [False, True])
+@pytest.mark.parametrize("transpose_b", [False, True])
+def test_matmul_reads_transposed_operands_in_place_and_equals_numpy(transpose_a, transpose_b):
+    rng = np.random.default_rng(0)
+    batch, m, k, n = 3, 37, 19, 11
+    a = rng.standard_normal((batch, k, m) if transpose_a else (batch, m, k), np.float32)
+    b = rng.standard_normal((batch, n, k) if transpose_b else (batch, k, n), np.float32)
+    expected = np.matmul(a.swapaxes(1, 2) if transpose_a else a, b.swapaxes(1, 2) if transpose_b else b)
+    out = jax.jit(lambda x, y: onednn.matmul(x, y, transpose_a, transpose_b))(a, b)
+    assert out.shape == (batch, m, n)
+    assert rel_err(out, expected) < 1e-6
+
+
+def test_matmul_refuses_mismatched_shapes_and_other_dtypes_by_name():
+    a = jnp.ones((1, 4, 5), jnp.float32)
+    with pytest.raises(ValueError, match=r"shapes do not match: \[1, 4, 5\]"):
+        onednn.matmul(a, jnp.ones((1, 4, 3), jnp.float32))
+    with pytest.raises(ValueError, match="float32"):
+        onednn.matmul(a.astype(jnp.bfloat16), jnp.ones((1, 5, 3), jnp.bfloat16))
+
+
+def test_dense_dot_general_forward_and_gradients_equal_xla():
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal((2, 9, 24), np.float32)
+    w = rng.standard_normal((24, 40), np.float32) * 0.1
+    g = rng.standard_normal((2, 9, 40), np.float32)
+    dims = (((2,), (0,)), ((), ()))
+
+    def loss(dot_general):
+        return lambda x, w: jnp.vdot(dot_general(x, w, dims), g)
+
+    ours = jax.jit(jax.value_and_grad(loss(onednn.dense_dot_general), argnums=(0, 1)))(x, w)
+    xla = jax.jit(jax.value_and_grad(loss(jax.lax.dot_general), argnums=(0, 1)))(x, w)
+    assert rel_err(ours[0], xla[0]) < 1e-6
+    for a, b in zip(ours[1], xla[1]):
+        assert rel_err(a, b) < 1e-6
+    hlo = jax.jit(jax.value_and_grad(loss(onednn.dense_dot_general), argnums=(0, 1))).lower(x, w).as_text()
+    assert hlo.count(onednn.TARGET) == 3  # forward, input gradient, weight gradient: no XLA dot left
+
+
+def test_dense_dot_general_leaves_other_dtypes_and_contractions_to_xla():
+    x16 = jnp.ones((4, 8), jnp.bfloat16)
+    hlo = jax.jit(lambda a: onednn.dense_dot_general(a, a.T, (((1,), (0,)), ((), ())))).lower(x16).as_text()
+    assert onednn.TARGET not in hlo
+    x = jnp.ones((2, 4, 8), jnp.float32)
+    batched = (((2,), (2,)), ((0,), (0,)))
+    hlo = jax.jit(lambda a: onednn.dense_dot_general(a, a, batched)).lower(x).as_text()
+    assert onednn.TARGET not in hlo
+
+
+@pytest.fixture(scope="module")
+def images():
+    return np.random.default_rng(2).standard_normal((4, 32, 32, 3), np.float32)
+
+
+def test_model_with_onednn_matmuls_has_the_same_parameters_and_logits(images):
+    xla_model, dnnl_model = vitjax.create_model(MODEL), vitjax.create_model(MODEL, matmul="onednn")
+    params = jax.jit(xla_model.init)(jax.random.key(0), images[:1])
+    same_init = jax.jit(dnnl_model.init)(jax.random.key(0), images[:1])
+    assert jax.tree.all(jax.tree.map(lambda a, b: bool(jnp.array_equal(a, b)), params, same_init))
+    ours = jax.jit(dnnl_model.apply)(params, images)
+    xla = jax.jit(xla_model.apply)(params, images)
+    assert float(jnp.abs(ours - xla).max()) <= 1e-4  # the fp32 parity bar; observed ~1e-6
+    assert onednn.TARGET in jax.jit(dnnl_model.apply).lower(params, images).as_text()
+
+
+@pytest.mark.parametrize("name", [MODEL, "TNT_test_patch16_32"])
+def test_training_steps_with_onednn_matmuls_follow_xla_s_losses(name):
+    spec = vitjax.get_spec(name)
+    x = np.random.default_rng(3).standard_normal((4, spec.img_size, spec.img_size, 3), np.float32)
+    y = np.arange(4, dtype=np.int32) % 10
+    tx = optax.adamw(1e-3, weight_decay=0.05)
+
+    def losses(matmul: str) -> list[float]:
+        model = vitjax.create_model(name, num_classes=10, matmul=matmul)
+        params = jax.jit(vitjax.create_model(name, num_classes=10).init)(jax.random.key(0), x[:1])["params"]
+
+        def loss_fn(p):
+            out = model.apply({"params": p}, x, train=True)
+            return optax.softmax_cross_entropy_with_integer_labels(out, y).mean()
+
+        @jax.jit
+        def step(p, s):
+            loss, grads = jax.value_and_grad(loss_fn)(p)
+            updates, s = tx.update(grads, s, p)
+            return optax.apply_updates(p, updates), s, loss
+
+        state, out = (params, tx.init(params)), []
+        for _ in range(3):
+            *state, loss = step(*state)
+            out.append(float(loss))
+        return out
+
+    np.testing.assert_allclose(losses("onednn"), losses("xla"), rtol=0, atol=1e-5)
+
+
+def test_library_is_built_once_per_cache_and_a_failed_build_leaves_nothing(tmp_path, monkeypatch):
+    built = onednn.build(tmp_path)
+    assert built.parent == tmp_path and built.stat().st_size > 0
+    stamp = built.stat().st_mtime_ns
+    assert onednn.build(tmp_path) == built and built.stat().st_mtime_ns == stamp  # cached, not recompiled
+
+    monkeypatch.setenv("CXX", "/bin/false")  # a compiler that fails: another cache key, a clear error
+    with pytest.raises(onednn.KernelUnavailable, match=r"compiling .*onednn_matmul\.cc failed \(/bin/false exit 1\)"):
+        onednn.build(tmp_path / "other")
+    assert list((tmp_path / "other").iterdir()) == []
+    monkeypatch.setenv("CXX", str(tmp_path / "no-such-compiler"))
+    with pytest.raises(onednn.KernelUnavailable, match="no-such-compiler"):
+        onednn.build(tmp_path / "third")
+    assert not (tmp_path / "third").exists() or list((tmp_path / "third").iterdir()) == []
+
+
+def test_missing_runtime_names_the_extra_to_install():
+    with pytest.raises(onednn.KernelUnavailable, match=r"not-a-onednn-dist is not installed: pip install 'vitjax\[cpu-kernels\]'"):
+        onednn._dist_file("not-a-onednn-dist", "libdnnl.so")
+
+
+def test_loading_lets_openmp_threads_sleep_unless_the_user_chose():
+    onednn.load()
+    assert os.environ.get("OMP_WAIT_POLICY")  # set before libgomp read it (PASSIVE unless the user set one)
+
+
+def test_auto_picks_onednn_on_one_cpu_device_and_xla_on_a_mesh():
+    assert jax.default_backend() == "cpu"
+    assert resolve_matmul("auto", num_devices=1) == "onednn"
+    assert resolve_matmul("auto", num_devices=8) == "xla"
+    assert resolve_matmul("xla", num_devices=1) == "xla"
+    with pytest.raises(ValueError, match="runs on one CPU device; this run has 8 devices"):
+        resolve_matmul("onednn", num_devices=8)
+    with pytest.raises(ValueError, match="model.matmul='fast': expected auto or one of"):
+        resolve_matmul("fast")
+    with pytest.raises(ValueError, match="matmul='fast': expected one of"):
+        vitjax.create_model(MODEL, matmul="fast").init(jax.random.key(0), jnp.zeros((1, 32, 32, 3)))

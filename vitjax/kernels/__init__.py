@@ -1,0 +1,5 @@
+"""Hand-written kernels that XLA calls inside jitted code (custom calls).
+
+:mod:`vitjax.kernels.onednn`: oneDNN's matmul for the dense layers on the CPU (training speed).
+Optional: nothing here is imported by the models until a model asks for ``matmul="onednn"``.
+"""

@@ -1,0 +1,203 @@
+"""oneDNN's fp32 matmul inside jitted JAX code on the CPU (an XLA FFI custom call).
+
+On the CPU, XLA's own matmul kernels reach 0.6-0.87x oneDNN's at the shapes of a DeiT training
+step (README: Performance): they copy the transposed operand of a weight gradient ``x^T g``
+where oneDNN reads it in place. This module gives the dense layers oneDNN's matmul instead:
+
+* :func:`dense_dot_general`: a drop-in ``dot_general`` for ``flax.linen.Dense``; forward and both
+  gradients run oneDNN on the CPU, and XLA's ``dot_general`` on any other platform (the choice is
+  made per lowering platform, so one model runs everywhere).
+* :func:`matmul`: the kernel itself, ``op(a[i]) @ op(b[i])`` over ``[batch, rows, cols]`` arrays.
+* :func:`load` / :func:`available`: the kernel library is compiled on first use (a C++ compiler
+  and the ``cpu-kernels`` extra: ``pip install 'vitjax[cpu-kernels]'``) into
+  ``$VITJAX_CACHE/kernels``, keyed by its source, jaxlib's and oneDNN's versions.
+
+oneDNN runs on its own OpenMP threads. Unless ``OMP_WAIT_POLICY`` is set, loading sets it to
+``PASSIVE``: OpenMP's default keeps its threads spinning after each matmul, and they then take the
+cores from XLA's threads for the elementwise work between matmuls (DeiT-tiny step 1.10x slower
+with spinning threads, measured side by side; ``benchmarks/train_kernels.py``).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import functools
+import hashlib
+import importlib.metadata
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+TARGET = "vitjax_onednn_matmul"
+CXXFLAGS = ("-O2", "-std=c++17", "-shared", "-fPIC")
+SOURCE = Path(__file__).with_name("onednn_matmul.cc")
+EXTRA_HINT = "pip install 'vitjax[cpu-kernels]' (oneDNN's runtime and headers) and a C++ compiler (g++)"
+RUNTIME_DISTS = ("onednn-cpu-gomp", "onednn-devel-cpu-gomp")
+
+
+class KernelUnavailable(RuntimeError):
+    """The oneDNN kernel cannot be built or loaded here; the message says why and what to install."""
+
+
+def _dist_file(dist: str, suffix: str) -> Path:
+    """The installed file of distribution ``dist`` whose path ends with ``suffix``."""
+    try:
+        files = importlib.metadata.files(dist) or []
+    except importlib.metadata.PackageNotFoundError:
+        raise KernelUnavailable(f"{dist} is not installed: {EXTRA_HINT}") from None
+    for f in files:
+        if ("/" + str(f).replace("\\", "/")).endswith("/" + suffix):
+            return Path(f.locate()).resolve()
+    raise KernelUnavailable(f"{dist} is installed but has no file ending in {suffix!r}: reinstall it ({EXTRA_HINT})")
+
+
+def onednn_paths() -> tuple[Path, Path]:
+    """``(include_dir, lib_dir)`` of the installed oneDNN (the ``cpu-kernels`` extra)."""
+    lib = _dist_file(RUNTIME_DISTS[0], "libdnnl.so")
+    header = _dist_file(RUNTIME_DISTS[1], "include/oneapi/dnnl/dnnl.hpp")
+    return header.parents[2], lib.parent
+
+
+def _compiler() -> str:
+    compiler = os.environ.get("CXX") or shutil.which("c++") or shutil.which("g++")
+    if not compiler:
+        raise KernelUnavailable(f"no C++ compiler found (set CXX, or install g++) to build {SOURCE.name}: {EXTRA_HINT}")
+    return compiler
+
+
+def library_path(cache_dir: Path | None = None) -> Path:
+    """Where the built kernel library lives: one file per (source, jaxlib, oneDNN, compiler and flags)."""
+    if cache_dir is None:
+        from vitjax.weights.download import cache_root
+
+        cache_dir = cache_root() / "kernels"
+    key = hashlib.sha256()
+    key.update(SOURCE.read_bytes())
+    for dist in ("jaxlib", *RUNTIME_DISTS):
+        key.update(f"{dist}={importlib.metadata.version(dist)};".encode())
+    key.update(" ".join((_compiler(), *CXXFLAGS)).encode())
+    return Path(cache_dir) / f"onednn_matmul-{key.hexdigest()[:16]}.so"
+
+
+def build(cache_dir: Path | None = None) -> Path:
+    """Compiles the kernel library unless it is already in the cache; returns its path."""
+    include_dir, lib_dir = onednn_paths()
+    out = library_path(cache_dir)
+    if out.exists():
+        return out
+    out.parent.mkdir(parents=True, exist_ok=True)
+    from vitjax.files import atomic_file
+
+    with atomic_file(out) as tmp:
+        command = [
+            _compiler(), *CXXFLAGS,
+            f"-I{jax.ffi.include_dir()}", f"-I{include_dir}", str(SOURCE),
+            f"-L{lib_dir}", "-ldnnl", f"-Wl,-rpath,{lib_dir}", "-o", str(tmp),
+        ]
+        try:
+            done = subprocess.run(command, capture_output=True, text=True)
+        except OSError as e:
+            raise KernelUnavailable(f"cannot run the C++ compiler {command[0]} ({e.strerror}) to build {SOURCE.name}: {EXTRA_HINT}") from None
+        if done.returncode != 0:
+            tail = "\n".join(done.stderr.strip().splitlines()[-15:])
+            raise KernelUnavailable(f"compiling {SOURCE} failed ({' '.join(command[:1])} exit {done.returncode}):\n{tail}")
+    return out
+
+
+@functools.cache
+def load() -> Path:
+    """Builds (once per cache) and loads the kernel library, and registers its XLA FFI target."""
+    if sys.platform != "linux":
+        raise KernelUnavailable(f"the oneDNN kernel is built for Linux only (this is {sys.platform})")
+    path = build()
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # read once, when libgomp loads (below)
+    try:
+        library = ctypes.CDLL(str(path))
+    except OSError as e:
+        raise KernelUnavailable(f"loading {path} failed ({e}); delete it to rebuild") from None
+    jax.ffi.register_ffi_target(TARGET, jax.ffi.pycapsule(library.VitjaxOnednnMatmul), platform="cpu")
+    return path
+
+
+def available() -> bool:
+    """Whether the kernel builds and loads here (:func:`unavailable_reason` says why not)."""
+    return unavailable_reason() is None
+
+
+@functools.cache
+def unavailable_reason() -> str | None:
+    try:
+        load()
+    except KernelUnavailable as e:
+        return str(e)
+    return None
+
+
+def matmul(a: jax.Array, b: jax.Array, transpose_a: bool = False, transpose_b: bool = False) -> jax.Array:
+    """``op(a[i]) @ op(b[i])`` for float32 ``[batch, rows, cols]`` arrays, by oneDNN (CPU only)."""
+    load()
+    if a.ndim != 3 or b.ndim != 3 or a.dtype != jnp.float32 or b.dtype != jnp.float32:
+        raise ValueError(f"matmul takes float32 [batch, rows, cols] arrays, got {a.dtype}{list(a.shape)} and {b.dtype}{list(b.shape)}")
+    m, k = (a.shape[2], a.shape[1]) if transpose_a else (a.shape[1], a.shape[2])
+    k_b, n = (b.shape[2], b.shape[1]) if transpose_b else (b.shape[1], b.shape[2])
+    if a.shape[0] != b.shape[0] or k != k_b:
+        raise ValueError(f"matmul shapes do not match: {list(a.shape)} (transpose {transpose_a}) @ {list(b.shape)} (transpose {transpose_b})")
+    out = jax.ShapeDtypeStruct((a.shape[0], m, n), jnp.float32)
+    return jax.ffi.ffi_call(TARGET, out)(a, b, transpose_a=bool(transpose_a), transpose_b=bool(transpose_b))
+
+
+def _xla_matmul(a: jax.Array, b: jax.Array, transpose_a: bool, transpose_b: bool) -> jax.Array:
+    contract_a, contract_b = (1 if transpose_a else 2), (2 if transpose_b else 1)
+    return lax.dot_general(a, b, (((contract_a,), (contract_b,)), ((0,), (0,))))  # [batch, m, n]
+
+
+def _matmul_2d(a: jax.Array, b: jax.Array, transpose_a: bool = False, transpose_b: bool = False) -> jax.Array:
+    """oneDNN on the CPU, XLA elsewhere (decided per lowering platform)."""
+    a3, b3 = a[None], b[None]
+    return lax.platform_dependent(
+        a3, b3,
+        cpu=lambda x, y: matmul(x, y, transpose_a, transpose_b),
+        default=lambda x, y: _xla_matmul(x, y, transpose_a, transpose_b),
+    )[0]
+
+
+@jax.custom_vjp
+def dense_matmul(x: jax.Array, w: jax.Array) -> jax.Array:
+    """``x @ w`` for ``x: [rows, in]``, ``w: [in, out]``; its gradients are oneDNN matmuls too."""
+    return _matmul_2d(x, w)
+
+
+def _dense_matmul_fwd(x, w):
+    return _matmul_2d(x, w), (x, w)
+
+
+def _dense_matmul_bwd(residuals, g):
+    x, w = residuals
+    return _matmul_2d(g, w, transpose_b=True), _matmul_2d(x, g, transpose_a=True)
+
+
+dense_matmul.defvjp(_dense_matmul_fwd, _dense_matmul_bwd)
+
+
+def dense_dot_general(lhs, rhs, dimension_numbers, precision=None, preferred_element_type=None):
+    """``lax.dot_general`` for ``flax.linen.Dense`` (``lhs[..., in] @ rhs[in, out]``) through oneDNN.
+
+    Anything else (another contraction, a dtype other than float32, an explicit precision or
+    result type) is passed to ``lax.dot_general`` unchanged.
+    """
+    (contract_l, contract_r), (batch_l, batch_r) = dimension_numbers
+    plain = (
+        tuple(contract_l) == (lhs.ndim - 1,) and tuple(contract_r) == (0,) and not batch_l and not batch_r
+        and rhs.ndim == 2 and lhs.dtype == jnp.float32 and rhs.dtype == jnp.float32
+        and precision is None and preferred_element_type in (None, jnp.float32)
+    )
+    if not plain:
+        return lax.dot_general(lhs, rhs, dimension_numbers, precision=precision, preferred_element_type=preferred_element_type)
+    rows = lhs.reshape(-1, lhs.shape[-1])
+    return dense_matmul(rows, rhs).reshape(*lhs.shape[:-1], rhs.shape[1])
