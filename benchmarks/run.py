@@ -314,7 +314,7 @@ def _save(report: dict, args) -> None:
 def parse_args(argv=None):
     p = argparse.ArgumentParser(prog="python -m benchmarks.run", description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--models", nargs="+", default=list(DEFAULT_MODELS))
+    p.add_argument("--models", nargs="*", default=list(DEFAULT_MODELS))
     p.add_argument("--batches", nargs="+", type=int, default=[1, 8, 32])
     p.add_argument("--repeats", type=int, default=10, help="timed rounds per (model, batch) cell")
     p.add_argument("--warmup", type=int, default=2, help="untimed calls per engine and batch (compilation included)")

@@ -1,4 +1,4 @@
-"""The training step's matmuls, one at a time: XLA (JAX) against PyTorch (oneDNN), fp32 and bf16.
+"""The training step's matmuls, one at a time: XLA (JAX), our oneDNN custom call and PyTorch (oneDNN).
 
 ``python -m benchmarks.train_matmuls [--model DeiT_tiny_patch16_224] [--batch 8] [--rounds 15]``
 
@@ -8,7 +8,9 @@ axis, the leading axis of both operands; attention adds batched matmuls over hea
 in the backward pass again contracting the leading (query) axis. This times each form at the
 model's real shapes, in one process, XLA and PyTorch interleaved (per round, a burst of
 back-to-back calls of each, as inside a step, in rotated order, 50 ms apart; median over rounds),
-with both libraries on the same threads. It is
+with both libraries on the same threads. A third fp32 column is the same matmul through
+``vitjax.kernels.onednn`` (oneDNN called from inside XLA, what ``model.matmul=onednn`` runs; shown
+when the kernel builds here). It is
 what the best kernel of each library reaches on this machine, so it separates the matmuls'
 share of the gap to timm from everything else in the step (``benchmarks.train_step_control``
 times the whole step).
@@ -97,6 +99,19 @@ def jax_call(form: Matmul, lhs: np.ndarray, rhs: np.ndarray, bf16: bool):
     return lambda: jax.block_until_ready(fn(a, b))
 
 
+def onednn_call(form: Matmul, lhs: np.ndarray, rhs: np.ndarray):
+    """The form through ``vitjax.kernels.onednn.matmul`` inside a jitted function (fp32)."""
+    import jax
+
+    from vitjax.kernels import onednn
+
+    batched = form.batch > 1
+    fn = jax.jit(lambda a, b: onednn.matmul(a if batched else a[None], b if batched else b[None], transpose_a=form.transposed_lhs)
+                 [slice(None) if batched else 0])
+    a, b = jax.numpy.asarray(lhs), jax.numpy.asarray(rhs)
+    return lambda: jax.block_until_ready(fn(a, b))
+
+
 def torch_call(form: Matmul, lhs: np.ndarray, rhs: np.ndarray, bf16: bool):
     import torch
 
@@ -146,13 +161,18 @@ def main(argv: list[str] | None = None) -> int:
     info = machine.describe()
     peak = info["peak_fp32_flops"] / 1e9
     dtypes = [False] if args.no_bf16 else [False, True]
+    from vitjax.kernels import onednn
+
+    ours = onednn.available()
     print(f"{args.model}, batch {args.batch}: one block's matmul forms, GFLOP/s (median of {args.rounds} "
           f"interleaved rounds), {threads} threads each; {info['cpu']}; FP32 peak {peak:.0f} GFLOP/s\n")
-    header = "| Matmul | batch x M x K x N | XLA fp32 | PyTorch fp32 | XLA / PyTorch |"
+    header = "| Matmul | batch x M x K x N | XLA fp32 | PyTorch fp32 | XLA / PyTorch |" + (" oneDNN call fp32 (ours) | ours / PyTorch |" if ours else "")
     if len(dtypes) == 2:
         header += " XLA bf16 | PyTorch bf16 |"
     print(header)
-    print("|:--|:--|--:|--:|--:|" + ("--:|--:|" if len(dtypes) == 2 else ""))
+    print("|:--|:--|--:|--:|--:|" + ("--:|--:|" if ours else "") + ("--:|--:|" if len(dtypes) == 2 else ""))
+    if not ours:
+        print(f"(oneDNN custom call not measured: {onednn.unavailable_reason()})")
     rng = np.random.RandomState(0)
     for form in step_matmuls(args.model, args.batch):
         lhs, rhs = _operands(form, rng)
@@ -160,10 +180,14 @@ def main(argv: list[str] | None = None) -> int:
         for bf16 in dtypes:
             calls[("xla", bf16)] = jax_call(form, lhs, rhs, bf16)
             calls[("torch", bf16)] = torch_call(form, lhs, rhs, bf16)
+        if ours:
+            calls[("ours", False)] = onednn_call(form, lhs, rhs)
         medians = interleaved_medians(calls, args.rounds)
         rate = {key: form.flops / t / 1e9 for key, t in medians.items()}
         row = (f"| {form.name} | {form.batch} x {form.m} x {form.k} x {form.n} | {rate[('xla', False)]:.0f} | "
                f"{rate[('torch', False)]:.0f} | {rate[('xla', False)] / rate[('torch', False)]:.2f}x |")
+        if ours:
+            row += f" {rate[('ours', False)]:.0f} | {rate[('ours', False)] / rate[('torch', False)]:.2f}x |"
         if len(dtypes) == 2:
             row += f" {rate[('xla', True)]:.0f} | {rate[('torch', True)]:.0f} |"
         print(row, flush=True)

@@ -38,3 +38,19 @@ def test_xla_and_pytorch_calls_compute_the_same_products(bf16):
         assert ours.shape == theirs.shape == ((form.batch,) if form.batch > 1 else ()) + (form.m, form.n), form.name
         np.testing.assert_allclose(ours, expected, atol=tolerance, err_msg=form.name)
         np.testing.assert_allclose(theirs, expected, atol=tolerance, err_msg=form.name)
+
+
+def test_the_onednn_custom_call_computes_every_form():
+    from vitjax.kernels import onednn
+
+    if not onednn.available():
+        pytest.skip(onednn.unavailable_reason())
+    from benchmarks.train_matmuls import onednn_call
+
+    rng = np.random.RandomState(1)
+    for form in step_matmuls("TNT_test_patch16_32", 2) + step_matmuls("DeiT_test_patch8_32", 2):
+        lhs, rhs = _operands(form, rng)
+        expected = np.einsum("...km,...kn->...mn" if form.transposed_lhs else "...mk,...kn->...mn", lhs, rhs)
+        ours = np.asarray(onednn_call(form, lhs, rhs)())
+        assert ours.shape == expected.shape, form.name
+        np.testing.assert_allclose(ours, expected, atol=1e-4, err_msg=form.name)

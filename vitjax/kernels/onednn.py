@@ -157,14 +157,24 @@ def _xla_matmul(a: jax.Array, b: jax.Array, transpose_a: bool, transpose_b: bool
     return lax.dot_general(a, b, (((contract_a,), (contract_b,)), ((0,), (0,))))  # [batch, m, n]
 
 
-def _matmul_2d(a: jax.Array, b: jax.Array, transpose_a: bool = False, transpose_b: bool = False) -> jax.Array:
-    """oneDNN on the CPU, XLA elsewhere (decided per lowering platform)."""
-    a3, b3 = a[None], b[None]
-    return lax.platform_dependent(
+def batched_matmul(a: jax.Array, b: jax.Array, transpose_a: bool = False, transpose_b: bool = False) -> jax.Array:
+    """``op(a) @ op(b)`` over any equal leading axes (float32): oneDNN on the CPU, XLA's
+    ``dot_general`` on other platforms (decided per lowering platform). Not differentiable by
+    itself: callers give it a custom VJP (:func:`dense_matmul`, ``layers.softmax_attention``)."""
+    lead = a.shape[:-2]
+    if b.shape[:-2] != lead:
+        raise ValueError(f"batched_matmul: leading axes differ, {list(a.shape)} and {list(b.shape)}")
+    a3, b3 = a.reshape(-1, *a.shape[-2:]), b.reshape(-1, *b.shape[-2:])
+    out = lax.platform_dependent(
         a3, b3,
         cpu=lambda x, y: matmul(x, y, transpose_a, transpose_b),
         default=lambda x, y: _xla_matmul(x, y, transpose_a, transpose_b),
-    )[0]
+    )
+    return out.reshape(*lead, *out.shape[-2:])
+
+
+def _matmul_2d(a: jax.Array, b: jax.Array, transpose_a: bool = False, transpose_b: bool = False) -> jax.Array:
+    return batched_matmul(a, b, transpose_a, transpose_b)
 
 
 @jax.custom_vjp

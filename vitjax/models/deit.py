@@ -64,7 +64,7 @@ class Attention(nn.Module):
         dropout = None
         if self.attn_drop_rate > 0.0 and not deterministic:
             dropout = lambda w: nn.Dropout(self.attn_drop_rate)(w, deterministic=False)  # noqa: E731
-        out = multi_head_attention(q, k, v, dropout).reshape(batch, tokens, self.dim)
+        out = multi_head_attention(q, k, v, dropout, self.matmul).reshape(batch, tokens, self.dim)
         out = dense(self.dim, "proj", dtype=self.dtype, matmul=self.matmul)(out)
         return nn.Dropout(self.proj_drop_rate)(out, deterministic=deterministic)
 

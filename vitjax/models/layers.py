@@ -160,6 +160,7 @@ def multi_head_attention(
     k: jax.Array,
     v: jax.Array,
     dropout: Callable[[jax.Array], jax.Array] | None = None,
+    matmul: str = "xla",
 ) -> jax.Array:
     """Scaled dot-product attention over ``[batch, tokens, heads, head_dim]`` inputs.
 
@@ -168,11 +169,12 @@ def multi_head_attention(
     head_dim]``), so both matmuls are plain batched matmuls with no transposes inside them.
     With no attention dropout this is :func:`softmax_attention` (normalised after the second
     matmul, closed-form gradient). With dropout the weights are materialised and dropped as
-    PaddleClas does, and autodiff gives the gradient.
+    PaddleClas does, and autodiff gives the gradient. ``matmul="onednn"`` runs the (float32)
+    matmuls of :func:`softmax_attention`, forward and backward, on oneDNN on the CPU.
     """
     q, k, v = (t.transpose(0, 2, 1, 3) for t in (q, k, v))
     if dropout is None:
-        out = softmax_attention(q, k, v)
+        out = softmax_attention(q, k, v, matmul)
     else:
         logits = jnp.einsum("bhqd,bhkd->bhqk", q, k).astype(jnp.float32) * q.shape[-1] ** -0.5
         weights = dropout(jax.nn.softmax(logits, axis=-1).astype(q.dtype))
@@ -180,8 +182,7 @@ def multi_head_attention(
     return out.transpose(0, 2, 1, 3)
 
 
-@jax.custom_vjp
-def softmax_attention(q: jax.Array, k: jax.Array, v: jax.Array) -> jax.Array:
+def softmax_attention(q: jax.Array, k: jax.Array, v: jax.Array, matmul: str = "xla") -> jax.Array:
     """``softmax(q k^T * head_dim ** -0.5) v`` over heads-major ``[batch, heads, tokens, head_dim]``.
 
     Forward: ``(exp(l - max l) v) / sum exp(l - max l)``, the softmax-weighted sum with one
@@ -191,29 +192,58 @@ def softmax_attention(q: jax.Array, k: jax.Array, v: jax.Array) -> jax.Array:
     ``dV = P^T dO``, ``dL = P * (dO V^T - rowsum(dO * O)) * scale``, ``dQ = dL K``, ``dK = dL^T Q``.
     It equals autodiff's gradient (a test checks), but autodiff differentiates through the
     max shift and the late normalisation; on XLA's CPU backend the closed form runs the
-    attention's forward and backward 1.6-1.8x faster (DeiT and TNT shapes, batch 8).
+    With ``matmul="onednn"`` (float32 only) all six matmuls are oneDNN's on the CPU
+    (:func:`vitjax.kernels.onednn.batched_matmul`), which reads the transposed operands of
+    ``P^T dO`` and ``dL^T Q`` in place.
     """
-    return _softmax_attention_fwd(q, k, v)[0]
+    if matmul not in MATMUL_KERNELS:
+        raise ValueError(f"matmul={matmul!r}: expected one of {MATMUL_KERNELS}")
+    use_onednn = matmul == "onednn" and q.dtype == k.dtype == v.dtype == jnp.float32
+    return _softmax_attention(use_onednn, q, k, v)
 
 
-def _softmax_attention_fwd(q, k, v):
-    logits = jnp.einsum("bhqd,bhkd->bhqk", q, k).astype(jnp.float32) * q.shape[-1] ** -0.5
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
+def _softmax_attention(use_onednn: bool, q, k, v):
+    return _softmax_attention_fwd(use_onednn, q, k, v)[0]
+
+
+def _attention_matmul(use_onednn: bool, equation: str, a: jax.Array, b: jax.Array) -> jax.Array:
+    """One of attention's matmuls over ``[batch, heads, ...]``, by its einsum equation."""
+    if not use_onednn:
+        if equation == "bhqk,bhqd->bhkd":
+            return _sum_over_queries(a, b)
+        return jnp.einsum(equation, a, b)
+    from vitjax.kernels import onednn
+
+    transpose_a, transpose_b = _ATTENTION_TRANSPOSES[equation]
+    return onednn.batched_matmul(a, b, transpose_a, transpose_b)
+
+
+_ATTENTION_TRANSPOSES = {  # equation: (transpose a, transpose b) of the matching [.., rows, cols] matmul
+    "bhqd,bhkd->bhqk": (False, True),
+    "bhqk,bhkd->bhqd": (False, False),
+    "bhqk,bhqd->bhkd": (True, False),
+}
+
+
+def _softmax_attention_fwd(use_onednn, q, k, v):
+    logits = _attention_matmul(use_onednn, "bhqd,bhkd->bhqk", q, k).astype(jnp.float32) * q.shape[-1] ** -0.5
     unnormalized = jnp.exp(logits - jnp.max(logits, axis=-1, keepdims=True))
     total = jnp.sum(unnormalized, axis=-1, keepdims=True)
-    out = jnp.einsum("bhqk,bhkd->bhqd", unnormalized.astype(v.dtype), v)
+    out = _attention_matmul(use_onednn, "bhqk,bhkd->bhqd", unnormalized.astype(v.dtype), v)
     out = (out.astype(jnp.float32) / total).astype(v.dtype)
     return out, (q, k, v, unnormalized / total, out)
 
 
-def _softmax_attention_bwd(residuals, d_out):
+def _softmax_attention_bwd(use_onednn, residuals, d_out):
     q, k, v, weights, out = residuals
-    d_v = _sum_over_queries(weights.astype(v.dtype), d_out)
-    d_weights = jnp.einsum("bhqd,bhkd->bhqk", d_out, v).astype(jnp.float32)
+    d_v = _attention_matmul(use_onednn, "bhqk,bhqd->bhkd", weights.astype(v.dtype), d_out)
+    d_weights = _attention_matmul(use_onednn, "bhqd,bhkd->bhqk", d_out, v).astype(jnp.float32)
     # sum_k P_qk dP_qk, computed as sum_d dO_qd O_qd (the same quantity, head_dim terms per query)
     delta = jnp.sum(d_out.astype(jnp.float32) * out.astype(jnp.float32), axis=-1, keepdims=True)
     d_logits = (weights * (d_weights - delta) * q.shape[-1] ** -0.5).astype(q.dtype)
-    d_q = jnp.einsum("bhqk,bhkd->bhqd", d_logits, k)
-    d_k = _sum_over_queries(d_logits, q)
+    d_q = _attention_matmul(use_onednn, "bhqk,bhkd->bhqd", d_logits, k)
+    d_k = _attention_matmul(use_onednn, "bhqk,bhqd->bhkd", d_logits, q)
     return d_q, d_k, d_v
 
 
@@ -235,7 +265,7 @@ def _sum_over_queries_matmul(a: jax.Array, b: jax.Array) -> jax.Array:
     return jnp.einsum("...qk,...qd->...kd", a, b)
 
 
-softmax_attention.defvjp(_softmax_attention_fwd, _softmax_attention_bwd)
+_softmax_attention.defvjp(_softmax_attention_fwd, _softmax_attention_bwd)
 
 
 class ConvAsMatmul(nn.Conv):

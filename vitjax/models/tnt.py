@@ -83,7 +83,7 @@ class Attention(nn.Module):
         dropout = None
         if self.attn_drop_rate > 0.0 and not deterministic:
             dropout = lambda w: nn.Dropout(self.attn_drop_rate)(w, deterministic=False)  # noqa: E731
-        out = multi_head_attention(qk[:, :, 0], qk[:, :, 1], v, dropout).reshape(x.shape[0], tokens, self.dim)
+        out = multi_head_attention(qk[:, :, 0], qk[:, :, 1], v, dropout, self.matmul).reshape(x.shape[0], tokens, self.dim)
         out = dense(self.dim, "proj", dtype=self.dtype, matmul=self.matmul)(out)
         out = nn.Dropout(self.proj_drop_rate)(out, deterministic=deterministic)
         return out.reshape(*lead, tokens, self.dim)
