@@ -47,8 +47,8 @@ class Experiment:
     def __init__(self, config, workdir: str | Path):
         self.config, self.workdir = config, Path(workdir).absolute()
         self.mesh = sharding.make_mesh(config.mesh.data, config.mesh.model)
-        self.model = build_model(config.model, train=True)
-        self.eval_model = build_model(config.model, train=False)
+        self.model = build_model(config.model, train=True, num_devices=self.mesh.size)
+        self.eval_model = build_model(config.model, train=False, num_devices=self.mesh.size)
         self.shape = image_shape(self.model)
         self.batch_sharding = sharding.batch_sharding(self.mesh)
         self.replicated = NamedSharding(self.mesh, P())

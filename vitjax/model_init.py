@@ -52,8 +52,9 @@ def resolve_matmul(choice: str, num_devices: int | None = None) -> str:
 _said_unavailable: list[str] = []
 
 
-def build_model(model_config, *, train: bool = True) -> nn.Module:
-    """The registered model ``model_config.name``; without ``train`` every dropout rate is 0."""
+def build_model(model_config, *, train: bool = True, num_devices: int | None = None) -> nn.Module:
+    """The registered model ``model_config.name``; without ``train`` every dropout rate is 0.
+    ``num_devices``: how many devices the model runs on (its mesh; default all), for ``model.matmul``."""
     return create_model(
         model_config.name,
         num_classes=model_config.num_classes,
@@ -62,7 +63,7 @@ def build_model(model_config, *, train: bool = True) -> nn.Module:
         attn_drop_rate=model_config.attn_drop_rate if train else 0.0,
         drop_path_rate=model_config.drop_path_rate if train else 0.0,
         dtype=jnp.dtype(model_config.dtype),
-        matmul=resolve_matmul(model_config.get("matmul", "xla")),
+        matmul=resolve_matmul(model_config.get("matmul", "xla"), num_devices),
     )
 
 

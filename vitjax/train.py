@@ -81,8 +81,8 @@ def train_and_evaluate(config, workdir: str | Path) -> dict[str, float]:
     train_step = jitted_train_step(exp, tx, schedule, state_shardings)
     if advice := allocator_advice(jax.default_backend()):
         log.info("host memory: %s", advice)
-    log.info("training %s on %s: %d steps of %d images, mesh %s, strategy %s", c.model.name, c.data.source,
-             total_steps, c.batch_size, dict(exp.mesh.shape), c.sharding.strategy)
+    log.info("training %s on %s: %d steps of %d images, mesh %s, strategy %s, dense matmuls: %s", c.model.name, c.data.source,
+             total_steps, c.batch_size, dict(exp.mesh.shape), c.sharding.strategy, exp.model.matmul)
     writer = reporting.MetricsWriter(workdir)
     state, step = run_steps(exp, state, train_step, loader, manager, writer, total_steps)
     manager.wait_until_finished()

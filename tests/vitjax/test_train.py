@@ -1,6 +1,7 @@
 """Training: one real run, sharding strategies, resumption, preemption, NaN, modes."""
 
 import json
+import logging
 import math
 import os
 import re
@@ -94,6 +95,24 @@ def test_sharded_training_matches_one_device(strategy, mesh, tmp_path):
     losses = {name: [json.loads(l)["loss"] for l in (tmp_path / name / "metrics.jsonl").read_text().splitlines()
                      if '"train"' in l] for name in ("one", "sharded")}
     np.testing.assert_allclose(losses["sharded"], losses["one"], rtol=1e-5)
+
+
+def test_one_device_run_on_onednn_matmuls_trains_like_xla_and_auto_keeps_xla_on_a_mesh(tmp_path, caplog):
+    from vitjax.kernels import onednn
+
+    if not onednn.available():
+        pytest.skip(onednn.unavailable_reason())
+    train.train_and_evaluate(tiny_config(num_steps=3, **{"mesh.data": 1, "model.matmul": "xla"}), tmp_path / "xla")
+    with caplog.at_level(logging.INFO, logger="vitjax"):
+        train.train_and_evaluate(tiny_config(num_steps=3, **{"mesh.data": 1, "model.matmul": "auto"}), tmp_path / "onednn")
+    assert "dense matmuls: onednn" in caplog.text  # auto, one CPU device, the kernel builds
+    assert_params_close(final_params(tmp_path / "onednn"), final_params(tmp_path / "xla"), atol=2e-5)
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="vitjax"):
+        train.train_and_evaluate(tiny_config(num_steps=1, **{"mesh.data": 8, "model.matmul": "auto"}), tmp_path / "mesh")
+    assert "dense matmuls: xla" in caplog.text
+    with pytest.raises(ValueError, match="runs on one CPU device; this run has 8 devices"):
+        train.train_and_evaluate(tiny_config(num_steps=1, **{"mesh.data": 8, "model.matmul": "onednn"}), tmp_path / "refused")
 
 
 def test_sharding_rules_place_parameters_as_the_strategy_says():
@@ -333,6 +352,9 @@ def test_the_embedded_default_reaches_95_percent_on_held_out_digits(tmp_path):
     result = subprocess.run([sys.executable, "-m", "vitjax.main", "--workdir", str(tmp_path)], env=env,
                             capture_output=True, text=True, timeout=900)
     assert result.returncode == 0, result.stderr[-3000:]
+    from vitjax.kernels import onednn
+
+    assert f"dense matmuls: {'onednn' if onednn.available() else 'xla'}" in result.stderr  # model.matmul=auto on one CPU device
     evals = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines() if '"eval"' in line]
     assert evals[-1]["count"] == 360 and evals[-1]["top1"] >= 0.95, evals[-1]
 

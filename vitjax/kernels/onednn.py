@@ -1,12 +1,16 @@
 """oneDNN's fp32 matmul inside jitted JAX code on the CPU (an XLA FFI custom call).
 
-On the CPU, XLA's own matmul kernels reach 0.6-0.87x oneDNN's at the shapes of a DeiT training
-step (README: Performance): they copy the transposed operand of a weight gradient ``x^T g``
-where oneDNN reads it in place. This module gives the dense layers oneDNN's matmul instead:
+On the CPU, XLA's own matmul kernels reach 0.44-0.8x PyTorch's (oneDNN) at most of the shapes of
+a DeiT training step, and this kernel 1.1-1.2x (``python -m benchmarks.train_matmuls``): XLA copies
+the transposed operand of a weight gradient ``x^T g`` where oneDNN reads it in place, and its
+batched attention matmuls run at 75-100 GFLOP/s against oneDNN's ~200. This module gives the
+models oneDNN's matmul instead (``model.matmul="onednn"``):
 
 * :func:`dense_dot_general`: a drop-in ``dot_general`` for ``flax.linen.Dense``; forward and both
   gradients run oneDNN on the CPU, and XLA's ``dot_general`` on any other platform (the choice is
   made per lowering platform, so one model runs everywhere).
+* :func:`batched_matmul`: the same choice for attention's batched matmuls, which
+  ``layers.softmax_attention`` differentiates itself.
 * :func:`matmul`: the kernel itself, ``op(a[i]) @ op(b[i])`` over ``[batch, rows, cols]`` arrays.
 * :func:`load` / :func:`available`: the kernel library is compiled on first use (a C++ compiler
   and the ``cpu-kernels`` extra: ``pip install 'vitjax[cpu-kernels]'``) into
@@ -14,8 +18,8 @@ where oneDNN reads it in place. This module gives the dense layers oneDNN's matm
 
 oneDNN runs on its own OpenMP threads. Unless ``OMP_WAIT_POLICY`` is set, loading sets it to
 ``PASSIVE``: OpenMP's default keeps its threads spinning after each matmul, and they then take the
-cores from XLA's threads for the elementwise work between matmuls (DeiT-tiny step 1.10x slower
-with spinning threads, measured side by side; ``benchmarks/train_kernels.py``).
+cores from XLA's threads for the elementwise work between matmuls (measured: a DeiT-tiny step at
+batch 8 ran 1.10x slower beside spinning threads than with them asleep).
 """
 
 from __future__ import annotations
