@@ -152,6 +152,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--no-bf16", action="store_true")
     args = p.parse_args(argv)
 
+    from vitjax.kernels import onednn
+
+    ours = onednn.available()  # before torch: both OpenMP libraries then read the same OMP_WAIT_POLICY
     import torch
 
     from benchmarks import machine
@@ -161,11 +164,9 @@ def main(argv: list[str] | None = None) -> int:
     info = machine.describe()
     peak = info["peak_fp32_flops"] / 1e9
     dtypes = [False] if args.no_bf16 else [False, True]
-    from vitjax.kernels import onednn
-
-    ours = onednn.available()
     print(f"{args.model}, batch {args.batch}: one block's matmul forms, GFLOP/s (median of {args.rounds} "
-          f"interleaved rounds), {threads} threads each; {info['cpu']}; FP32 peak {peak:.0f} GFLOP/s\n")
+          f"interleaved rounds), {threads} threads each; {info['cpu']}; FP32 peak {peak:.0f} GFLOP/s; "
+          f"OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY', 'unset')} for both OpenMP libraries\n")
     header = "| Matmul | batch x M x K x N | XLA fp32 | PyTorch fp32 | XLA / PyTorch |" + (" oneDNN call fp32 (ours) | ours / PyTorch |" if ours else "")
     if len(dtypes) == 2:
         header += " XLA bf16 | PyTorch bf16 |"

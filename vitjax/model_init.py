@@ -20,9 +20,9 @@ from flax.traverse_util import flatten_dict, unflatten_dict
 from vitjax import checkpoints
 from vitjax.models.layers import MATMUL_KERNELS
 from vitjax.models.registry import create_model
+from vitjax.steps import Teacher
 
 log = logging.getLogger("vitjax")
-from vitjax.steps import Teacher
 
 
 def resolve_matmul(choice: str, num_devices: int | None = None) -> str:
@@ -105,7 +105,7 @@ def merge_loaded(fresh: Any, loaded: dict) -> Any:
     return unflatten_dict(flat)
 
 
-def make_teacher(config) -> Teacher | None:
+def make_teacher(config, num_devices: int | None = None) -> Teacher | None:
     """The frozen teacher of ``distill.teacher`` (float32, no dropout) as ``images -> logits``,
     or ``None`` without one. Its weights come from ``distill.teacher_pdparams`` or
     ``distill.teacher_checkpoint``; naming a teacher without weights is a ``ValueError``."""
@@ -118,6 +118,6 @@ def make_teacher(config) -> Teacher | None:
     params = load_weights(teacher_config, d.teacher_pdparams, d.teacher_checkpoint, "strict", 0)
     if params is None:
         raise ValueError("distill.teacher needs distill.teacher_pdparams or distill.teacher_checkpoint")
-    teacher = build_model(teacher_config, train=False)
+    teacher = build_model(teacher_config, train=False, num_devices=num_devices)
     params = jax.tree.map(jnp.asarray, params)
     return lambda images: teacher.apply({"params": params}, images)

@@ -112,7 +112,7 @@ def jitted_train_step(exp: Experiment, tx: optax.GradientTransformation, schedul
                       state_shardings: TrainState) -> Callable:
     """The loop's update: ``make_train_step`` jitted over the mesh, the state donated."""
     return jax.jit(
-        make_train_step(exp.model, tx, schedule, exp.config, make_teacher(exp.config)),
+        make_train_step(exp.model, tx, schedule, exp.config, make_teacher(exp.config, exp.mesh.size)),
         in_shardings=(state_shardings, exp.batch_sharding, exp.batch_sharding),
         out_shardings=(state_shardings, exp.replicated),
         donate_argnums=0,

@@ -28,7 +28,7 @@ SUBPROCESS_ENV = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_c
 def tiny_config(**overrides):
     """Digits, the test-size DeiT, a few steps: seconds per run."""
     c = base_config()
-    c.model.update(name="DeiT_test_patch8_32", num_classes=10, drop_path_rate=0.1)
+    c.model.update(name="DeiT_test_patch8_32", num_classes=10, drop_path_rate=0.1, matmul="xla")  # oneDNN: its own test
     c.augment.update(random_resized_crop=True, crop_scale=(0.7, 1.0), hflip=False, label_smoothing=0.1,
                      mixup_alpha=0.8, cutmix_alpha=1.0)
     c.optimizer.update(base_lr=1e-3, lr_batch_base=32, warmup_epochs=0.1, min_lr=1e-5)

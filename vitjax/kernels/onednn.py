@@ -12,12 +12,17 @@ models oneDNN's matmul instead (``model.matmul="onednn"``):
 * :func:`batched_matmul`: the same choice for attention's batched matmuls, which
   ``layers.softmax_attention`` differentiates itself.
 * :func:`matmul`: the kernel itself, ``op(a[i]) @ op(b[i])`` over ``[batch, rows, cols]`` arrays.
+
+The custom VJPs give reverse-mode gradients only (``jax.jvp`` through a oneDNN layer is an error;
+use ``model.matmul="xla"`` for forward-mode). A model built with ``matmul="onednn"`` needs the
+kernel to build wherever it is traced, even where the CPU branch is then dropped (GPU, TPU);
+``model.matmul="auto"`` only picks it on a CPU.
 * :func:`load` / :func:`available`: the kernel library is compiled on first use (a C++ compiler
   and the ``cpu-kernels`` extra: ``pip install 'vitjax[cpu-kernels]'``) into
   ``$VITJAX_CACHE/kernels``, keyed by its source, jaxlib's and oneDNN's versions.
 
-oneDNN runs on its own OpenMP threads. Unless ``OMP_WAIT_POLICY`` is set, loading sets it to
-``PASSIVE``: OpenMP's default keeps its threads spinning after each matmul, and they then take the
+oneDNN runs on its own OpenMP threads. Unless ``OMP_WAIT_POLICY`` or ``GOMP_SPINCOUNT`` is set,
+loading sets ``OMP_WAIT_POLICY=PASSIVE``: OpenMP's default keeps its threads spinning after each matmul, and they then take the
 cores from XLA's threads for the elementwise work between matmuls (measured: a DeiT-tiny step at
 batch 8 ran 1.10x slower beside spinning threads than with them asleep).
 """
@@ -29,6 +34,8 @@ import functools
 import hashlib
 import importlib.metadata
 import os
+import platform
+import shlex
 import shutil
 import subprocess
 import sys
@@ -39,7 +46,11 @@ import jax.numpy as jnp
 from jax import lax
 
 TARGET = "vitjax_onednn_matmul"
-CXXFLAGS = ("-O2", "-std=c++17", "-shared", "-fPIC")
+CXXFLAGS = ("-O2", "-std=c++17", "-shared", "-fPIC", "-pthread")
+LIBRARY_NAME = "onednn_matmul.so"
+PUBLIC_SONAME = b"libdnnl.so.3"
+PRIVATE_SONAME = "libvjdn.so.3"  # same length as PUBLIC_SONAME
+COMPILE_TIMEOUT_S = 300
 SOURCE = Path(__file__).with_name("onednn_matmul.cc")
 EXTRA_HINT = "pip install 'vitjax[cpu-kernels]' (oneDNN's runtime and headers) and a C++ compiler (g++)"
 RUNTIME_DISTS = ("onednn-cpu-gomp", "onednn-devel-cpu-gomp")
@@ -62,71 +73,136 @@ def _dist_file(dist: str, suffix: str) -> Path:
 
 
 def onednn_paths() -> tuple[Path, Path]:
-    """``(include_dir, lib_dir)`` of the installed oneDNN (the ``cpu-kernels`` extra)."""
+    """``(include_dir, libdnnl.so)`` of the installed oneDNN (the ``cpu-kernels`` extra)."""
     lib = _dist_file(RUNTIME_DISTS[0], "libdnnl.so")
     header = _dist_file(RUNTIME_DISTS[1], "include/oneapi/dnnl/dnnl.hpp")
-    return header.parents[2], lib.parent
+    return header.parents[2], lib
 
 
-def _compiler() -> str:
-    compiler = os.environ.get("CXX") or shutil.which("c++") or shutil.which("g++")
-    if not compiler:
+def _compiler() -> list[str]:
+    """The C++ compiler command (``$CXX`` may carry a launcher: ``ccache g++``)."""
+    command = shlex.split(os.environ.get("CXX", "")) or [shutil.which("c++") or shutil.which("g++") or ""]
+    if not command[0]:
         raise KernelUnavailable(f"no C++ compiler found (set CXX, or install g++) to build {SOURCE.name}: {EXTRA_HINT}")
-    return compiler
+    return command
 
 
-def library_path(cache_dir: Path | None = None) -> Path:
-    """Where the built kernel library lives: one file per (source, jaxlib, oneDNN, compiler and flags)."""
+def build_dir(cache_dir: Path | None = None) -> Path:
+    """Where the built kernel lives: one directory per source, jaxlib, oneDNN (version and
+    location), compiler, flags and machine."""
     if cache_dir is None:
         from vitjax.weights.download import cache_root
 
         cache_dir = cache_root() / "kernels"
+    include_dir, libdnnl = onednn_paths()
     key = hashlib.sha256()
     key.update(SOURCE.read_bytes())
     for dist in ("jaxlib", *RUNTIME_DISTS):
         key.update(f"{dist}={importlib.metadata.version(dist)};".encode())
-    key.update(" ".join((_compiler(), *CXXFLAGS)).encode())
-    return Path(cache_dir) / f"onednn_matmul-{key.hexdigest()[:16]}.so"
+    for part in (*_compiler(), *CXXFLAGS, str(include_dir), str(libdnnl), jax.ffi.include_dir(), platform.machine()):
+        key.update(f"{part};".encode())
+    return Path(cache_dir) / f"onednn-{key.hexdigest()[:16]}"
+
+
+def private_onednn_copy(libdnnl: Path, out: Path) -> None:
+    """Writes ``libdnnl`` to ``out`` with the soname ``out.name`` (same length as ``libdnnl.so.3``).
+
+    Paddle ships its own ``libdnnl.so.3`` (another oneDNN 3.x release). The dynamic linker loads
+    one library per soname: whichever of the two came first would serve both, and Paddle's
+    libraries need symbols that older releases lack (``import paddle`` after our kernel fails).
+    Under its own soname our copy loads beside Paddle's, in either order.
+    """
+    data = libdnnl.read_bytes()
+    soname, private = PUBLIC_SONAME + b"\0", out.name.encode() + b"\0"
+    if len(private) != len(soname):
+        raise ValueError(f"private soname {out.name!r} must be {len(soname) - 1} bytes long")
+    if data.count(soname) != 1:
+        raise KernelUnavailable(f"{libdnnl}: expected its soname {PUBLIC_SONAME.decode()} once, found {data.count(soname)} times")
+    out.write_bytes(data.replace(soname, private))
 
 
 def build(cache_dir: Path | None = None) -> Path:
-    """Compiles the kernel library unless it is already in the cache; returns its path."""
-    include_dir, lib_dir = onednn_paths()
-    out = library_path(cache_dir)
-    if out.exists():
-        return out
-    out.parent.mkdir(parents=True, exist_ok=True)
-    from vitjax.files import atomic_file
+    """Compiles the kernel library unless it is already in the cache; returns its path.
 
-    with atomic_file(out) as tmp:
-        command = [
-            _compiler(), *CXXFLAGS,
-            f"-I{jax.ffi.include_dir()}", f"-I{include_dir}", str(SOURCE),
-            f"-L{lib_dir}", "-ldnnl", f"-Wl,-rpath,{lib_dir}", "-o", str(tmp),
-        ]
-        try:
-            done = subprocess.run(command, capture_output=True, text=True)
-        except OSError as e:
-            raise KernelUnavailable(f"cannot run the C++ compiler {command[0]} ({e.strerror}) to build {SOURCE.name}: {EXTRA_HINT}") from None
-        if done.returncode != 0:
-            tail = "\n".join(done.stderr.strip().splitlines()[-15:])
-            raise KernelUnavailable(f"compiling {SOURCE} failed ({' '.join(command[:1])} exit {done.returncode}):\n{tail}")
-    return out
+    The directory holds the kernel and a private copy of oneDNN it links to (see
+    :func:`private_onednn_copy`); it appears complete or not at all."""
+    include_dir, libdnnl = onednn_paths()
+    target = build_dir(cache_dir)
+    library = target / LIBRARY_NAME
+    if library.exists():
+        return library
+    from vitjax.files import atomic_directory
+
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        with atomic_directory(target) as tmp:
+            private_onednn_copy(libdnnl, tmp / PRIVATE_SONAME)
+            command = [
+                *_compiler(), *CXXFLAGS,
+                f"-I{jax.ffi.include_dir()}", f"-I{include_dir}", str(SOURCE),
+                f"-L{tmp}", f"-l:{PRIVATE_SONAME}", "-Wl,-rpath,$ORIGIN", "-o", str(tmp / LIBRARY_NAME),
+            ]
+            try:
+                done = subprocess.run(command, capture_output=True, text=True, timeout=COMPILE_TIMEOUT_S)
+            except OSError as e:
+                raise KernelUnavailable(f"cannot run the C++ compiler {command[0]} ({e.strerror}) to build {SOURCE.name}: {EXTRA_HINT}") from None
+            except subprocess.TimeoutExpired:
+                raise KernelUnavailable(f"compiling {SOURCE} took over {COMPILE_TIMEOUT_S} s; gave up") from None
+            if done.returncode != 0:
+                tail = "\n".join(done.stderr.strip().splitlines()[-15:])
+                raise KernelUnavailable(f"compiling {SOURCE} failed ({command[0]} exit {done.returncode}):\n{tail}")
+    except OSError as e:  # the cache directory is not writable, the disk is full, ...
+        raise KernelUnavailable(f"cannot build the kernel in {target.parent}: {e}") from None
+    return library
+
+
+def _so_version() -> tuple[int, int]:
+    """The installed oneDNN's major and minor version, from its library's file names (``libdnnl.so.3.2``)."""
+    versions = []
+    for f in importlib.metadata.files(RUNTIME_DISTS[0]) or []:
+        name = Path(str(f)).name
+        if name.startswith("libdnnl.so.") and all(p.isdigit() for p in name[len("libdnnl.so."):].split(".")):
+            versions.append(tuple(int(p) for p in name[len("libdnnl.so."):].split(".")))
+    longest = max(versions, key=len, default=())
+    if len(longest) < 2:
+        raise KernelUnavailable(f"{RUNTIME_DISTS[0]} has no libdnnl.so.MAJOR.MINOR: reinstall it ({EXTRA_HINT})")
+    return longest[0], longest[1]
 
 
 @functools.cache
-def load() -> Path:
-    """Builds (once per cache) and loads the kernel library, and registers its XLA FFI target."""
+def _load() -> Path:
     if sys.platform != "linux":
         raise KernelUnavailable(f"the oneDNN kernel is built for Linux only (this is {sys.platform})")
     path = build()
-    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # read once, when libgomp loads (below)
+    if "GOMP_SPINCOUNT" not in os.environ:  # the user's own choice of spinning stands
+        os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # libgomp reads it when it loads (below)
     try:
         library = ctypes.CDLL(str(path))
     except OSError as e:
-        raise KernelUnavailable(f"loading {path} failed ({e}); delete it to rebuild") from None
+        raise KernelUnavailable(f"loading {path} failed ({e}); delete {path.parent} to rebuild") from None
+    running = library.VitjaxOnednnVersion()
+    expected = _so_version()
+    if (running // 10000, running // 100 % 100) != expected:
+        raise KernelUnavailable(f"{path} runs oneDNN {running // 10000}.{running // 100 % 100}, not the installed "
+                                f"{expected[0]}.{expected[1]}: another oneDNN took its symbols in this process")
     jax.ffi.register_ffi_target(TARGET, jax.ffi.pycapsule(library.VitjaxOnednnMatmul), platform="cpu")
     return path
+
+
+def load() -> Path:
+    """Builds (once per cache) and loads the kernel library, and registers its XLA FFI target.
+
+    A failure is remembered: later calls raise the same error without building again."""
+    if _load_error:
+        raise KernelUnavailable(_load_error[0])
+    try:
+        return _load()
+    except KernelUnavailable as e:
+        _load_error.append(str(e))
+        raise
+
+
+_load_error: list[str] = []
 
 
 def available() -> bool:
@@ -140,6 +216,8 @@ def unavailable_reason() -> str | None:
         load()
     except KernelUnavailable as e:
         return str(e)
+    except Exception as e:  # whatever else stops it, model.matmul=auto keeps XLA's matmuls
+        return f"{type(e).__name__}: {e}"
     return None
 
 
@@ -153,7 +231,8 @@ def matmul(a: jax.Array, b: jax.Array, transpose_a: bool = False, transpose_b: b
     if a.shape[0] != b.shape[0] or k != k_b:
         raise ValueError(f"matmul shapes do not match: {list(a.shape)} (transpose {transpose_a}) @ {list(b.shape)} (transpose {transpose_b})")
     out = jax.ShapeDtypeStruct((a.shape[0], m, n), jnp.float32)
-    return jax.ffi.ffi_call(TARGET, out)(a, b, transpose_a=bool(transpose_a), transpose_b=bool(transpose_b))
+    call = jax.ffi.ffi_call(TARGET, out, vmap_method="sequential")  # under vmap: one call per mapped element
+    return call(a, b, transpose_a=bool(transpose_a), transpose_b=bool(transpose_b))
 
 
 def _xla_matmul(a: jax.Array, b: jax.Array, transpose_a: bool, transpose_b: bool) -> jax.Array:
