@@ -20,6 +20,7 @@ ENGINE_TITLES = {
     "timm-train": "timm eager",
     "timm-compile-train": "timm torch.compile",
 }
+LOSS_LABELS = {"jax-train": "JAX", "jax-xla-train": "JAX (XLA)", "paddle-dygraph-train": "Paddle", "timm-train": "timm"}
 # "JAX / best peer" compares our default path with the fastest engine that is not ours.
 PEERS = tuple(e for e in INFERENCE_ENGINES if not e.startswith("jax"))
 
@@ -115,7 +116,7 @@ def render_markdown(report: dict) -> str:
     if report.get("training"):
         lines += ["## Training step, images/s (median ms per step): forward + backward + AdamW", "",
                   "| Model | Batch | " + " | ".join(ENGINE_TITLES[e] for e in TRAIN_ENGINES)
-                  + " | JAX / dygraph | JAX / timm eager | JAX / timm compile | JAX % of FP32 peak | loss, 3 steps (JAX / Paddle / timm) |",
+                  + " | JAX / dygraph | JAX / timm eager | JAX / timm compile | JAX % of FP32 peak | loss, 3 steps |",
                   "|:--|--:|" + "--:|" * len(TRAIN_ENGINES) + "--:|--:|--:|--:|:--|"]
         for model, entry in report["training"].items():
             for batch, cell_info in entry.get("cells", {}).items():
@@ -127,7 +128,7 @@ def render_markdown(report: dict) -> str:
                 frac = f"{6 * entry['macs_per_image'] * jax['images_per_s'] / peak:.0%}" if jax else "n/a"
                 check = entry.get("check", {}).get(batch, {})
                 losses = check.get("losses", {})
-                loss_txt = " / ".join(", ".join(f"{v:.4f}" for v in losses[e]) for e in ("jax-train", "paddle-dygraph-train", "timm-train") if e in losses)
+                loss_txt = "; ".join(f"{LOSS_LABELS[e]} " + ", ".join(f"{v:.4f}" for v in losses[e]) for e in LOSS_LABELS if e in losses)
                 lines.append(f"| {model} | {batch} | " + " | ".join(_fmt_rate(cell.get(e)) for e in TRAIN_ENGINES)
                              + f" | {_ratio(jax, pd)} | {_ratio(jax, tm)} | {_ratio(jax, tc)} | {frac} | {loss_txt} |")
         lines += ["", "Same weights, same batch (224x224, random labels), cross-entropy, AdamW (lr 1e-4, weight decay 0.05 on "
