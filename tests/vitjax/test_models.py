@@ -1,5 +1,6 @@
 """The model zoo: names, sizes, FLOPs, options and behaviour of the Flax modules."""
 
+import functools
 import subprocess
 import sys
 
@@ -160,19 +161,30 @@ def test_layer_norm_gradient_is_autodiff_of_paddles_two_pass_formula():
     np.testing.assert_allclose(norm.apply({"params": params}, x), two_pass(params, x), atol=1e-6)
 
 
+@pytest.mark.parametrize("matmul", ["xla", "onednn"])
 @pytest.mark.parametrize("shape", [(2, 3, 17, 8), (5, 4, 16, 6)], ids=["deit-like", "tnt-inner-like"])
-def test_attention_gradient_is_autodiff_of_the_softmax_formula(shape):
-    """Our attention's closed-form backward equals autodiff of plain softmax attention."""
+def test_attention_gradient_is_autodiff_of_the_softmax_formula(shape, matmul):
+    """Our attention's closed-form backward equals autodiff of plain softmax attention, on XLA's
+    matmuls and on oneDNN's (``vitjax.kernels.onednn``, where it builds)."""
     from vitjax.models.layers import softmax_attention
 
+    if matmul == "onednn":
+        from vitjax.kernels import onednn
+
+        if not onednn.available():
+            pytest.skip(onednn.unavailable_reason())
+    attention = functools.partial(softmax_attention, matmul=matmul)
     q, k, v, weights = (jax.random.normal(jax.random.key(i), shape) * 2 for i in range(4))
 
     def reference(q, k, v):
         logits = jnp.einsum("bhqd,bhkd->bhqk", q, k) / np.sqrt(shape[-1])
         return jnp.einsum("bhqk,bhkd->bhqd", jax.nn.softmax(logits, axis=-1), v)
 
-    np.testing.assert_allclose(softmax_attention(q, k, v), reference(q, k, v), atol=1e-5, rtol=1e-5)
-    ours = jax.grad(lambda *a: jnp.sum(softmax_attention(*a) * weights), argnums=(0, 1, 2))(q, k, v)
+    np.testing.assert_allclose(attention(q, k, v), reference(q, k, v), atol=1e-5, rtol=1e-5)
+    loss = jax.jit(jax.value_and_grad(lambda *a: jnp.sum(attention(*a) * weights), argnums=(0, 1, 2)))
+    if matmul == "onednn":  # q k^T and P V forward; dO V^T, P^T dO, dL K, dL^T Q backward
+        assert loss.lower(q, k, v).as_text().count("vitjax_onednn_matmul") == 6
+    ours = loss(q, k, v)[1]
     theirs = jax.grad(lambda *a: jnp.sum(reference(*a) * weights), argnums=(0, 1, 2))(q, k, v)
     for name, a, b in zip("qkv", ours, theirs):
         np.testing.assert_allclose(a, b, atol=2e-5, rtol=1e-5, err_msg=f"d{name}")
@@ -181,6 +193,8 @@ def test_attention_gradient_is_autodiff_of_the_softmax_formula(shape):
 
     np.testing.assert_allclose(_sum_over_queries_reduce(q, v), _sum_over_queries_matmul(q, v), atol=1e-5, rtol=1e-5)
     # bfloat16 inputs get bfloat16 gradients (the cotangent dtype must match the input's)
-    low = jax.grad(lambda *a: jnp.sum(softmax_attention(*a).astype(jnp.float32)), argnums=(0, 1, 2))(
+    low = jax.grad(lambda *a: jnp.sum(attention(*a).astype(jnp.float32)), argnums=(0, 1, 2))(
         *(t.astype(jnp.bfloat16) for t in (q, k, v)))
     assert all(g.dtype == jnp.bfloat16 for g in low)
+    lowered = jax.jit(attention).lower(*(t.astype(jnp.bfloat16) for t in (q, k, v))).as_text()
+    assert "vitjax_onednn_matmul" not in lowered  # bfloat16 stays with XLA's matmuls
