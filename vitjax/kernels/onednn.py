@@ -12,14 +12,15 @@ models oneDNN's matmul instead (``model.matmul="onednn"``):
 * :func:`batched_matmul`: the same choice for attention's batched matmuls, which
   ``layers.softmax_attention`` differentiates itself.
 * :func:`matmul`: the kernel itself, ``op(a[i]) @ op(b[i])`` over ``[batch, rows, cols]`` arrays.
+* :func:`load` / :func:`available`: the kernel library is compiled on first use (a C++ compiler
+  and the ``cpu-kernels`` extra: ``pip install 'vitjax[cpu-kernels]'``) into
+  ``$VITJAX_CACHE/kernels``, one directory per source, jaxlib, oneDNN, compiler and machine
+  (:func:`build`).
 
 The custom VJPs give reverse-mode gradients only (``jax.jvp`` through a oneDNN layer is an error;
 use ``model.matmul="xla"`` for forward-mode). A model built with ``matmul="onednn"`` needs the
 kernel to build wherever it is traced, even where the CPU branch is then dropped (GPU, TPU);
 ``model.matmul="auto"`` only picks it on a CPU.
-* :func:`load` / :func:`available`: the kernel library is compiled on first use (a C++ compiler
-  and the ``cpu-kernels`` extra: ``pip install 'vitjax[cpu-kernels]'``) into
-  ``$VITJAX_CACHE/kernels``, keyed by its source, jaxlib's and oneDNN's versions.
 
 oneDNN runs on its own OpenMP threads. Unless ``OMP_WAIT_POLICY`` or ``GOMP_SPINCOUNT`` is set,
 loading sets ``OMP_WAIT_POLICY=PASSIVE``: OpenMP's default keeps its threads spinning after each matmul, and they then take the
@@ -87,21 +88,15 @@ def _compiler() -> list[str]:
     return command
 
 
-def build_dir(cache_dir: Path | None = None) -> Path:
-    """Where the built kernel lives: one directory per source, jaxlib, oneDNN (version and
-    location), compiler, flags and machine."""
-    if cache_dir is None:
-        from vitjax.weights.download import cache_root
-
-        cache_dir = cache_root() / "kernels"
-    include_dir, libdnnl = onednn_paths()
+def _build_key(include_dir: Path, libdnnl: Path, compiler: list[str]) -> str:
+    """One key per source, jaxlib, oneDNN (version and location), compiler, flags and machine."""
     key = hashlib.sha256()
     key.update(SOURCE.read_bytes())
     for dist in ("jaxlib", *RUNTIME_DISTS):
         key.update(f"{dist}={importlib.metadata.version(dist)};".encode())
-    for part in (*_compiler(), *CXXFLAGS, str(include_dir), str(libdnnl), jax.ffi.include_dir(), platform.machine()):
+    for part in (*compiler, *CXXFLAGS, str(include_dir), str(libdnnl), jax.ffi.include_dir(), platform.machine()):
         key.update(f"{part};".encode())
-    return Path(cache_dir) / f"onednn-{key.hexdigest()[:16]}"
+    return key.hexdigest()[:16]
 
 
 def private_onednn_copy(libdnnl: Path, out: Path) -> None:
@@ -127,7 +122,12 @@ def build(cache_dir: Path | None = None) -> Path:
     The directory holds the kernel and a private copy of oneDNN it links to (see
     :func:`private_onednn_copy`); it appears complete or not at all."""
     include_dir, libdnnl = onednn_paths()
-    target = build_dir(cache_dir)
+    compiler = _compiler()
+    if cache_dir is None:
+        from vitjax.weights.download import cache_root
+
+        cache_dir = cache_root() / "kernels"
+    target = Path(cache_dir) / f"onednn-{_build_key(include_dir, libdnnl, compiler)}"
     library = target / LIBRARY_NAME
     if library.exists():
         return library
@@ -138,7 +138,7 @@ def build(cache_dir: Path | None = None) -> Path:
         with atomic_directory(target) as tmp:
             private_onednn_copy(libdnnl, tmp / PRIVATE_SONAME)
             command = [
-                *_compiler(), *CXXFLAGS,
+                *compiler, *CXXFLAGS,
                 f"-I{jax.ffi.include_dir()}", f"-I{include_dir}", str(SOURCE),
                 f"-L{tmp}", f"-l:{PRIVATE_SONAME}", "-Wl,-rpath,$ORIGIN", "-o", str(tmp / LIBRARY_NAME),
             ]
@@ -161,15 +161,15 @@ def _so_version() -> tuple[int, int]:
     versions = []
     for f in importlib.metadata.files(RUNTIME_DISTS[0]) or []:
         name = Path(str(f)).name
-        if name.startswith("libdnnl.so.") and all(p.isdigit() for p in name[len("libdnnl.so."):].split(".")):
-            versions.append(tuple(int(p) for p in name[len("libdnnl.so."):].split(".")))
+        parts = name[len("libdnnl.so."):].split(".")
+        if name.startswith("libdnnl.so.") and all(p.isdigit() for p in parts):
+            versions.append(tuple(int(p) for p in parts))
     longest = max(versions, key=len, default=())
     if len(longest) < 2:
         raise KernelUnavailable(f"{RUNTIME_DISTS[0]} has no libdnnl.so.MAJOR.MINOR: reinstall it ({EXTRA_HINT})")
     return longest[0], longest[1]
 
 
-@functools.cache
 def _load() -> Path:
     if sys.platform != "linux":
         raise KernelUnavailable(f"the oneDNN kernel is built for Linux only (this is {sys.platform})")
@@ -189,20 +189,22 @@ def _load() -> Path:
     return path
 
 
+@functools.cache
+def _load_outcome() -> Path | KernelUnavailable:
+    try:
+        return _load()
+    except KernelUnavailable as e:
+        return e
+
+
 def load() -> Path:
     """Builds (once per cache) and loads the kernel library, and registers its XLA FFI target.
 
     A failure is remembered: later calls raise the same error without building again."""
-    if _load_error:
-        raise KernelUnavailable(_load_error[0])
-    try:
-        return _load()
-    except KernelUnavailable as e:
-        _load_error.append(str(e))
-        raise
-
-
-_load_error: list[str] = []
+    outcome = _load_outcome()
+    if isinstance(outcome, KernelUnavailable):
+        raise KernelUnavailable(str(outcome))
+    return outcome
 
 
 def available() -> bool:
@@ -256,23 +258,19 @@ def batched_matmul(a: jax.Array, b: jax.Array, transpose_a: bool = False, transp
     return out.reshape(*lead, *out.shape[-2:])
 
 
-def _matmul_2d(a: jax.Array, b: jax.Array, transpose_a: bool = False, transpose_b: bool = False) -> jax.Array:
-    return batched_matmul(a, b, transpose_a, transpose_b)
-
-
 @jax.custom_vjp
 def dense_matmul(x: jax.Array, w: jax.Array) -> jax.Array:
     """``x @ w`` for ``x: [rows, in]``, ``w: [in, out]``; its gradients are oneDNN matmuls too."""
-    return _matmul_2d(x, w)
+    return batched_matmul(x, w)
 
 
 def _dense_matmul_fwd(x, w):
-    return _matmul_2d(x, w), (x, w)
+    return batched_matmul(x, w), (x, w)
 
 
 def _dense_matmul_bwd(residuals, g):
     x, w = residuals
-    return _matmul_2d(g, w, transpose_b=True), _matmul_2d(x, g, transpose_a=True)
+    return batched_matmul(g, w, transpose_b=True), batched_matmul(x, g, transpose_a=True)
 
 
 dense_matmul.defvjp(_dense_matmul_fwd, _dense_matmul_bwd)
