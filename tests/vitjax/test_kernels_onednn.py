@@ -36,17 +36,39 @@ def rel_err(a, b) -> float:
     return float(np.abs(a - b).max() / np.abs(b).max())
 
 
+# The kernel cuts each matmul into tiles for XLA's threads: over the batch (6 entries), the rows
+# (37 rows, batch 3) or the columns (70 columns, 13 rows); every cut reads both transposes.
+@pytest.mark.parametrize("batch, m, k, n", [(3, 37, 19, 11), (6, 37, 19, 11), (1, 13, 19, 70), (1, 1, 5, 1)])
 @pytest.mark.parametrize("transpose_a", [False, True])
 @pytest.mark.parametrize("transpose_b", [False, True])
-def test_matmul_reads_transposed_operands_in_place_and_equals_numpy(transpose_a, transpose_b):
+def test_matmul_reads_transposed_operands_in_place_and_equals_numpy(batch, m, k, n, transpose_a, transpose_b):
     rng = np.random.default_rng(0)
-    batch, m, k, n = 3, 37, 19, 11
     a = rng.standard_normal((batch, k, m) if transpose_a else (batch, m, k), np.float32)
     b = rng.standard_normal((batch, n, k) if transpose_b else (batch, k, n), np.float32)
     expected = np.matmul(a.swapaxes(1, 2) if transpose_a else a, b.swapaxes(1, 2) if transpose_b else b)
-    out = jax.jit(lambda x, y: onednn.matmul(x, y, transpose_a, transpose_b))(a, b)
+    call = jax.jit(lambda x, y: onednn.matmul(x, y, transpose_a, transpose_b))
+    out = np.asarray(call(a, b))
     assert out.shape == (batch, m, n)
     assert rel_err(out, expected) < 1e-6
+    assert np.array_equal(np.asarray(call(a, b)), out)  # however the tiles were shared out
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self/task"), reason="counts threads in /proc (Linux)")
+def test_matmul_runs_on_xla_s_threads_and_starts_none_of_its_own():
+    script = """
+import os, jax, jax.numpy as jnp
+from vitjax.kernels import onednn
+onednn.load()
+a = jnp.ones((1, 512, 512), jnp.float32)
+jax.jit(lambda x: x @ x)(a).block_until_ready()  # XLA's thread pool exists
+before = len(os.listdir("/proc/self/task"))
+for i in range(3):
+    jax.jit(lambda x: onednn.matmul(x, x))(a + i).block_until_ready()
+print(before, len(os.listdir("/proc/self/task")))
+"""
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
+    before, after = done.stdout.split()
+    assert after == before  # no OpenMP team, no executor thread of its own
 
 
 def test_matmul_refuses_mismatched_shapes_and_other_dtypes_by_name():
@@ -174,11 +196,6 @@ def test_kernel_links_a_private_copy_of_onednn_so_paddles_can_load_beside_it(tmp
 def test_missing_runtime_names_the_extra_to_install():
     with pytest.raises(onednn.KernelUnavailable, match=r"not-a-onednn-dist is not installed: pip install 'vitjax\[cpu-kernels\]'"):
         onednn._dist_file("not-a-onednn-dist", "libdnnl.so")
-
-
-def test_loading_lets_openmp_threads_sleep_unless_the_user_chose():
-    onednn.load()
-    assert os.environ.get("OMP_WAIT_POLICY") or os.environ.get("GOMP_SPINCOUNT")  # PASSIVE unless the user chose
 
 
 @pytest.mark.skipif(jax.default_backend() != "cpu", reason="auto picks oneDNN on a CPU only")

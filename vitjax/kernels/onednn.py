@@ -22,10 +22,10 @@ use ``model.matmul="xla"`` for forward-mode). A model built with ``matmul="onedn
 kernel to build wherever it is traced, even where the CPU branch is then dropped (GPU, TPU);
 ``model.matmul="auto"`` only picks it on a CPU.
 
-oneDNN runs on its own OpenMP threads. Unless ``OMP_WAIT_POLICY`` or ``GOMP_SPINCOUNT`` is set,
-loading sets ``OMP_WAIT_POLICY=PASSIVE``: OpenMP's default keeps its threads spinning after each matmul, and they then take the
-cores from XLA's threads for the elementwise work between matmuls (measured: a DeiT-tiny step at
-batch 8 ran 1.10x slower beside spinning threads than with them asleep).
+Threads: the kernel runs on XLA's own CPU thread pool (the threads that run XLA's fused kernels):
+each matmul is cut into tiles, one single-threaded oneDNN matmul each, which the calling thread
+and the pool's free threads share out. oneDNN starts no OpenMP team of its own, so nothing spins
+beside XLA's threads and no more threads are busy than XLA has.
 """
 
 from __future__ import annotations
@@ -47,7 +47,7 @@ import jax.numpy as jnp
 from jax import lax
 
 TARGET = "vitjax_onednn_matmul"
-CXXFLAGS = ("-O2", "-std=c++17", "-shared", "-fPIC", "-pthread")
+CXXFLAGS = ("-O2", "-std=c++17", "-shared", "-fPIC", "-pthread", "-fopenmp")
 LIBRARY_NAME = "onednn_matmul.so"
 PUBLIC_SONAME = b"libdnnl.so.3"
 PRIVATE_SONAME = "libvjdn.so.3"  # same length as PUBLIC_SONAME
@@ -174,8 +174,6 @@ def _load() -> Path:
     if sys.platform != "linux":
         raise KernelUnavailable(f"the oneDNN kernel is built for Linux only (this is {sys.platform})")
     path = build()
-    if "GOMP_SPINCOUNT" not in os.environ:  # the user's own choice of spinning stands
-        os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # libgomp reads it when it loads (below)
     try:
         library = ctypes.CDLL(str(path))
     except OSError as e:
