@@ -6,6 +6,7 @@ from benchmarks.worker import INFERENCE_ENGINES, TRAIN_ENGINES
 
 ENGINE_TITLES = {
     "jax": "JAX fp32 (ours)",
+    "jax-xla": "JAX fp32, XLA's matmuls (ours)",
     "jax-unpinned": "JAX fp32, threads unpinned (ours)",
     "jax-vw512": "JAX fp32, 512-bit vectors (ours)",
     "jax-bf16": "JAX bf16 (ours)",
@@ -46,6 +47,15 @@ def _train_matmul_note(training: dict) -> str:
             " for the dense layers; \"XLA's matmuls\" is the same step with `model.matmul=xla`.")
 
 
+def _inference_matmul_note(models: dict) -> str:
+    """Which matmul kernel our default inference path (``JaxPredictor(matmul="auto")``) resolved to."""
+    used = sorted({e["engines"]["jax"].get("matmul", "?") for e in models.values() if "jax" in e.get("engines", {})})
+    if not used:
+        return ""
+    return (f"; its dense and attention matmuls on {' / '.join(used)} (`matmul=\"auto\"`), "
+            "\"XLA's matmuls\" is the same predictor with `matmul=\"xla\"`")
+
+
 def _gib(x):
     return "n/a" if x is None else f"{x:.0f}"
 
@@ -74,6 +84,7 @@ def render_markdown(report: dict) -> str:
         + ("; XLA's CPU worker threads pinned one per core (the predictor's default on CPU, `vitjax.cpu_threads`), "
            "\"threads unpinned\" is the same with `pin_threads=False`" if report["settings"].get("jax_pin_threads")
            else "; XLA's CPU worker threads not pinned")
+        + _inference_matmul_note(report["models"])
         + "; \"512-bit vectors\" (where run) with `XLA_FLAGS=--xla_cpu_prefer_vector_width=512` "
         "(XLA's CPU backend emits 256-bit loops by default); bf16 computes in "
         "bfloat16 with float32 parameters. Ratios to peers use the default fp32 path.",

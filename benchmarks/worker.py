@@ -37,7 +37,7 @@ import numpy as np
 if TYPE_CHECKING:
     from interop.deploy import Predictor
 
-INFERENCE_ENGINES = ("jax", "jax-unpinned", "jax-vw512", "jax-bf16", "paddle-inference", "onnxruntime", "paddle-dygraph", "timm",
+INFERENCE_ENGINES = ("jax", "jax-xla", "jax-unpinned", "jax-vw512", "jax-bf16", "paddle-inference", "onnxruntime", "paddle-dygraph", "timm",
                      "timm-compile")
 # What `benchmarks.run` times unless told otherwise (jax-vw512 is an experiment: no gain measured).
 DEFAULT_INFERENCE_ENGINES = tuple(e for e in INFERENCE_ENGINES if e != "jax-vw512")
@@ -165,7 +165,8 @@ def deploy_predictor(engine: str, model_name: str, work: Path, device: str, thre
     report configures that backend (``create_predictor``; logits, not probabilities):
 
     * ``jax`` / ``jax-vw512``: ``JaxPredictor`` (jit, NCHW in; XLA's CPU workers pinned one per
-      core, its default); ``jax-unpinned``: the same with ``pin_threads=False``; ``jax-bf16``:
+      core, its default; ``matmul="auto"``: oneDNN's matmuls on a CPU where they build);
+      ``jax-xla``: the same on XLA's matmuls; ``jax-unpinned``: ``pin_threads=False``; ``jax-bf16``:
       ``dtype="bfloat16"`` (bf16 compute, float32 parameters and outputs);
     * ``paddle-inference``: ``paddle-cpu`` (oneDNN, ``threads`` math threads, IR optimisation:
       PaddleClas's deploy defaults) or ``paddle-gpu``;
@@ -180,7 +181,7 @@ def deploy_predictor(engine: str, model_name: str, work: Path, device: str, thre
         if engine == "jax-bf16":
             return JaxPredictor(variables, model_name, softmax=False, dtype="bfloat16")
         return create_predictor("jax", variables=variables, model_name=model_name, softmax=False,
-                                pin_threads=engine != "jax-unpinned")
+                                pin_threads=engine != "jax-unpinned", matmul="xla" if engine == "jax-xla" else "auto")
     if engine == "paddle-inference":
         return create_predictor("paddle-cpu" if device == "cpu" else "paddle-gpu", model_dir=work / "paddle", threads=threads)
     if engine == "onnxruntime":
@@ -197,6 +198,8 @@ class PredictorEngine(InferenceEngine):
         super().__init__()
         self.predictor, self._device_peak = predictor, device_peak
         self.img_size = predictor.img_size
+        if hasattr(predictor, "matmul"):  # the JAX predictor's resolved kernel, recorded in the report
+            self.info = {"matmul": predictor.matmul}
 
     def predict(self, x):
         return self.predictor.predict(x)

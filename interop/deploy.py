@@ -76,6 +76,7 @@ class JaxPredictor(Predictor):
         img_size: int | None = None,
         dtype: str = "float32",
         pin_threads: bool = True,
+        matmul: str = "auto",
     ):
         """``dtype`` is the computation dtype (``"bfloat16"``: bf16 compute on float32
         parameters); outputs are float32 whatever it is.
@@ -83,10 +84,16 @@ class JaxPredictor(Predictor):
         ``pin_threads``: on the CPU backend (Linux), pin XLA's worker threads one per core at the
         first call (:mod:`vitjax.cpu_threads`: batch-1 latency after an idle gap 33 -> 22 ms
         on DeiT-tiny, 2 cores); process-wide, so pass ``False`` when this process also trains
-        or shares its cores with other busy processes. ``pinned_threads`` says what was pinned."""
+        or shares its cores with other busy processes. ``pinned_threads`` says what was pinned.
+
+        ``matmul``: the dense and attention matmuls' kernel, as the training config's
+        ``model.matmul``: ``"auto"`` runs oneDNN's (the ``cpu-kernels`` extra) on a CPU where it
+        builds and XLA's elsewhere; ``self.matmul`` says which. On DeiT-tiny at batch 1, 2 cores:
+        17 against 21 ms (``python -m benchmarks.run``, engines ``jax`` and ``jax-xla``)."""
         import jax
         import jax.numpy as jnp
 
+        from vitjax.model_init import resolve_matmul
         from vitjax.weights.convert import infer_num_classes, variables_to_state_dict
         from vitjax.models.registry import create_model, get_spec
 
@@ -94,7 +101,9 @@ class JaxPredictor(Predictor):
         num_classes = infer_num_classes(state) if num_classes is None else num_classes
         self.img_size = int(img_size or get_spec(model_name).img_size)
         self.dtype = str(dtype)
-        model = create_model(model_name, num_classes=num_classes, img_size=self.img_size, dtype=jnp.dtype(self.dtype))
+        self.matmul = resolve_matmul(matmul, num_devices=1)  # jit without shardings: one device
+        model = create_model(model_name, num_classes=num_classes, img_size=self.img_size, dtype=jnp.dtype(self.dtype),
+                             matmul=self.matmul)
 
         def forward(params, images_nchw):
             logits = model.apply(params, images_nchw.transpose(0, 2, 3, 1)).astype(jnp.float32)
@@ -324,17 +333,18 @@ def create_predictor(
     mkldnn: bool = True,
     max_batch: int = 8,
     pin_threads: bool = True,
+    matmul: str = "auto",
 ) -> Predictor:
     """The predictor for ``backend`` (see :data:`BACKENDS`); raises :class:`BackendUnavailable`
-    rather than substituting another backend. ``pin_threads`` is :class:`JaxPredictor`'s (the
-    ``jax`` backend on CPU)."""
+    rather than substituting another backend. ``pin_threads`` and ``matmul`` are
+    :class:`JaxPredictor`'s (the ``jax`` backend)."""
     ok, reason = backend_status(backend)
     if not ok:
         raise BackendUnavailable(f"{backend}: unavailable: {reason}")
     if backend == "jax":
         if variables is None or model_name is None:
             raise ValueError("jax backend: pass variables and model_name")
-        return JaxPredictor(variables, model_name, softmax=softmax, pin_threads=pin_threads)
+        return JaxPredictor(variables, model_name, softmax=softmax, pin_threads=pin_threads, matmul=matmul)
     if backend == "onnxruntime":
         if onnx_path is None:
             raise ValueError("onnxruntime backend: pass onnx_path")

@@ -19,6 +19,7 @@ from benchmarks.worker import INFERENCE_ENGINES, PredictorEngine, deploy_predict
 from interop.deploy import JaxPredictor, OnnxRuntimePredictor, PaddleInferencePredictor, create_predictor
 from interop.measure import call_times, latency_summary, timed, versions
 from vitjax.cpu_threads import process_cpus, xla_worker_threads
+from vitjax.model_init import resolve_matmul
 
 MODEL = "DeiT_test_patch8_32"
 ROOT = Path(__file__).resolve().parents[2]
@@ -70,6 +71,15 @@ def test_jax_engines_are_the_jax_predictor_in_float32_and_bfloat16_pinned_or_not
     np.testing.assert_array_equal(free, logits)  # pinning changes where threads run, not what they compute
     if pinning_applies:
         assert fp32.pinned_threads and all(os.sched_getaffinity(t) == {c} for t, c in fp32.pinned_threads.items())
+
+
+def test_jax_engine_runs_the_predictor_s_default_matmuls_and_jax_xla_runs_xla_s(work):
+    default = make_engine("jax", MODEL, work, "cpu", threads=2)
+    xla = make_engine("jax-xla", MODEL, work, "cpu", threads=2)
+    assert default.info == {"matmul": resolve_matmul("auto", num_devices=1)}  # onednn where the kernel builds
+    assert xla.info == {"matmul": "xla"}
+    x = images(3, default.img_size, seed=7)
+    assert np.abs(default.predict(x) - xla.predict(x)).max() < 1e-5
 
 
 def test_every_inference_engine_checks_against_the_exported_models(work):
