@@ -154,7 +154,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from vitjax.kernels import onednn
 
-    ours = onednn.available()  # before torch: both OpenMP libraries then read the same OMP_WAIT_POLICY
+    ours = onednn.available()  # builds (once) and loads the kernel before torch starts its threads
     import torch
 
     from benchmarks import machine
@@ -166,7 +166,7 @@ def main(argv: list[str] | None = None) -> int:
     dtypes = [False] if args.no_bf16 else [False, True]
     print(f"{args.model}, batch {args.batch}: one block's matmul forms, GFLOP/s (median of {args.rounds} "
           f"interleaved rounds), {threads} threads each; {info['cpu']}; FP32 peak {peak:.0f} GFLOP/s; "
-          f"OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY', 'unset')} for both OpenMP libraries\n")
+          f"PyTorch's OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY', 'unset')}\n")
     header = "| Matmul | batch x M x K x N | XLA fp32 | PyTorch fp32 | XLA / PyTorch |" + (" oneDNN call fp32 (ours) | ours / PyTorch |" if ours else "")
     if len(dtypes) == 2:
         header += " XLA bf16 | PyTorch bf16 |"
