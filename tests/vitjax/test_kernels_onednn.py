@@ -53,6 +53,17 @@ def test_matmul_reads_transposed_operands_in_place_and_equals_numpy(batch, m, k,
     assert np.array_equal(np.asarray(call(a, b)), out)  # however the tiles were shared out
 
 
+def test_matmul_scales_its_result_as_a_multiply_after_it_would():
+    rng = np.random.default_rng(1)
+    a, b = rng.standard_normal((4, 30, 64), np.float32), rng.standard_normal((4, 30, 64), np.float32)
+    scale = 64 ** -0.5
+    scaled = jax.jit(lambda x, y: onednn.matmul(x, y, transpose_b=True, alpha=scale))(a, b)
+    after = jax.jit(lambda x, y: onednn.matmul(x, y, transpose_b=True) * scale)(a, b)
+    np.testing.assert_array_equal(scaled, after)
+    odd = jax.jit(lambda x, y: onednn.matmul(x, y, transpose_b=True, alpha=6 ** -0.5))(a, b)
+    assert rel_err(odd, np.matmul(a, b.swapaxes(1, 2)) * 6 ** -0.5) < 1e-6
+
+
 @pytest.mark.skipif(not os.path.isdir("/proc/self/task"), reason="counts threads in /proc (Linux)")
 def test_matmul_runs_on_xla_s_threads_and_starts_none_of_its_own():
     script = """

@@ -44,6 +44,7 @@ from pathlib import Path
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax import lax
 
 TARGET = "vitjax_onednn_matmul"
@@ -221,8 +222,9 @@ def unavailable_reason() -> str | None:
     return None
 
 
-def matmul(a: jax.Array, b: jax.Array, transpose_a: bool = False, transpose_b: bool = False) -> jax.Array:
-    """``op(a[i]) @ op(b[i])`` for float32 ``[batch, rows, cols]`` arrays, by oneDNN (CPU only)."""
+def matmul(a: jax.Array, b: jax.Array, transpose_a: bool = False, transpose_b: bool = False, alpha: float = 1.0) -> jax.Array:
+    """``alpha * (op(a[i]) @ op(b[i]))`` for float32 ``[batch, rows, cols]`` arrays, by oneDNN (CPU only);
+    ``alpha`` scales the float32 result in the kernel's epilogue (as a multiply after it would)."""
     load()
     if a.ndim != 3 or b.ndim != 3 or a.dtype != jnp.float32 or b.dtype != jnp.float32:
         raise ValueError(f"matmul takes float32 [batch, rows, cols] arrays, got {a.dtype}{list(a.shape)} and {b.dtype}{list(b.shape)}")
@@ -232,16 +234,17 @@ def matmul(a: jax.Array, b: jax.Array, transpose_a: bool = False, transpose_b: b
         raise ValueError(f"matmul shapes do not match: {list(a.shape)} (transpose {transpose_a}) @ {list(b.shape)} (transpose {transpose_b})")
     out = jax.ShapeDtypeStruct((a.shape[0], m, n), jnp.float32)
     call = jax.ffi.ffi_call(TARGET, out, vmap_method="sequential")  # under vmap: one call per mapped element
-    return call(a, b, transpose_a=bool(transpose_a), transpose_b=bool(transpose_b))
+    return call(a, b, transpose_a=bool(transpose_a), transpose_b=bool(transpose_b), alpha=np.float32(alpha))
 
 
-def _xla_matmul(a: jax.Array, b: jax.Array, transpose_a: bool, transpose_b: bool) -> jax.Array:
+def _xla_matmul(a: jax.Array, b: jax.Array, transpose_a: bool, transpose_b: bool, alpha: float) -> jax.Array:
     contract_a, contract_b = (1 if transpose_a else 2), (2 if transpose_b else 1)
-    return lax.dot_general(a, b, (((contract_a,), (contract_b,)), ((0,), (0,))))  # [batch, m, n]
+    out = lax.dot_general(a, b, (((contract_a,), (contract_b,)), ((0,), (0,))))  # [batch, m, n]
+    return out if alpha == 1.0 else out * jnp.float32(alpha)
 
 
-def batched_matmul(a: jax.Array, b: jax.Array, transpose_a: bool = False, transpose_b: bool = False) -> jax.Array:
-    """``op(a) @ op(b)`` over any equal leading axes (float32): oneDNN on the CPU, XLA's
+def batched_matmul(a: jax.Array, b: jax.Array, transpose_a: bool = False, transpose_b: bool = False, alpha: float = 1.0) -> jax.Array:
+    """``alpha * (op(a) @ op(b))`` over any equal leading axes (float32): oneDNN on the CPU, XLA's
     ``dot_general`` on other platforms (decided per lowering platform). Not differentiable by
     itself: callers give it a custom VJP (:func:`dense_matmul`, ``layers.softmax_attention``)."""
     lead = a.shape[:-2]
@@ -250,8 +253,8 @@ def batched_matmul(a: jax.Array, b: jax.Array, transpose_a: bool = False, transp
     a3, b3 = a.reshape(-1, *a.shape[-2:]), b.reshape(-1, *b.shape[-2:])
     out = lax.platform_dependent(
         a3, b3,
-        cpu=lambda x, y: matmul(x, y, transpose_a, transpose_b),
-        default=lambda x, y: _xla_matmul(x, y, transpose_a, transpose_b),
+        cpu=lambda x, y: matmul(x, y, transpose_a, transpose_b, alpha),
+        default=lambda x, y: _xla_matmul(x, y, transpose_a, transpose_b, alpha),
     )
     return out.reshape(*lead, *out.shape[-2:])
 

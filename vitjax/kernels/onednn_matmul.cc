@@ -1,6 +1,9 @@
 // vitjax: oneDNN's fp32 matmul as an XLA FFI custom call on the CPU.
 //
-//   c[i] = op(a[i]) @ op(b[i]),  op(x) = x or x^T,  a, b, c: [batch, rows, cols], row-major
+//   c[i] = alpha * (op(a[i]) @ op(b[i])),  op(x) = x or x^T,  a, b, c: [batch, rows, cols], row-major
+//
+// alpha (attention's 1/sqrt(head_dim)) scales the fp32 accumulator in oneDNN's epilogue, as
+// a separate multiply would, without another pass over c.
 //
 // The transposes are strides, never copies: oneDNN reads a transposed operand in place, which
 // XLA's CPU backend does not (it materialises x^T for a weight gradient x^T g).
@@ -45,6 +48,7 @@ using dims = dnnl::memory::dims;
 struct Problem {
   int64_t batch, m, k, n;
   bool transpose_a, transpose_b;
+  float alpha;
 };
 
 // One tile of c: batches [b0, b0 + nb), rows [m0, m0 + nm), columns [n0, n0 + nn).
@@ -77,9 +81,9 @@ dnnl::engine& cpu_engine() {
 // scratchpad per thread.
 const TileMatmul& tile_matmul(const Problem& p, const Tile& t) {
   static std::mutex mutex;
-  static std::map<std::tuple<int64_t, int64_t, int64_t, int64_t, int64_t, int64_t, bool, bool>, std::unique_ptr<TileMatmul>> made;
+  static std::map<std::tuple<int64_t, int64_t, int64_t, int64_t, int64_t, int64_t, bool, bool, float>, std::unique_ptr<TileMatmul>> made;
   // The strides depend on the whole problem's m, k, n; the tile's own sizes on nb, nm, nn.
-  auto key = std::make_tuple(t.nb, t.nm, t.nn, p.m, p.k, p.n, p.transpose_a, p.transpose_b);
+  auto key = std::make_tuple(t.nb, t.nm, t.nn, p.m, p.k, p.n, p.transpose_a, p.transpose_b, p.alpha);
   std::lock_guard<std::mutex> lock(mutex);
   auto found = made.find(key);
   if (found != made.end()) return *found->second;
@@ -89,6 +93,11 @@ const TileMatmul& tile_matmul(const Problem& p, const Tile& t) {
   dnnl::primitive_attr attr;
   attr.set_scratchpad_mode(dnnl::scratchpad_mode::user);
   attr.set_fpmath_mode(dnnl::fpmath_mode::strict);
+  if (p.alpha != 1.0f) {
+    dnnl::post_ops scale;
+    scale.append_eltwise(dnnl::algorithm::eltwise_linear, p.alpha, 0.0f);
+    attr.set_post_ops(scale);
+  }
   dnnl::matmul::primitive_desc pd(cpu_engine(), a, b, c, attr);
   auto mm = std::make_unique<TileMatmul>(TileMatmul{a, b, c, pd.scratchpad_desc(), dnnl::matmul(pd)});
   return *made.emplace(key, std::move(mm)).first->second;
@@ -176,13 +185,13 @@ struct SharedWork {
 constexpr int64_t kTilesPerThread = 2;  // slack for a thread that frees up mid-call (1 and 4 measured the same)
 
 ffi::Error MatmulImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> a, ffi::Buffer<ffi::F32> b, ffi::ResultBuffer<ffi::F32> c,
-                      bool transpose_a, bool transpose_b) {
+                      bool transpose_a, bool transpose_b, float alpha) {
   auto ad = a.dimensions(), bd = b.dimensions(), cd = c->dimensions();
   if (ad.size() != 3 || bd.size() != 3 || cd.size() != 3) {
     return ffi::Error::InvalidArgument("onednn_matmul: operands and result must be [batch, rows, cols]");
   }
   Problem p{ad[0], transpose_a ? ad[2] : ad[1], transpose_a ? ad[1] : ad[2], transpose_b ? bd[1] : bd[2],
-            transpose_a, transpose_b};
+            transpose_a, transpose_b, alpha};
   int64_t b_k = transpose_b ? bd[2] : bd[1];
   if (bd[0] != p.batch || b_k != p.k || cd[0] != p.batch || cd[1] != p.m || cd[2] != p.n) {
     return ffi::Error::InvalidArgument("onednn_matmul: shapes do not match");
@@ -216,7 +225,8 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(VitjaxOnednnMatmul, MatmulImpl,
                                   .Arg<ffi::Buffer<ffi::F32>>()
                                   .Ret<ffi::Buffer<ffi::F32>>()
                                   .Attr<bool>("transpose_a")
-                                  .Attr<bool>("transpose_b"));
+                                  .Attr<bool>("transpose_b")
+                                  .Attr<float>("alpha"));
 
 // The oneDNN version this library runs against (a process may hold another copy; onednn.py checks).
 extern "C" __attribute__((visibility("default"))) int VitjaxOnednnVersion() {

@@ -208,16 +208,19 @@ def _softmax_attention(use_onednn: bool, q, k, v):
     return _softmax_attention_fwd(use_onednn, q, k, v)[0]
 
 
-def _attention_matmul(use_onednn: bool, equation: str, a: jax.Array, b: jax.Array) -> jax.Array:
-    """One of attention's matmuls over ``[batch, heads, ...]``, by its einsum equation."""
+def _attention_matmul(use_onednn: bool, equation: str, a: jax.Array, b: jax.Array, scale: float = 1.0) -> jax.Array:
+    """One of attention's matmuls over ``[batch, heads, ...]``, by its einsum equation, times
+    ``scale`` (float32 result; oneDNN applies it in the matmul's epilogue, sparing a pass)."""
     if not use_onednn:
         if equation == "bhqk,bhqd->bhkd":
-            return _sum_over_queries(a, b)
-        return jnp.einsum(equation, a, b)
+            out = _sum_over_queries(a, b)
+        else:
+            out = jnp.einsum(equation, a, b)
+        return out if scale == 1.0 else out.astype(jnp.float32) * scale
     from vitjax.kernels import onednn
 
     transpose_a, transpose_b = _ATTENTION_TRANSPOSES[equation]
-    return onednn.batched_matmul(a, b, transpose_a, transpose_b)
+    return onednn.batched_matmul(a, b, transpose_a, transpose_b, alpha=scale)
 
 
 _ATTENTION_TRANSPOSES = {  # equation: (transpose a, transpose b) of the matching [.., rows, cols] matmul
@@ -228,7 +231,7 @@ _ATTENTION_TRANSPOSES = {  # equation: (transpose a, transpose b) of the matchin
 
 
 def _softmax_attention_fwd(use_onednn, q, k, v):
-    logits = _attention_matmul(use_onednn, "bhqd,bhkd->bhqk", q, k).astype(jnp.float32) * q.shape[-1] ** -0.5
+    logits = _attention_matmul(use_onednn, "bhqd,bhkd->bhqk", q, k, q.shape[-1] ** -0.5).astype(jnp.float32)
     unnormalized = jnp.exp(logits - jnp.max(logits, axis=-1, keepdims=True))
     total = jnp.sum(unnormalized, axis=-1, keepdims=True)
     out = _attention_matmul(use_onednn, "bhqk,bhkd->bhqd", unnormalized.astype(v.dtype), v)
