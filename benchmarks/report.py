@@ -38,22 +38,22 @@ def _ratio(a: dict | None, b: dict | None) -> str:
     return f"{a['images_per_s'] / b['images_per_s']:.2f}x"
 
 
+def _kernels_used(section: dict, engine: str) -> str:
+    """The matmul kernel(s) ``engine`` (ours, ``matmul="auto"``) resolved to in a report section, or ""."""
+    used = {e["engines"][engine].get("matmul", "?") for e in section.values() if engine in e.get("engines", {})}
+    return " / ".join(sorted(used))
+
+
 def _train_matmul_note(training: dict) -> str:
-    """Which matmul kernel our default training path (``model.matmul=auto``) resolved to."""
-    used = sorted({e["engines"]["jax-train"].get("matmul", "?") for e in training.values() if "jax-train" in e.get("engines", {})})
-    if not used:
-        return ""
-    return (f" \"JAX (ours)\" is vitjax's default training path (`model.matmul=auto`), here with {' / '.join(used)} matmuls"
-            " for the dense layers; \"XLA's matmuls\" is the same step with `model.matmul=xla`.")
+    used = _kernels_used(training, "jax-train")
+    return (f" \"JAX (ours)\" is vitjax's default training path (`model.matmul=auto`), here with {used} matmuls"
+            " for the dense layers; \"XLA's matmuls\" is the same step with `model.matmul=xla`.") if used else ""
 
 
 def _inference_matmul_note(models: dict) -> str:
-    """Which matmul kernel our default inference path (``JaxPredictor(matmul="auto")``) resolved to."""
-    used = sorted({e["engines"]["jax"].get("matmul", "?") for e in models.values() if "jax" in e.get("engines", {})})
-    if not used:
-        return ""
-    return (f"; its dense and attention matmuls on {' / '.join(used)} (`matmul=\"auto\"`), "
-            "\"XLA's matmuls\" is the same predictor with `matmul=\"xla\"`")
+    used = _kernels_used(models, "jax")
+    return (f"; its dense and attention matmuls on {used} (`matmul=\"auto\"`), "
+            "\"XLA's matmuls\" is the same predictor with `matmul=\"xla\"`") if used else ""
 
 
 def _gib(x):
