@@ -33,6 +33,7 @@
 #include <memory>
 #include <mutex>
 #include <string>
+#include <thread>
 #include <tuple>
 #include <vector>
 
@@ -176,7 +177,13 @@ struct SharedWork {
   }
 
   void wait() {
-    for (int spin = 0; spin < 4000 && done.load() < static_cast<int64_t>(tiles.size()); ++spin) __builtin_ia32_pause();
+    for (int spin = 0; spin < 4000 && done.load() < static_cast<int64_t>(tiles.size()); ++spin) {
+#if defined(__x86_64__) || defined(__i386__)
+      __builtin_ia32_pause();  // a helper's last tile is usually microseconds away: spin briefly first
+#else
+      std::this_thread::yield();
+#endif
+    }
     std::unique_lock<std::mutex> lock(mutex);
     finished.wait(lock, [&] { return done.load() == static_cast<int64_t>(tiles.size()); });
   }
