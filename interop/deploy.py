@@ -101,7 +101,7 @@ class JaxPredictor(Predictor):
         num_classes = infer_num_classes(state) if num_classes is None else num_classes
         self.img_size = int(img_size or get_spec(model_name).img_size)
         self.dtype = str(dtype)
-        self.matmul = resolve_matmul(matmul, num_devices=1)  # jit without shardings: one device
+        self.matmul = resolve_matmul(matmul, num_devices=1, dtype=self.dtype)  # jit without shardings: one device
         model = create_model(model_name, num_classes=num_classes, img_size=self.img_size, dtype=jnp.dtype(self.dtype),
                              matmul=self.matmul)
 

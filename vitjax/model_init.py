@@ -25,13 +25,15 @@ from vitjax.steps import Teacher
 log = logging.getLogger("vitjax")
 
 
-def resolve_matmul(choice: str, num_devices: int | None = None) -> str:
-    """``model.matmul`` as the model takes it: ``"auto"`` becomes ``"onednn"`` on one CPU device
-    where the kernel builds, else ``"xla"``; an explicit ``"onednn"`` must be able to run."""
+def resolve_matmul(choice: str, num_devices: int | None = None, dtype: Any = jnp.float32) -> str:
+    """``model.matmul`` as the model takes it: ``"auto"`` becomes ``"onednn"`` for a float32
+    model on one CPU device where the kernel builds, else ``"xla"`` (the kernel is float32 only:
+    other dtypes run XLA's matmuls whatever the choice); an explicit ``"onednn"`` must be able to run."""
     num_devices = jax.device_count() if num_devices is None else num_devices
     if choice not in ("auto", *MATMUL_KERNELS):
         raise ValueError(f"model.matmul={choice!r}: expected auto or one of {MATMUL_KERNELS}")
-    if choice == "xla" or (choice == "auto" and (jax.default_backend() != "cpu" or num_devices != 1)):
+    on_one_cpu = jax.default_backend() == "cpu" and num_devices == 1
+    if choice == "xla" or (choice == "auto" and not (on_one_cpu and jnp.dtype(dtype) == jnp.float32)):
         return "xla"
     if num_devices != 1:
         raise ValueError(f"model.matmul='onednn' runs on one CPU device; this run has {num_devices} devices (use auto or xla)")
@@ -63,7 +65,7 @@ def build_model(model_config, *, train: bool = True, num_devices: int | None = N
         attn_drop_rate=model_config.attn_drop_rate if train else 0.0,
         drop_path_rate=model_config.drop_path_rate if train else 0.0,
         dtype=jnp.dtype(model_config.dtype),
-        matmul=resolve_matmul(model_config.get("matmul", "xla"), num_devices),
+        matmul=resolve_matmul(model_config.get("matmul", "xla"), num_devices, model_config.dtype),
     )
 
 

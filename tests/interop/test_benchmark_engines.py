@@ -60,6 +60,7 @@ def test_jax_engines_are_the_jax_predictor_in_float32_and_bfloat16_pinned_or_not
     unpinned = deploy_predictor("jax-unpinned", MODEL, work, "cpu", threads=2)
     assert all(isinstance(p, JaxPredictor) for p in (fp32, bf16, unpinned))
     assert (fp32.dtype, bf16.dtype, unpinned.dtype) == ("float32", "bfloat16", "float32")
+    assert bf16.matmul == "xla"  # what its bfloat16 layers run, whatever auto picks for float32
     x = images(2, fp32.img_size, seed=6)
     pinning_applies = sys.platform.startswith("linux") and jax.default_backend() == "cpu"
     free = unpinned.predict(x)

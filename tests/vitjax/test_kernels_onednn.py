@@ -213,6 +213,7 @@ def test_missing_runtime_names_the_extra_to_install():
 def test_auto_picks_onednn_on_one_cpu_device_and_xla_on_a_mesh():
     assert resolve_matmul("auto", num_devices=1) == "onednn"
     assert resolve_matmul("auto", num_devices=8) == "xla"
+    assert resolve_matmul("auto", num_devices=1, dtype="bfloat16") == "xla"  # the kernel is float32 only
     assert resolve_matmul("xla", num_devices=1) == "xla"
     with pytest.raises(ValueError, match="runs on one CPU device; this run has 8 devices"):
         resolve_matmul("onednn", num_devices=8)
