@@ -11,7 +11,7 @@ models oneDNN's matmul instead (``model.matmul="onednn"``):
   made per lowering platform, so one model runs everywhere).
 * :func:`batched_matmul`: the same choice for attention's batched matmuls, which
   ``layers.softmax_attention`` differentiates itself.
-* :func:`matmul`: the kernel itself, ``op(a[i]) @ op(b[i])`` over ``[batch, rows, cols]`` arrays.
+* :func:`matmul`: the kernel itself, ``alpha * (op(a[i]) @ op(b[i]))`` over ``[batch, rows, cols]`` arrays.
 * :func:`load` / :func:`available`: the kernel library is compiled on first use (a C++ compiler
   and the ``cpu-kernels`` extra: ``pip install 'vitjax[cpu-kernels]'``) into
   ``$VITJAX_CACHE/kernels``, one directory per source, jaxlib, oneDNN, compiler and machine
