@@ -119,6 +119,70 @@ def test_dense_dot_general_leaves_other_dtypes_and_contractions_to_xla():
     assert onednn.TARGET not in hlo
 
 
+def attention_reference(q, k, v, slots):
+    """softmax(q k^T / sqrt(d)) v per batch entry and head, in float64, from packed projections."""
+    q, k, v = (np.asarray(x, np.float64)[:, :, s] for x, s in zip((q, k, v), slots))
+    logits = np.einsum("bqhd,bkhd->bhqk", q, k) / np.sqrt(q.shape[-1])
+    weights = np.exp(logits - logits.max(-1, keepdims=True))
+    weights /= weights.sum(-1, keepdims=True)
+    return np.einsum("bhqk,bkhd->bqhd", weights, v)
+
+
+# Tiles: heads x batch below the thread count cuts the query rows (1 x 3 heads, 37 tokens);
+# many short sequences group batch entries (40 x 16 tokens, TNT's inner attention); odd sizes.
+@pytest.mark.parametrize("batch, tokens, heads, head_dim", [(1, 37, 3, 8), (6, 37, 2, 8), (40, 16, 4, 6), (3, 5, 2, 4), (1, 1, 1, 1)])
+def test_attention_takes_q_k_v_from_packed_projections_and_equals_softmax_attention(batch, tokens, heads, head_dim):
+    rng = np.random.default_rng(4)
+    qkv = rng.standard_normal((batch, tokens, 3, heads, head_dim), np.float32) * 2
+    v_alone = rng.standard_normal((batch, tokens, 1, heads, head_dim), np.float32)
+    scale = head_dim ** -0.5
+    cases = {  # DeiT's one qkv array; TNT's qk and v; any slot order
+        "qkv": ((qkv, qkv, qkv), (0, 1, 2)),
+        "qk+v": ((qkv[:, :, :2], qkv[:, :, :2], v_alone), (0, 1, 0)),
+        "permuted": ((qkv, qkv, qkv), (2, 0, 1)),
+    }
+    for name, (sources, slots) in cases.items():
+        call = jax.jit(lambda q, k, v, slots=slots: onednn.attention(q, k, v, slots, scale))
+        out = np.asarray(call(*sources))
+        assert out.shape == (batch, tokens, heads, head_dim), name
+        assert rel_err(out, attention_reference(*sources, slots)) < 1e-5, name
+        assert np.array_equal(np.asarray(call(*sources)), out), name  # however the tiles were shared out
+
+
+def test_attention_refuses_mismatched_projections_by_name():
+    qkv = jnp.zeros((2, 5, 3, 4, 8), jnp.float32)
+    with pytest.raises(ValueError, match=r"attention: v \[2, 5, 1, 4, 6\]"):
+        onednn.attention(qkv, qkv, jnp.zeros((2, 5, 1, 4, 6), jnp.float32), (0, 1, 0))
+    with pytest.raises(ValueError, match=r"attention: k .*slot 3"):
+        onednn.attention(qkv, qkv, qkv, (0, 3, 2))
+    with pytest.raises(ValueError, match="float32"):
+        onednn.attention(qkv.astype(jnp.bfloat16), qkv, qkv)
+
+
+@pytest.mark.parametrize("shape", [(2, 17, 3, 8), (12, 16, 4, 6)], ids=["deit-like", "tnt-inner-like"])
+def test_fused_attention_runs_forward_only_and_training_keeps_the_unfused_attention(shape):
+    """The model's attention with oneDNN: one fused call when nothing differentiates it; under
+    jax.grad the unfused attention and its closed-form backward, so training is unchanged."""
+    from vitjax.models.layers import multi_head_attention, packed_multi_head_attention
+
+    batch, tokens, heads, head_dim = shape
+    qkv = jax.random.normal(jax.random.key(0), (batch, tokens, 3, heads, head_dim)) * 2
+    weights = jax.random.normal(jax.random.key(1), shape)
+    fused = lambda x: packed_multi_head_attention(x, x, x, (0, 1, 2), matmul="onednn")  # noqa: E731
+    unfused = lambda x: multi_head_attention(x[:, :, 0], x[:, :, 1], x[:, :, 2], matmul="onednn")  # noqa: E731
+    forward = jax.jit(fused).lower(qkv).as_text()
+    assert forward.count(onednn.ATTENTION_TARGET) == 1 and onednn.TARGET not in forward
+    assert rel_err(jax.jit(fused)(qkv), jax.jit(unfused)(qkv)) < 1e-6
+    grad = jax.jit(jax.grad(lambda x, f: jnp.sum(f(x) * weights), argnums=0), static_argnums=1)
+    assert onednn.ATTENTION_TARGET not in grad.lower(qkv, fused).as_text()
+    np.testing.assert_array_equal(grad(qkv, fused), grad(qkv, unfused))
+    # attention dropout, or another dtype, never takes the fused call
+    bf16 = jax.jit(fused).lower(qkv.astype(jnp.bfloat16)).as_text()
+    assert onednn.ATTENTION_TARGET not in bf16
+    dropped = jax.jit(lambda x: packed_multi_head_attention(x, x, x, (0, 1, 2), lambda w: w * 0.5, "onednn"))
+    assert onednn.ATTENTION_TARGET not in dropped.lower(qkv).as_text()
+
+
 @pytest.fixture(scope="module")
 def images():
     return np.random.default_rng(2).standard_normal((4, 32, 32, 3), np.float32)
@@ -134,7 +198,8 @@ def test_model_with_onednn_matmuls_has_the_same_parameters_and_logits(images):
     assert float(jnp.abs(ours - xla).max()) <= 1e-4  # the fp32 parity bar; observed ~1e-6
     hlo = jax.jit(dnnl_model.apply).lower(params, images).as_text()
     depth = vitjax.get_spec(MODEL).arch.depth
-    assert hlo.count(onednn.TARGET) == depth * (4 + 2) + 1  # per block 4 dense + 2 attention matmuls, and the head
+    assert hlo.count(onednn.TARGET) == depth * 4 + 1  # per block 4 dense layers, and the head
+    assert hlo.count(onednn.ATTENTION_TARGET) == depth  # per block one fused attention
 
 
 @pytest.mark.parametrize("name", [MODEL, "TNT_test_patch16_32"])

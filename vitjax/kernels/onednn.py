@@ -11,6 +11,8 @@ models oneDNN's matmul instead (``model.matmul="onednn"``):
   made per lowering platform, so one model runs everywhere).
 * :func:`batched_matmul`: the same choice for attention's batched matmuls, which
   ``layers.softmax_attention`` differentiates itself.
+* :func:`attention`: softmax attention's forward in one call, from the projections' outputs as
+  they are (inference: ``layers.packed_multi_head_attention``).
 * :func:`matmul`: the kernel itself, ``alpha * (op(a[i]) @ op(b[i]))`` over ``[batch, rows, cols]`` arrays.
 * :func:`load` / :func:`available`: the kernel library is compiled on first use (a C++ compiler
   and the ``cpu-kernels`` extra: ``pip install 'vitjax[cpu-kernels]'``) into
@@ -48,6 +50,7 @@ import numpy as np
 from jax import lax
 
 TARGET = "vitjax_onednn_matmul"
+ATTENTION_TARGET = "vitjax_onednn_attention"
 CXXFLAGS = ("-O2", "-std=c++17", "-shared", "-fPIC", "-pthread", "-fopenmp")
 LIBRARY_NAME = "onednn_matmul.so"
 PUBLIC_SONAME = b"libdnnl.so.3"
@@ -185,6 +188,7 @@ def _load() -> Path:
         raise KernelUnavailable(f"{path} runs oneDNN {running // 10000}.{running // 100 % 100}, not the installed "
                                 f"{expected[0]}.{expected[1]}: another oneDNN took its symbols in this process")
     jax.ffi.register_ffi_target(TARGET, jax.ffi.pycapsule(library.VitjaxOnednnMatmul), platform="cpu")
+    jax.ffi.register_ffi_target(ATTENTION_TARGET, jax.ffi.pycapsule(library.VitjaxOnednnAttention), platform="cpu")
     return path
 
 
@@ -235,6 +239,33 @@ def matmul(a: jax.Array, b: jax.Array, transpose_a: bool = False, transpose_b: b
     out = jax.ShapeDtypeStruct((a.shape[0], m, n), jnp.float32)
     call = jax.ffi.ffi_call(TARGET, out, vmap_method="sequential")  # under vmap: one call per mapped element
     return call(a, b, transpose_a=bool(transpose_a), transpose_b=bool(transpose_b), alpha=np.float32(alpha))
+
+
+def attention(q: jax.Array, k: jax.Array, v: jax.Array, slots: tuple[int, int, int] = (0, 1, 2), alpha: float = 1.0) -> jax.Array:
+    """``softmax(alpha * q k^T) v`` per batch entry and head, in one call, by oneDNN (CPU only, float32).
+
+    ``q``, ``k`` and ``v`` are projections' outputs laid out ``[batch, tokens, slots, heads,
+    head_dim]``; ``slots`` says which slot of each holds q, k and v (DeiT: one ``qkv`` array three
+    times, slots ``(0, 1, 2)``; TNT: ``qk, qk, v[:, :, None]``, slots ``(0, 1, 0)``). Nothing is
+    transposed to a heads-major layout: each tile (a head, some batch entries, some query rows)
+    copies its rows of q, k and v into a per-thread buffer, and the result comes out as ``[batch,
+    tokens, heads, head_dim]``; the ``[batch, heads, tokens, tokens]`` attention weights live only
+    in per-thread buffers, where their softmax is taken. Forward only (no gradient):
+    ``layers.packed_multi_head_attention`` gives it one.
+    """
+    load()
+    arrays = (q, k, v)
+    if any(x.ndim != 5 or x.dtype != jnp.float32 for x in arrays):
+        raise ValueError("attention takes float32 [batch, tokens, slots, heads, head_dim] arrays, got "
+                         + ", ".join(f"{x.dtype}{list(x.shape)}" for x in arrays))
+    batch, tokens, _, heads, head_dim = q.shape
+    for name, x, slot in zip("qkv", arrays, slots):
+        if (x.shape[:2], x.shape[3:]) != ((batch, tokens), (heads, head_dim)) or not 0 <= slot < x.shape[2]:
+            raise ValueError(f"attention: {name} {list(x.shape)} (slot {slot}) does not match q {list(q.shape)}")
+    out = jax.ShapeDtypeStruct((batch, tokens, heads, head_dim), jnp.float32)
+    call = jax.ffi.ffi_call(ATTENTION_TARGET, out, vmap_method="sequential")
+    q_slot, k_slot, v_slot = (np.int64(s) for s in slots)
+    return call(q, k, v, q_slot=q_slot, k_slot=k_slot, v_slot=v_slot, alpha=np.float32(alpha))
 
 
 def _xla_matmul(a: jax.Array, b: jax.Array, transpose_a: bool, transpose_b: bool, alpha: float) -> jax.Array:

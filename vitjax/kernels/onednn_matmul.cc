@@ -29,6 +29,7 @@
 #include <cstdint>
 #include <cstring>
 #include <exception>
+#include <functional>
 #include <map>
 #include <memory>
 #include <mutex>
@@ -148,9 +149,8 @@ std::vector<Tile> tiles_of(const Problem& p, int64_t parts) {
 
 // The tiles of one call, taken one at a time by whichever thread asks next.
 struct SharedWork {
-  Problem problem;
-  std::vector<Tile> tiles;
-  float *a, *b, *c;
+  int64_t count = 0;
+  std::function<void(int64_t)> run_tile;
   std::atomic<int64_t> next{0};
   std::atomic<int64_t> done{0};
   std::mutex mutex;  // guards error and the wake-up
@@ -159,10 +159,10 @@ struct SharedWork {
 
   // Takes and runs tiles until none is left.
   void work() {
-    for (int64_t i; (i = next.fetch_add(1)) < static_cast<int64_t>(tiles.size());) {
+    for (int64_t i; (i = next.fetch_add(1)) < count;) {
       std::string failure;
       try {
-        run_tile(problem, tiles[i], a, b, c);
+        run_tile(i);
       } catch (const dnnl::error& e) {
         failure = std::string("oneDNN: ") + e.what();
       } catch (const std::exception& e) {
@@ -172,12 +172,12 @@ struct SharedWork {
       }
       std::lock_guard<std::mutex> lock(mutex);
       if (!failure.empty() && error.empty()) error = failure;
-      if (done.fetch_add(1) + 1 == static_cast<int64_t>(tiles.size())) finished.notify_all();
+      if (done.fetch_add(1) + 1 == count) finished.notify_all();
     }
   }
 
   void wait() {
-    for (int spin = 0; spin < 4000 && done.load() < static_cast<int64_t>(tiles.size()); ++spin) {
+    for (int spin = 0; spin < 4000 && done.load() < count; ++spin) {
 #if defined(__x86_64__) || defined(__i386__)
       __builtin_ia32_pause();  // a helper's last tile is usually microseconds away: spin briefly first
 #else
@@ -185,11 +185,25 @@ struct SharedWork {
 #endif
     }
     std::unique_lock<std::mutex> lock(mutex);
-    finished.wait(lock, [&] { return done.load() == static_cast<int64_t>(tiles.size()); });
+    finished.wait(lock, [&] { return done.load() == count; });
   }
 };
 
 constexpr int64_t kTilesPerThread = 2;  // slack for a thread that frees up mid-call (1 and 4 measured the same)
+
+// Runs run_tile(0 .. count - 1) on the calling thread and up to (pool threads - 1) helper tasks;
+// returns the first tile's error, or "" when all succeeded.
+std::string run_shared(ffi::ThreadPool& pool, int64_t count, std::function<void(int64_t)> run_tile) {
+  auto shared = std::make_shared<SharedWork>();
+  shared->count = count;
+  shared->run_tile = std::move(run_tile);
+  int64_t threads = std::max<int64_t>(1, pool.num_threads());
+  int64_t helpers = std::min<int64_t>(threads, count) - 1;
+  for (int64_t i = 0; i < helpers; ++i) pool.Schedule([shared] { shared->work(); });
+  shared->work();
+  shared->wait();
+  return shared->error;
+}
 
 ffi::Error MatmulImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> a, ffi::Buffer<ffi::F32> b, ffi::ResultBuffer<ffi::F32> c,
                       bool transpose_a, bool transpose_b, float alpha) {
@@ -209,17 +223,199 @@ ffi::Error MatmulImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> a, ffi::Buffer
     return ffi::Error::Success();
   }
   int64_t threads = std::max<int64_t>(1, pool.num_threads());
-  auto shared = std::make_shared<SharedWork>();
-  shared->problem = p;
-  shared->tiles = tiles_of(p, threads * kTilesPerThread);
-  shared->a = a.typed_data();
-  shared->b = b.typed_data();
-  shared->c = c->typed_data();
-  int64_t helpers = std::min<int64_t>(threads, shared->tiles.size()) - 1;
-  for (int64_t i = 0; i < helpers; ++i) pool.Schedule([shared] { shared->work(); });
-  shared->work();
-  shared->wait();
-  if (!shared->error.empty()) return ffi::Error::Internal("onednn_matmul: " + shared->error);
+  std::vector<Tile> tiles = tiles_of(p, threads * kTilesPerThread);
+  float *a_data = a.typed_data(), *b_data = b.typed_data(), *c_data = c->typed_data();
+  std::string error = run_shared(pool, tiles.size(), [&](int64_t i) { run_tile(p, tiles[i], a_data, b_data, c_data); });
+  if (!error.empty()) return ffi::Error::Internal("onednn_matmul: " + error);
+  return ffi::Error::Success();
+}
+
+// ---------------------------------------------------------------------------------------------
+// Attention: out[b, t, h] = softmax(alpha * q[b, t, h] . k[b, :, h]) v[b, :, h], one fused call.
+//
+// q, k and v come straight from the projections' outputs, [batch, tokens, slots, heads, head_dim]
+// arrays (DeiT's qkv: slots 0, 1, 2 of one array; TNT's qk and v), and the result is written as
+// [batch, tokens, heads, head_dim], ready for the output projection: no transposes to and from a
+// heads-major layout over whole arrays. Each tile (one head, a run of batch entries, a run of query
+// rows) gathers its q, k^T and v into per-thread buffers, computes its attention weights there
+// (small enough to stay in cache), takes their softmax in place and multiplies them by v: the
+// [batch, heads, tokens, tokens] weights never go to memory. The three steps are single-threaded
+// oneDNN primitives (matmul with the scale in its epilogue, softmax_accurate, matmul), shared out
+// over XLA's threads as the matmul's tiles are.
+
+// One operand's [batch, tokens, slots, heads, head_dim] layout and the slot it reads.
+struct Packed {
+  int64_t batch_stride, token_stride, offset;  // offset: of slot `slot`, head 0
+};
+
+struct AttentionProblem {
+  int64_t batch, tokens, heads, head_dim;
+  Packed q, k, v;
+  float alpha;
+};
+
+// One tile: head h, batch entries [b0, b0 + nb), query rows [m0, m0 + nm).
+struct AttentionTile {
+  int64_t h, b0, nb, m0, nm;
+};
+
+struct AttentionPrimitives {
+  dnnl::memory::desc q, k, scores, v, out;
+  dnnl::matmul scores_matmul, out_matmul;
+  dnnl::softmax_forward softmax;
+  dnnl::memory::desc scores_scratch, rows, softmax_scratch, out_scratch;
+};
+
+dnnl::primitive_attr strict_attr() {
+  dnnl::primitive_attr attr;
+  attr.set_scratchpad_mode(dnnl::scratchpad_mode::user);
+  attr.set_fpmath_mode(dnnl::fpmath_mode::strict);
+  return attr;
+}
+
+// Copies nb x rows rows of d floats from a strided operand into a dense [nb, rows, d] buffer.
+void gather(const float* src, int64_t nb, int64_t batch_stride, int64_t rows, int64_t row_stride, int64_t d, float* dst) {
+  for (int64_t b = 0; b < nb; ++b)
+    for (int64_t r = 0; r < rows; ++r) std::memcpy(dst + (b * rows + r) * d, src + b * batch_stride + r * row_stride, d * sizeof(float));
+}
+
+// The inverse of gather: a dense [nb, rows, d] buffer into a strided result.
+void scatter(const float* src, int64_t nb, int64_t batch_stride, int64_t rows, int64_t row_stride, int64_t d, float* dst) {
+  for (int64_t b = 0; b < nb; ++b)
+    for (int64_t r = 0; r < rows; ++r) std::memcpy(dst + b * batch_stride + r * row_stride, src + (b * rows + r) * d, d * sizeof(float));
+}
+
+const AttentionPrimitives& attention_primitives(const AttentionProblem& p, int64_t nb, int64_t nm) {
+  static std::mutex mutex;
+  // The tile's operands are dense (gathered by run_attention_tile): its sizes and the scale say it all.
+  using Key = std::tuple<int64_t, int64_t, int64_t, int64_t, float>;
+  static std::map<Key, std::unique_ptr<AttentionPrimitives>> made;
+  Key key{nb, nm, p.tokens, p.head_dim, p.alpha};
+  std::lock_guard<std::mutex> lock(mutex);
+  auto found = made.find(key);
+  if (found != made.end()) return *found->second;
+  auto f32 = dnnl::memory::data_type::f32;
+  int64_t t = p.tokens, d = p.head_dim;
+  dnnl::memory::desc q({nb, nm, d}, f32, dims{nm * d, d, 1});
+  dnnl::memory::desc k({nb, d, t}, f32, dims{t * d, 1, d});  // k^T: k's rows read as columns
+  dnnl::memory::desc scores({nb, nm, t}, f32, dims{nm * t, t, 1});
+  dnnl::memory::desc rows({nb * nm, t}, f32, dims{t, 1});
+  dnnl::memory::desc v({nb, t, d}, f32, dims{t * d, d, 1});
+  dnnl::memory::desc out({nb, nm, d}, f32, dims{nm * d, d, 1});
+  auto scaled = strict_attr();
+  if (p.alpha != 1.0f) {
+    dnnl::post_ops scale;
+    scale.append_eltwise(dnnl::algorithm::eltwise_linear, p.alpha, 0.0f);
+    scaled.set_post_ops(scale);
+  }
+  dnnl::matmul::primitive_desc scores_pd(cpu_engine(), q, k, scores, scaled);
+  dnnl::softmax_forward::primitive_desc softmax_pd(cpu_engine(), dnnl::prop_kind::forward_inference,
+                                                   dnnl::algorithm::softmax_accurate, rows, rows, 1, strict_attr());
+  dnnl::matmul::primitive_desc out_pd(cpu_engine(), scores, v, out, strict_attr());
+  auto prims = std::make_unique<AttentionPrimitives>(AttentionPrimitives{
+      q, k, scores, v, out, dnnl::matmul(scores_pd), dnnl::matmul(out_pd), dnnl::softmax_forward(softmax_pd),
+      scores_pd.scratchpad_desc(), rows, softmax_pd.scratchpad_desc(), out_pd.scratchpad_desc()});
+  return *made.emplace(key, std::move(prims)).first->second;
+}
+
+void run_attention_tile(const AttentionProblem& p, const AttentionTile& t, const float* q, const float* k, const float* v,
+                        float* out) {
+  thread_local bool single = false;
+  thread_local std::vector<uint8_t> scratch;
+  thread_local std::vector<float> scores;
+  if (!single) {
+    omp_set_num_threads(1);
+    single = true;
+  }
+  const AttentionPrimitives& prims = attention_primitives(p, t.nb, t.nm);
+  size_t scratch_bytes = std::max({prims.scores_scratch.get_size(), prims.softmax_scratch.get_size(), prims.out_scratch.get_size()});
+  if (scratch.size() < scratch_bytes) scratch.resize(scratch_bytes);
+  size_t score_count = static_cast<size_t>(t.nb * t.nm * p.tokens);
+  if (scores.size() < score_count) scores.resize(score_count);
+  int64_t head = t.h * p.head_dim;
+  auto& engine = cpu_engine();
+  int64_t out_token = p.heads * p.head_dim;
+  const float* qp = q + p.q.offset + head + t.b0 * p.q.batch_stride + t.m0 * p.q.token_stride;
+  const float* kp = k + p.k.offset + head + t.b0 * p.k.batch_stride;
+  const float* vp = v + p.v.offset + head + t.b0 * p.v.batch_stride;
+  float* op = out + head + t.b0 * p.tokens * out_token + t.m0 * out_token;
+  // The tile's q, k and v, gathered dense into a per-thread buffer (rows of head_dim floats), and
+  // its result scattered back: oneDNN runs its fastest matmul kernels on dense operands only, and
+  // reading strided operands in place measured slower than the copies (DeiT-tiny, batch 8).
+  thread_local std::vector<float> stage;
+  int64_t d = p.head_dim;
+  size_t need = static_cast<size_t>(t.nb * (2 * t.nm * d + 2 * p.tokens * d));
+  if (stage.size() < need) stage.resize(need);
+  float* qs = stage.data();
+  float* ks = qs + t.nb * t.nm * d;
+  float* vs = ks + t.nb * p.tokens * d;
+  float* os = vs + t.nb * p.tokens * d;
+  gather(qp, t.nb, p.q.batch_stride, t.nm, p.q.token_stride, d, qs);
+  gather(kp, t.nb, p.k.batch_stride, p.tokens, p.k.token_stride, d, ks);
+  gather(vp, t.nb, p.v.batch_stride, p.tokens, p.v.token_stride, d, vs);
+  dnnl::memory qm(prims.q, engine, qs), km(prims.k, engine, ks), vm(prims.v, engine, vs), om(prims.out, engine, os);
+  dnnl::memory sm(prims.scores, engine, scores.data());
+  dnnl::memory rows(prims.rows, engine, scores.data());  // the same weights, as [rows, tokens] for the softmax
+  dnnl::memory pad1(prims.scores_scratch, engine, scratch.data()), pad2(prims.softmax_scratch, engine, scratch.data()),
+      pad3(prims.out_scratch, engine, scratch.data());
+  dnnl::stream stream(engine);
+  prims.scores_matmul.execute(stream, {{DNNL_ARG_SRC, qm}, {DNNL_ARG_WEIGHTS, km}, {DNNL_ARG_DST, sm}, {DNNL_ARG_SCRATCHPAD, pad1}});
+  prims.softmax.execute(stream, {{DNNL_ARG_SRC, rows}, {DNNL_ARG_DST, rows}, {DNNL_ARG_SCRATCHPAD, pad2}});
+  prims.out_matmul.execute(stream, {{DNNL_ARG_SRC, sm}, {DNNL_ARG_WEIGHTS, vm}, {DNNL_ARG_DST, om}, {DNNL_ARG_SCRATCHPAD, pad3}});
+  stream.wait();
+  scatter(os, t.nb, p.tokens * out_token, t.nm, out_token, d, op);
+}
+
+constexpr int64_t kScoreBytesPerTile = 128 * 1024;  // a tile's attention weights stay in L2
+
+// Cuts the work into tiles: every head on its own; batch entries grouped so that a tile's
+// weights fit kScoreBytesPerTile and there are at least `parts` tiles; query rows cut (in
+// multiples of 8) only when heads x batch is fewer than `parts`.
+std::vector<AttentionTile> attention_tiles(const AttentionProblem& p, int64_t parts) {
+  int64_t units = p.heads * p.batch;
+  int64_t row_chunks = units >= parts ? 1 : std::min<int64_t>((parts + units - 1) / units, (p.tokens + 7) / 8);
+  int64_t rows = (p.tokens + row_chunks - 1) / row_chunks;
+  rows = (rows + 7) / 8 * 8;
+  int64_t per_batch_bytes = rows * p.tokens * static_cast<int64_t>(sizeof(float));
+  int64_t nb = std::max<int64_t>(1, std::min<int64_t>(kScoreBytesPerTile / per_batch_bytes, p.batch));
+  int64_t wanted_batch_chunks = (parts + p.heads - 1) / p.heads;
+  nb = std::min(nb, std::max<int64_t>(1, (p.batch + wanted_batch_chunks - 1) / wanted_batch_chunks));
+  std::vector<AttentionTile> tiles;
+  for (int64_t b0 = 0; b0 < p.batch; b0 += nb) {
+    for (int64_t h = 0; h < p.heads; ++h) {
+      for (int64_t m0 = 0; m0 < p.tokens; m0 += rows) {
+        tiles.push_back({h, b0, std::min(nb, p.batch - b0), m0, std::min(rows, p.tokens - m0)});
+      }
+    }
+  }
+  return tiles;
+}
+
+ffi::Error AttentionImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> q, ffi::Buffer<ffi::F32> k, ffi::Buffer<ffi::F32> v,
+                         ffi::ResultBuffer<ffi::F32> out, int64_t q_slot, int64_t k_slot, int64_t v_slot, float alpha) {
+  auto od = out->dimensions();
+  if (od.size() != 4) return ffi::Error::InvalidArgument("onednn_attention: the result must be [batch, tokens, heads, head_dim]");
+  AttentionProblem p{od[0], od[1], od[2], od[3], {}, {}, {}, alpha};
+  auto packed = [&](ffi::Buffer<ffi::F32>& x, int64_t slot, Packed& layout) {
+    auto xd = x.dimensions();
+    if (xd.size() != 5 || xd[0] != p.batch || xd[1] != p.tokens || xd[3] != p.heads || xd[4] != p.head_dim || slot < 0 ||
+        slot >= xd[2]) {
+      return false;
+    }
+    int64_t token = xd[2] * p.heads * p.head_dim;
+    layout = {p.tokens * token, token, slot * p.heads * p.head_dim};
+    return true;
+  };
+  if (!packed(q, q_slot, p.q) || !packed(k, k_slot, p.k) || !packed(v, v_slot, p.v)) {
+    return ffi::Error::InvalidArgument("onednn_attention: q, k, v must be [batch, tokens, slots, heads, head_dim] with a valid slot");
+  }
+  if (p.batch == 0 || p.tokens == 0 || p.heads == 0 || p.head_dim == 0) return ffi::Error::Success();
+  int64_t threads = std::max<int64_t>(1, pool.num_threads());
+  std::vector<AttentionTile> tiles = attention_tiles(p, threads * kTilesPerThread);
+  const float *qd = q.typed_data(), *kd = k.typed_data(), *vd = v.typed_data();
+  float* outd = out->typed_data();
+  std::string error = run_shared(pool, tiles.size(), [&](int64_t i) { run_attention_tile(p, tiles[i], qd, kd, vd, outd); });
+  if (!error.empty()) return ffi::Error::Internal("onednn_attention: " + error);
   return ffi::Error::Success();
 }
 
@@ -233,6 +429,18 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(VitjaxOnednnMatmul, MatmulImpl,
                                   .Ret<ffi::Buffer<ffi::F32>>()
                                   .Attr<bool>("transpose_a")
                                   .Attr<bool>("transpose_b")
+                                  .Attr<float>("alpha"));
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(VitjaxOnednnAttention, AttentionImpl,
+                              ffi::Ffi::Bind()
+                                  .Ctx<ffi::ThreadPool>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Ret<ffi::Buffer<ffi::F32>>()
+                                  .Attr<int64_t>("q_slot")
+                                  .Attr<int64_t>("k_slot")
+                                  .Attr<int64_t>("v_slot")
                                   .Attr<float>("alpha"));
 
 // The oneDNN version this library runs against (a process may hold another copy; onednn.py checks).

@@ -18,7 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 from einops import rearrange
 
-from vitjax.models.layers import ConvAsMatmul, Dtype, check_image_size, DropPath, Mlp, dense, layer_norm, multi_head_attention, trunc_normal
+from vitjax.models.layers import ConvAsMatmul, Dtype, check_image_size, DropPath, Mlp, dense, layer_norm, packed_multi_head_attention, trunc_normal
 
 
 @dataclasses.dataclass(frozen=True)
@@ -60,11 +60,10 @@ class Attention(nn.Module):
         head_dim = self.dim // self.num_heads
         qkv = dense(3 * self.dim, "qkv", use_bias=self.qkv_bias, dtype=self.dtype, matmul=self.matmul)(x)
         qkv = qkv.reshape(batch, tokens, 3, self.num_heads, head_dim)
-        q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]
         dropout = None
         if self.attn_drop_rate > 0.0 and not deterministic:
             dropout = lambda w: nn.Dropout(self.attn_drop_rate)(w, deterministic=False)  # noqa: E731
-        out = multi_head_attention(q, k, v, dropout, self.matmul).reshape(batch, tokens, self.dim)
+        out = packed_multi_head_attention(qkv, qkv, qkv, (0, 1, 2), dropout, self.matmul).reshape(batch, tokens, self.dim)
         out = dense(self.dim, "proj", dtype=self.dtype, matmul=self.matmul)(out)
         return nn.Dropout(self.proj_drop_rate)(out, deterministic=deterministic)
 

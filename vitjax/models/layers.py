@@ -182,6 +182,67 @@ def multi_head_attention(
     return out.transpose(0, 2, 1, 3)
 
 
+def packed_multi_head_attention(
+    q_source: jax.Array,
+    k_source: jax.Array,
+    v_source: jax.Array,
+    slots: tuple[int, int, int],
+    dropout: Callable[[jax.Array], jax.Array] | None = None,
+    matmul: str = "xla",
+) -> jax.Array:
+    """:func:`multi_head_attention` over the projections' outputs as they come out of the Linear layers.
+
+    Each source is ``[batch, tokens, slots, heads, head_dim]`` and ``slots`` says which slot holds
+    q, k and v (DeiT: ``qkv`` three times, ``(0, 1, 2)``; TNT: ``qk, qk, v[:, :, None]``, ``(0, 1,
+    0)``). Returns ``[batch, tokens, heads, head_dim]``.
+
+    With ``matmul="onednn"``, float32 and no attention dropout, the forward pass on the CPU is one
+    fused oneDNN call (:func:`vitjax.kernels.onednn.attention`: q, k and v taken from the sources
+    per head, the softmax of each tile's weights taken while they are in cache, no heads-major
+    copies); its gradient, and everything on other platforms, is :func:`multi_head_attention`'s
+    (training computes exactly what it did without the fused call; the fused forward equals it to
+    float32 rounding, normalising before the second matmul rather than after).
+    """
+    q, k, v = (source[:, :, slot] for source, slot in zip((q_source, k_source, v_source), slots))
+    fused = (
+        dropout is None and matmul == "onednn"
+        and q_source.dtype == k_source.dtype == v_source.dtype == jnp.float32
+    )
+    if not fused:
+        return multi_head_attention(q, k, v, dropout, matmul)
+    return _fused_attention(tuple(slots), q_source, k_source, v_source)
+
+
+def _unfused_attention(slots, q_source, k_source, v_source):
+    q, k, v = (source[:, :, slot] for source, slot in zip((q_source, k_source, v_source), slots))
+    return multi_head_attention(q, k, v, None, "onednn")
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
+def _fused_attention(slots, q_source, k_source, v_source):
+    from vitjax.kernels import onednn
+
+    scale = q_source.shape[-1] ** -0.5
+    return jax.lax.platform_dependent(
+        q_source, k_source, v_source,
+        cpu=lambda q, k, v: onednn.attention(q, k, v, slots, scale),
+        default=functools.partial(_unfused_attention, slots),
+    )
+
+
+def _fused_attention_fwd(slots, q_source, k_source, v_source):
+    # Differentiated, the unfused attention runs (and its closed-form backward); its VJP
+    # closure carries the residuals.
+    return jax.vjp(functools.partial(_unfused_attention, slots), q_source, k_source, v_source)
+
+
+def _fused_attention_bwd(slots, vjp, d_out):
+    return vjp(d_out)
+
+
+_fused_attention.defvjp(_fused_attention_fwd, _fused_attention_bwd)
+
+
 def softmax_attention(q: jax.Array, k: jax.Array, v: jax.Array, matmul: str = "xla") -> jax.Array:
     """``softmax(q k^T * head_dim ** -0.5) v`` over heads-major ``[batch, heads, tokens, head_dim]``.
 

@@ -19,7 +19,7 @@ import jax.numpy as jnp
 import numpy as np
 from einops import rearrange
 
-from vitjax.models.layers import ConvAsMatmul, Dtype, check_image_size, DropPath, Mlp, dense, layer_norm, multi_head_attention, trunc_normal
+from vitjax.models.layers import ConvAsMatmul, Dtype, check_image_size, DropPath, Mlp, dense, layer_norm, packed_multi_head_attention, trunc_normal
 
 
 @dataclasses.dataclass(frozen=True)
@@ -79,11 +79,11 @@ class Attention(nn.Module):
         qk = dense(2 * self.dim, "qk", use_bias=self.qkv_bias, dtype=self.dtype, matmul=self.matmul)(x)
         qk = qk.reshape(x.shape[0], tokens, 2, self.num_heads, head_dim)
         v = dense(self.dim, "v", use_bias=self.qkv_bias, dtype=self.dtype, matmul=self.matmul)(x)
-        v = v.reshape(x.shape[0], tokens, self.num_heads, head_dim)
+        v = v.reshape(x.shape[0], tokens, 1, self.num_heads, head_dim)
         dropout = None
         if self.attn_drop_rate > 0.0 and not deterministic:
             dropout = lambda w: nn.Dropout(self.attn_drop_rate)(w, deterministic=False)  # noqa: E731
-        out = multi_head_attention(qk[:, :, 0], qk[:, :, 1], v, dropout, self.matmul).reshape(x.shape[0], tokens, self.dim)
+        out = packed_multi_head_attention(qk, qk, v, (0, 1, 0), dropout, self.matmul).reshape(x.shape[0], tokens, self.dim)
         out = dense(self.dim, "proj", dtype=self.dtype, matmul=self.matmul)(out)
         out = nn.Dropout(self.proj_drop_rate)(out, deterministic=deterministic)
         return out.reshape(*lead, tokens, self.dim)
