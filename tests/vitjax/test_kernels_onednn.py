@@ -119,6 +119,15 @@ def test_dense_dot_general_leaves_other_dtypes_and_contractions_to_xla():
     assert onednn.TARGET not in hlo
 
 
+def test_dense_dot_general_takes_empty_inputs():
+    dims = (((1,), (0,)), ((), ()))
+    no_features = jax.jit(lambda x, w: onednn.dense_dot_general(x, w, dims))(jnp.ones((13, 0)), jnp.ones((0, 9)))
+    np.testing.assert_array_equal(no_features, np.zeros((13, 9), np.float32))  # an empty sum
+    assert jax.jit(lambda x, w: onednn.dense_dot_general(x, w, dims))(jnp.ones((0, 5)), jnp.ones((5, 3))).shape == (0, 3)
+    d_w = jax.grad(lambda x, w: onednn.dense_dot_general(x, w, dims).sum(), argnums=1)(jnp.ones((0, 5)), jnp.ones((5, 3)))
+    np.testing.assert_array_equal(d_w, np.zeros((5, 3), np.float32))
+
+
 def attention_reference(q, k, v, slots):
     """softmax(q k^T / sqrt(d)) v per batch entry and head, in float64, from packed projections."""
     q, k, v = (np.asarray(x, np.float64)[:, :, s] for x, s in zip((q, k, v), slots))

@@ -35,6 +35,7 @@ from __future__ import annotations
 import ctypes
 import functools
 import hashlib
+import math
 import importlib.metadata
 import os
 import platform
@@ -281,7 +282,7 @@ def batched_matmul(a: jax.Array, b: jax.Array, transpose_a: bool = False, transp
     lead = a.shape[:-2]
     if b.shape[:-2] != lead:
         raise ValueError(f"batched_matmul: leading axes differ, {list(a.shape)} and {list(b.shape)}")
-    a3, b3 = a.reshape(-1, *a.shape[-2:]), b.reshape(-1, *b.shape[-2:])
+    a3, b3 = a.reshape(math.prod(lead), *a.shape[-2:]), b.reshape(math.prod(lead), *b.shape[-2:])
     out = lax.platform_dependent(
         a3, b3,
         cpu=lambda x, y: matmul(x, y, transpose_a, transpose_b, alpha),
@@ -322,5 +323,5 @@ def dense_dot_general(lhs, rhs, dimension_numbers, precision=None, preferred_ele
     )
     if not plain:
         return lax.dot_general(lhs, rhs, dimension_numbers, precision=precision, preferred_element_type=preferred_element_type)
-    rows = lhs.reshape(-1, lhs.shape[-1])
+    rows = lhs.reshape(math.prod(lhs.shape[:-1]), lhs.shape[-1])
     return dense_matmul(rows, rhs).reshape(*lhs.shape[:-1], rhs.shape[1])
