@@ -52,7 +52,8 @@ def _train_matmul_note(training: dict) -> str:
 
 def _inference_matmul_note(models: dict) -> str:
     used = _kernels_used(models, "jax")
-    return (f"; its dense and attention matmuls on {used} (`matmul=\"auto\"`), "
+    fused = " (on oneDNN, each block's attention is one fused call: q k^T, softmax and P v)" if used == "onednn" else ""
+    return (f"; its dense and attention matmuls on {used} (`matmul=\"auto\"`){fused}, "
             "\"XLA's matmuls\" is the same predictor with `matmul=\"xla\"`") if used else ""
 
 
