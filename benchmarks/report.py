@@ -57,6 +57,22 @@ def _inference_matmul_note(models: dict) -> str:
             "\"XLA's matmuls\" is the same predictor with `matmul=\"xla\"`") if used else ""
 
 
+def _variant_notes(report: dict, ran: set[str]) -> str:
+    """What our JAX columns are, naming only the variants that ran."""
+    pinned = report["settings"].get("jax_pin_threads")
+    notes = ("; XLA's CPU worker threads pinned one per core (the predictor's default on CPU, `vitjax.cpu_threads`)"
+             if pinned else "; XLA's CPU worker threads not pinned")
+    if pinned and "jax-unpinned" in ran:
+        notes += ", \"threads unpinned\" is the same with `pin_threads=False`"
+    notes += _inference_matmul_note(report["models"])
+    if "jax-vw512" in ran:
+        notes += ("; \"512-bit vectors\" with `XLA_FLAGS=--xla_cpu_prefer_vector_width=512` "
+                  "(XLA's CPU backend emits 256-bit loops by default)")
+    if "jax-bf16" in ran:
+        notes += "; bf16 computes in bfloat16 with float32 parameters"
+    return notes
+
+
 def _gib(x):
     return "n/a" if x is None else f"{x:.0f}"
 
@@ -64,6 +80,7 @@ def _gib(x):
 def render_markdown(report: dict) -> str:
     m = report["machine"]
     peak = m["peak_fp32_flops"]
+    ran = {e for entry in report["models"].values() for c in entry.get("cells", {}).values() for e in c["engines"]}
     lines = [
         f"# vitjax benchmarks ({report['date']})",
         "",
@@ -82,13 +99,7 @@ def render_markdown(report: dict) -> str:
         + (f" Empirical ceiling: one 2048x2048x2048 matmul under XLA reaches {m['xla_matmul_2048_flops'] / 1e9:.0f} GFLOP/s "
            f"({m['xla_matmul_2048_flops'] / peak:.0%} of peak)." if m.get("xla_matmul_2048_flops") else ""),
         "- Our JAX path: interop's `JaxPredictor` (jit, NCHW in, logits out) with XLA's defaults"
-        + ("; XLA's CPU worker threads pinned one per core (the predictor's default on CPU, `vitjax.cpu_threads`), "
-           "\"threads unpinned\" is the same with `pin_threads=False`" if report["settings"].get("jax_pin_threads")
-           else "; XLA's CPU worker threads not pinned")
-        + _inference_matmul_note(report["models"])
-        + "; \"512-bit vectors\" (where run) with `XLA_FLAGS=--xla_cpu_prefer_vector_width=512` "
-        "(XLA's CPU backend emits 256-bit loops by default); bf16 computes in "
-        "bfloat16 with float32 parameters. Ratios to peers use the default fp32 path.",
+        + _variant_notes(report, ran) + ". Ratios to peers use the default fp32 path.",
         "- Versions: " + ", ".join(f"{k} {v}" for k, v in report["versions"].items()),
         f"- Method: same random weights in every engine (our Flax init -> Paddle export -> Paddle2ONNX); one process per "
         f"engine; per (model, batch) cell, {report['settings']['warmup']} warm-up calls per engine (compilation included) are "
@@ -101,7 +112,6 @@ def render_markdown(report: dict) -> str:
         "## Inference throughput, images/s (median latency)",
         "",
     ]
-    ran = {e for entry in report["models"].values() for c in entry.get("cells", {}).values() for e in c["engines"]}
     engines = [e for e in INFERENCE_ENGINES if e in ran]
     lines.append("| Model | Batch | " + " | ".join(ENGINE_TITLES[e] for e in engines)
                  + " | JAX / best peer | JAX / ORT | JAX / Paddle Inf. | JAX % of FP32 peak |")
