@@ -51,7 +51,7 @@ def write_jpegs(root: Path, per_class: int, classes: int, seed: int = 0) -> None
                 image.save(folder / f"{i}.jpg", quality=90)
 
 
-def model_config(model: str, data_root: Path, batch: int, num_steps: int, classes: int):
+def model_config(model: str, data_root: Path, batch: int, num_steps: int, classes: int, matmul: str = "auto"):
     """The model's ``configs/`` recipe on the JPEG folder, logging every step, no mid-run eval."""
     config_file = ROOT / "configs" / f"{model_config_name(model)}.py"
     spec = importlib.util.spec_from_file_location("benchmark_config", config_file)
@@ -59,6 +59,7 @@ def model_config(model: str, data_root: Path, batch: int, num_steps: int, classe
     spec.loader.exec_module(module)
     c = module.get_config()
     c.model.num_classes = classes
+    c.model.matmul = matmul
     c.data.update(source="folder", root=str(data_root))
     c.update(batch_size=batch, eval_batch_size=batch, num_steps=num_steps, log_every=1, eval_every=0,
              checkpoint_every=10**6, plot=False)
@@ -127,7 +128,7 @@ def machine() -> str:
 
 def worker(args) -> int:
     """One measurement in this (fresh) process; prints its result as the last line (JSON)."""
-    config = model_config(args.model, args.data, args.batch, args.num_steps, args.classes)
+    config = model_config(args.model, args.data, args.batch, args.num_steps, args.classes, args.matmul)
     if args.worker == "loop":
         result = {"seconds": loop_seconds(config, args.workdir), "data_wait": data_wait(args.workdir)}
     else:
@@ -139,7 +140,7 @@ def worker(args) -> int:
 def measure(args, kind: str, data: Path, workdir: Path, num_steps: int) -> dict:
     command = [sys.executable, "-m", "benchmarks.train_loop", "--worker", kind, "--model", args.model,
                "--batch", str(args.batch), "--steps", str(args.steps), "--classes", str(args.classes),
-               "--data", str(data), "--workdir", str(workdir), "--num-steps", str(num_steps)]
+               "--matmul", args.matmul, "--data", str(data), "--workdir", str(workdir), "--num-steps", str(num_steps)]
     done = subprocess.run(command, capture_output=True, text=True, cwd=ROOT)
     if done.returncode != 0:
         raise SystemExit(f"{kind} run failed:\n{done.stderr[-3000:]}")
@@ -152,6 +153,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--batch", type=int, default=8)
     p.add_argument("--steps", type=int, default=12, help="timed steps (loop: extra steps of the long run)")
     p.add_argument("--classes", type=int, default=4)
+    p.add_argument("--matmul", choices=("auto", "onednn", "xla"), default="auto", help="model.matmul for both sides")
     p.add_argument("--out", type=Path, default=RESULTS)
     p.add_argument("--worker", choices=("loop", "bare"), help=argparse.SUPPRESS)
     p.add_argument("--data", type=Path, help=argparse.SUPPRESS)
@@ -171,14 +173,14 @@ def main(argv: list[str] | None = None) -> int:
         loop = (long["seconds"] - short["seconds"]) / args.steps
         wait = long["data_wait"]
 
-    result = {"model": args.model, "batch": args.batch, "steps": args.steps, "machine": machine(),
+    result = {"model": args.model, "batch": args.batch, "steps": args.steps, "matmul": args.matmul, "machine": machine(),
               "loop_s_per_step": loop, "bare_s_per_step": bare, "loop_over_bare": loop / bare, "data_wait": wait}
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "train_loop.json").write_text(json.dumps(result, indent=2) + "\n")
     md = (f"# Training loop vs bare step\n\n{result['machine']}\n\n"
-          f"| Model | Batch | vitjax.main, s/step | bare jitted step, s/step | loop / bare | data_wait (last step) |\n"
-          f"|:--|--:|--:|--:|--:|--:|\n"
-          f"| {args.model} | {args.batch} | {loop:.3f} | {bare:.3f} | {loop / bare:.2f}x | {wait:.1%} |\n")
+          f"| Model | Batch | model.matmul | vitjax.main, s/step | bare jitted step, s/step | loop / bare | data_wait (last step) |\n"
+          f"|:--|--:|:--|--:|--:|--:|--:|\n"
+          f"| {args.model} | {args.batch} | {args.matmul} | {loop:.3f} | {bare:.3f} | {loop / bare:.2f}x | {wait:.1%} |\n")
     (args.out / "train_loop.md").write_text(md)
     print(md)
     return 0
