@@ -25,3 +25,18 @@ def model_params(names, slow_unless=FAST_FULL_SIZE):
     return [
         pytest.param(n, marks=() if (n in slow_unless or n in TEST_SIZE) else pytest.mark.slow) for n in names
     ]
+
+
+def skip_module_unless_onednn_kernel_builds() -> None:
+    """Skips the calling test module unless the ``cpu-kernels`` extra is installed and the oneDNN
+    kernel (``vitjax.kernels.onednn``) builds and loads here."""
+    import importlib.metadata
+
+    try:
+        importlib.metadata.version("onednn-cpu-gomp")
+    except importlib.metadata.PackageNotFoundError:
+        pytest.skip("the cpu-kernels extra (onednn-cpu-gomp) is not installed", allow_module_level=True)
+    from vitjax.kernels import onednn
+
+    if not onednn.available():
+        pytest.skip(f"the oneDNN kernel does not build here: {onednn.unavailable_reason()}", allow_module_level=True)

@@ -1,19 +1,12 @@
 """``benchmarks.fused_attention`` compares three real forward passes of one model on the same weights."""
 
-import importlib.metadata
-
 import numpy as np
-import pytest
 
-try:
-    importlib.metadata.version("onednn-cpu-gomp")
-except importlib.metadata.PackageNotFoundError:
-    pytest.skip("the cpu-kernels extra (onednn-cpu-gomp) is not installed", allow_module_level=True)
+from testutil import skip_module_unless_onednn_kernel_builds
+
+skip_module_unless_onednn_kernel_builds()
 
 from vitjax.kernels import onednn  # noqa: E402
-
-if not onednn.available():
-    pytest.skip(f"the oneDNN kernel does not build here: {onednn.unavailable_reason()}", allow_module_level=True)
 
 from benchmarks.fused_attention import VARIANTS, compile_variants, main  # noqa: E402
 

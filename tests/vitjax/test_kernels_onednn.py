@@ -4,7 +4,6 @@ The kernel computes what XLA computes (fp32, up to summation order), forward and
 jitted models and training steps; it is built once per cache and refuses clearly when it cannot be.
 """
 
-import importlib.metadata
 import os
 import subprocess
 import sys
@@ -18,15 +17,11 @@ import pytest
 import vitjax
 from vitjax.model_init import resolve_matmul
 
-try:
-    importlib.metadata.version("onednn-cpu-gomp")
-except importlib.metadata.PackageNotFoundError:
-    pytest.skip("the cpu-kernels extra (onednn-cpu-gomp) is not installed", allow_module_level=True)
+from testutil import skip_module_unless_onednn_kernel_builds
+
+skip_module_unless_onednn_kernel_builds()
 
 from vitjax.kernels import onednn  # noqa: E402
-
-if not onednn.available():
-    pytest.skip(f"the oneDNN kernel does not build here: {onednn.unavailable_reason()}", allow_module_level=True)
 
 MODEL = "DeiT_test_patch8_32"
 
