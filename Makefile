@@ -15,7 +15,7 @@ comma := ,
 VENV ?= $(if $(filter 3.11,$(PYVER)),.venv,.venv-$(PYVER))
 CORE_VENV ?= .venv-core-$(PYVER)
 # The timm peer (torch) only where its CPU build is locked: requirements/py3.11.txt.
-EXTRAS ?= interop,tfds,serve,cpu-kernels,test$(if $(shell grep -q '^torch==' $(LOCK) && echo y),$(comma)bench)
+EXTRAS ?= interop,tfds,serve,cpu-kernels,test,docs$(if $(shell grep -q '^torch==' $(LOCK) && echo y),$(comma)bench)
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml Makefile $(LOCK) | cksum | cut -d' ' -f1)
 CORE_STAMP := $(CORE_VENV)/.installed-$(shell cat pyproject.toml Makefile $(LOCK) | cksum | cut -d' ' -f1)
@@ -28,7 +28,7 @@ TCMALLOC ?= $(firstword $(wildcard /usr/lib/x86_64-linux-gnu/libtcmalloc_minimal
 # pytest exits 5 when a selection (-k) matches nothing in one of the two trees: that is not a failure.
 PYTEST = $(1) -m pytest -q $(2) $(PYTEST_ARGS) || [ $$? -eq 5 ]
 
-.PHONY: setup run test test-fast test-core bench lock
+.PHONY: setup run test test-fast test-core bench docs lock
 
 # $(1): the virtual environment, $(2): the extras.
 define install
@@ -71,6 +71,11 @@ test-core: $(CORE_STAMP)
 
 bench: $(STAMP)
 	$(PY) -m benchmarks.run $(if $(TCMALLOC),--allocator tcmalloc)
+
+# The documentation site (docs/ and the API reference from the docstrings) into site/. --strict: a
+# broken link or anchor, a page missing from mkdocs.yml's nav or an unresolvable API reference fails.
+docs: $(STAMP)
+	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict --quiet
 
 # Re-resolve requirements/py$(PYVER).txt: the newest releases the ranges in pyproject.toml allow.
 lock:
