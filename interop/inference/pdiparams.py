@@ -3,36 +3,55 @@
 Neither function loads parameters into Paddle: :func:`scan_params_file` walks the
 binary framing to catch a truncated file before Paddle does (Paddle aborts with a C++
 trace or reads garbage), and :func:`read_structured_names` reads the ``.info`` pickle
-with an unpickler that resolves no globals at all.
+with a pickle reader that builds plain data only and calls nothing.
+
+Both read untrusted bytes in one linear pass: every size and dimension is checked as
+unsigned and against the bytes left in the file before anything is allocated.
 """
 
 from __future__ import annotations
 
 import math
 import os
-import pickle
 import struct
 from pathlib import Path
 
 import numpy as np
 
 from interop.errors import InferenceModelError
+from vitjax.weights.safe_pickle import PLAIN_DATA, SafePickleError, safe_loads
 
 # Paddle's VarType enum -> numpy dtype, for the types a parameters file can hold.
 _PADDLE_DTYPES = {0: np.bool_, 1: np.int16, 2: np.int32, 3: np.int64, 4: np.float16, 5: np.float32, 6: np.float64,
                   20: np.uint8, 21: np.int8, 22: np.uint16, 23: np.complex64, 24: np.complex128}
 
 
-def _read_varint(data: bytes, pos: int) -> tuple[int, int]:
-    """A protobuf base-128 varint at ``pos``: ``(value, position after it)``."""
-    value, shift = 0, 0
-    while True:
+MAX_DIMS = 32  # far more than any tensor has; bounds the work per description
+
+
+def _read_varint(data: bytes, pos: int, end: int | None = None) -> tuple[int, int]:
+    """A protobuf base-128 varint at ``pos`` (at most 10 bytes, before ``end``): ``(value, position after it)``."""
+    end = len(data) if end is None else end
+    value = 0
+    for shift in range(0, 70, 7):
+        if pos >= end:
+            raise ValueError("a number runs past the end of its field")
         byte = data[pos]
         pos += 1
         value |= (byte & 0x7F) << shift
         if not byte & 0x80:
+            if value >= 1 << 64:
+                raise ValueError("a number does not fit in 64 bits")
             return value, pos
-        shift += 7
+    raise ValueError("a number is longer than 10 bytes")
+
+
+def _dim(value: int) -> int:
+    """A dimension: an int64 on the wire, which must be >= 0 in a stored tensor."""
+    signed = value - (1 << 64) if value >= 1 << 63 else value
+    if signed < 0:
+        raise ValueError(f"negative dimension {signed}")
+    return signed
 
 
 def _tensor_desc(desc: bytes) -> tuple[np.dtype, tuple[int, ...]]:
@@ -46,17 +65,25 @@ def _tensor_desc(desc: bytes) -> tuple[np.dtype, tuple[int, ...]]:
             if field == 1:
                 dtype = value
             elif field == 2:
-                dims.append(value - (1 << 64) if value >= 1 << 63 else value)
+                dims.append(_dim(value))
         elif wire == 2:
             length, pos = _read_varint(desc, pos)
+            end = pos + length
+            if end > len(desc):
+                raise ValueError("a field runs past the end of the tensor description")
             if field == 2:  # packed dims
-                end = pos + length
                 while pos < end:
-                    value, pos = _read_varint(desc, pos)
-                    dims.append(value)
-            pos += length if field != 2 else 0
+                    value, pos = _read_varint(desc, pos, end)
+                    dims.append(_dim(value))
+            pos = end
+        elif wire in (1, 5):  # fixed 64/32-bit fields: skipped
+            pos += 8 if wire == 1 else 4
+            if pos > len(desc):
+                raise ValueError("a field runs past the end of the tensor description")
         else:
             raise ValueError(f"unexpected wire type {wire} in a tensor description")
+        if len(dims) > MAX_DIMS:
+            raise ValueError(f"more than {MAX_DIMS} dimensions")
     if dtype not in _PADDLE_DTYPES:
         raise ValueError(f"unknown tensor data type {dtype}")
     return np.dtype(_PADDLE_DTYPES[dtype]), tuple(dims)
@@ -81,8 +108,12 @@ def scan_params_file(path: str | os.PathLike) -> list[tuple[np.dtype, tuple[int,
             (_version,) = struct.unpack_from("<I", data, pos)
             (lod_levels,) = struct.unpack_from("<Q", data, pos + 4)
             pos += 12
+            if lod_levels > (len(data) - pos) // 8:
+                raise ValueError(f"tensor #{index}: {lod_levels} LoD levels cannot fit in the {len(data) - pos} bytes left")
             for _ in range(lod_levels):
                 (size,) = struct.unpack_from("<Q", data, pos)
+                if size > len(data) - pos - 8:
+                    raise ValueError(f"tensor #{index}: a LoD level of {size} bytes runs past the end")
                 pos += 8 + size
             _tensor_version, desc_size = struct.unpack_from("<Ii", data, pos)
             pos += 8
@@ -90,31 +121,29 @@ def scan_params_file(path: str | os.PathLike) -> list[tuple[np.dtype, tuple[int,
                 raise ValueError(f"tensor #{index}: description runs past the end")
             dtype, shape = _tensor_desc(data[pos : pos + desc_size])
             pos += desc_size
-            nbytes = dtype.itemsize * math.prod(shape)
-            if pos + nbytes > len(data):
+            nbytes = dtype.itemsize * math.prod(shape)  # Python ints: no overflow; dims are >= 0
+            if nbytes > len(data) - pos:
                 raise ValueError(f"tensor #{index} {list(shape)} needs {nbytes} bytes, only {len(data) - pos} left")
             pos += nbytes
             tensors.append((dtype, shape))
-    except (struct.error, IndexError, ValueError) as e:
+    except (struct.error, IndexError, ValueError, OverflowError) as e:
         raise InferenceModelError(f"{path}: truncated or corrupt parameters file ({e})") from None
     return tensors
 
 
-class _InfoUnpickler(pickle.Unpickler):
-    """``.pdiparams.info`` is a pickle of plain dicts, strings and booleans: nothing else is resolved."""
-
-    def find_class(self, module: str, name: str):
-        raise pickle.UnpicklingError(f"it references {module}.{name}")
-
-
 def read_structured_names(path: str | os.PathLike) -> dict[str, str]:
-    """``{internal parameter name: structured name}`` from a ``.pdiparams.info`` file."""
+    """``{internal parameter name: structured name}`` from a ``.pdiparams.info`` file.
+
+    The file is a pickle of plain dicts, strings and booleans; it is read by
+    :func:`~vitjax.weights.safe_pickle.safe_loads`, which builds nothing else and calls nothing.
+    """
     path = Path(path)
     try:
-        with open(path, "rb") as f:
-            info = _InfoUnpickler(f).load()
-    except Exception as e:  # any parse failure means the same thing to the caller
-        raise InferenceModelError(f"{path}: unreadable .pdiparams.info ({type(e).__name__}: {e})") from None
+        info = safe_loads(path.read_bytes(), allow=PLAIN_DATA)
+    except SafePickleError as e:
+        raise InferenceModelError(f"{path}: unreadable .pdiparams.info ({e})") from None
+    except OSError as e:
+        raise InferenceModelError(f"{path}: cannot read ({e.strerror})") from None
     if not isinstance(info, dict):
         raise InferenceModelError(f"{path}: expected a dict, found {type(info).__name__}")
     names = {}

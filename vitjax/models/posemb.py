@@ -22,6 +22,8 @@ def resize_position_embeddings(posemb: np.ndarray, num_prefix_tokens: int, new_g
     """Resamples ``[1, prefix + g*g, dim]`` embeddings to ``[1, prefix + new_grid**2, dim]``."""
     posemb = np.asarray(posemb)
     prefix, grid = posemb[:, :num_prefix_tokens], posemb[:, num_prefix_tokens:]
+    if posemb.ndim != 3 or grid.shape[1] == 0 or new_grid <= 0:
+        raise ValueError(f"position embeddings of shape {list(posemb.shape)} hold no grid of patches to resize")
     old_grid = math.isqrt(grid.shape[1])
     if old_grid * old_grid != grid.shape[1]:
         raise ValueError(f"position embeddings of {grid.shape[1]} patches do not form a square grid")

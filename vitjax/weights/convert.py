@@ -97,8 +97,15 @@ def state_dict_to_variables(
     for rule in table:
         if rule.paddle_key not in state:
             continue
-        array = rule.to_flax(np.asarray(state[rule.paddle_key]))
+        raw = np.asarray(state[rule.paddle_key])
         want = expected[rule.flax_path]
+        if raw.dtype.kind != "f":
+            raise WeightMismatchError(f"{source}: {rule.paddle_key} holds {raw.dtype} values; parameters are floating point")
+        try:
+            array = rule.to_flax(raw.astype(np.float32, copy=False))
+        except ValueError:
+            misshaped.append((rule.paddle_key, raw.shape, want))
+            continue
         if array.shape != want and rule.paddle_key in POSITION_EMBEDDING_NAMES and array.ndim == 3:
             grid = math.isqrt(want[1] - spec.arch.num_prefix_tokens)
             try:
@@ -157,6 +164,14 @@ def save_pdparams(variables: Variables, model_name: str, path: str | os.PathLike
     write_pdparams(variables_to_state_dict(variables, model_name), path)
 
 
+def _flax_shape(rule: KeyRule, array: np.ndarray) -> tuple[int, ...] | None:
+    """The array's shape in Flax's layout, or None where it cannot be laid out so."""
+    try:
+        return tuple(rule.to_flax(np.asarray(array)).shape)
+    except ValueError:
+        return None
+
+
 def guess_model(state: Mapping[str, np.ndarray], source: str = "state dict") -> str:
     """The registered model whose PaddleClas keys and shapes ``state`` has exactly.
 
@@ -170,7 +185,7 @@ def guess_model(state: Mapping[str, np.ndarray], source: str = "state dict") -> 
         if [r.paddle_key for r in table] != list(state) and {r.paddle_key for r in table} != set(state):
             continue
         expected = _expected_shapes(name, num_classes, None)
-        if all(tuple(rule.to_flax(np.asarray(state[rule.paddle_key])).shape) == expected[rule.flax_path] for rule in table):
+        if all(_flax_shape(rule, state[rule.paddle_key]) == expected[rule.flax_path] for rule in table):
             fits.append(name)
     if len(fits) != 1:
         problem = "matches no registered model" if not fits else f"matches several models ({', '.join(fits)})"

@@ -21,9 +21,13 @@ downloads), with nothing PaddleClas-specific in it:
 
 from __future__ import annotations
 
+import bz2
 import contextlib
+import gzip
 import hashlib
 import http.client
+import io
+import lzma
 import os
 import shutil
 import sys
@@ -32,6 +36,7 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
+import zlib
 from pathlib import Path, PurePosixPath
 from typing import Callable, Iterator, Mapping
 
@@ -441,6 +446,63 @@ def _member_parts(archive: Path, name: str) -> tuple[str, ...]:
     return tuple(part for part in path.parts if part != ".")
 
 
+MAX_TAR_READ = 4 << 20  # the most one read may ask of an archive: member data comes in CHUNKs, headers are small
+
+
+class _BoundedReads(io.RawIOBase):
+    """A (decompressed) archive stream that refuses any single read over ``MAX_TAR_READ`` bytes.
+
+    ``tarfile`` reads a GNU long name or a pax header whole, at the size its header
+    declares: a few bytes of gzip could otherwise ask for gigabytes of memory.
+    """
+
+    def __init__(self, inner, archive: Path, max_total: int):
+        super().__init__()
+        self.inner, self.archive, self.max_total, self.total = inner, archive, max_total, 0
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def read(self, size: int = -1) -> bytes:
+        if size is None or size < 0 or size > MAX_TAR_READ:
+            raise UnsafeArchiveError(f"{self.archive}: a header asks to read {size} bytes at once (at most {MAX_TAR_READ})")
+        data = self.inner.read(size)
+        self.total += len(data)
+        if self.total > self.max_total:
+            raise UnsafeArchiveError(f"{self.archive}: decompresses to more than {self.max_total} bytes")
+        return data
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        return self.inner.seek(offset, whence)
+
+    def close(self) -> None:
+        self.inner.close()
+        super().close()
+
+    def tell(self) -> int:
+        return self.inner.tell()
+
+
+def _open_decompressed(archive: Path):
+    """The archive's bytes, decompressed by its magic number (gzip, bzip2, xz, or none)."""
+    with open(archive, "rb") as f:
+        magic = f.read(6)
+    if magic[:2] == b"\x1f\x8b":
+        return gzip.open(archive, "rb")
+    if magic[:3] == b"BZh":
+        return bz2.open(archive, "rb")
+    if magic == b"\xfd7zXZ\x00":
+        return lzma.open(archive, "rb")
+    return open(archive, "rb")
+
+
+# What a damaged archive, or a decompressor fed garbage, raises: all mean "not a usable tar".
+_ARCHIVE_ERRORS = (tarfile.TarError, OSError, EOFError, zlib.error, lzma.LZMAError, ValueError, UnicodeError)
+
+
 def safe_extract_tar(
     archive: str | os.PathLike,
     target: str | os.PathLike,
@@ -453,44 +515,80 @@ def safe_extract_tar(
     Every member is checked before anything is written: an absolute path or ``..`` component,
     a symbolic or hard link, a device or FIFO, more than ``max_members`` members or more than
     ``max_bytes`` in all raise :class:`UnsafeArchiveError` naming the archive and the member.
-    File modes and owners in the archive are ignored.
+    A damaged or truncated archive, a member that collides with another, or a header that asks
+    for more than ``MAX_TAR_READ`` bytes at once raise it too, and whatever was written by then
+    is removed: the target holds the whole archive or nothing new. File modes and owners in the
+    archive are ignored. Memory stays bounded (reads of at most ``MAX_TAR_READ``) and so does
+    time (at most ``max_bytes`` decompressed, plus headers).
     """
     archive, target = Path(archive), Path(target)
+    written: list[Path] = []
     try:
-        tar = tarfile.open(archive, "r:*")
-    except tarfile.TarError as e:
-        raise UnsafeArchiveError(f"{archive}: not a tar archive ({e})") from None
-    with tar:
-        members, total = [], 0
-        for member in tar:
-            if len(members) == max_members:
-                raise UnsafeArchiveError(f"{archive}: more than {max_members} members")
-            parts = _member_parts(archive, member.name)
-            if member.issym() or member.islnk():
-                raise UnsafeArchiveError(f"{archive}: member {member.name!r} is a link (to {member.linkname!r})")
-            if not (member.isfile() or member.isdir()):
-                raise UnsafeArchiveError(f"{archive}: member {member.name!r} is not a regular file or directory")
-            total += member.size
-            if total > max_bytes:
-                raise UnsafeArchiveError(f"{archive}: unpacks to more than {max_bytes} bytes")
-            members.append((member, parts))
-        files, root = [], target.resolve()
-        for member, parts in members:
-            path = target.joinpath(*parts)
-            if not path.resolve().is_relative_to(root):
-                raise UnsafeArchiveError(f"{archive}: member {member.name!r} would land outside the target directory")
+        stream = _BoundedReads(_open_decompressed(archive), archive, 2 * max_bytes + (max_members + 2) * MAX_TAR_READ)
+        with stream, tarfile.open(fileobj=stream, mode="r:") as tar:
+            members = _checked_members(archive, tar, max_members, max_bytes)
+            return _extract_members(archive, tar, members, target, written)
+    except UnsafeArchiveError:
+        _remove_written(written)
+        raise
+    except _ARCHIVE_ERRORS as e:
+        _remove_written(written)
+        if isinstance(e, FileNotFoundError) and not archive.exists():
+            raise UnsafeArchiveError(f"{archive}: no such file") from None
+        raise UnsafeArchiveError(f"{archive}: not a usable tar archive ({type(e).__name__}: {e})") from None
+
+
+def _checked_members(archive: Path, tar: tarfile.TarFile, max_members: int, max_bytes: int):
+    members, total = [], 0
+    for member in tar:
+        if len(members) == max_members:
+            raise UnsafeArchiveError(f"{archive}: more than {max_members} members")
+        parts = _member_parts(archive, member.name)
+        if member.issym() or member.islnk():
+            raise UnsafeArchiveError(f"{archive}: member {member.name!r} is a link (to {member.linkname!r})")
+        if not (member.isfile() or member.isdir()):
+            raise UnsafeArchiveError(f"{archive}: member {member.name!r} is not a regular file or directory")
+        total += member.size
+        if total > max_bytes:
+            raise UnsafeArchiveError(f"{archive}: unpacks to more than {max_bytes} bytes")
+        members.append((member, parts))
+    return members
+
+
+def _extract_members(archive: Path, tar: tarfile.TarFile, members, target: Path, written: list[Path]) -> list[Path]:
+    files, root = [], target.resolve()
+    for member, parts in members:
+        path = target.joinpath(*parts)
+        if not path.resolve().is_relative_to(root):
+            raise UnsafeArchiveError(f"{archive}: member {member.name!r} would land outside the target directory")
+        try:
+            _make_dirs(path if member.isdir() else path.parent, written)
             if member.isdir():
-                path.mkdir(parents=True, exist_ok=True)
                 continue
-            path.parent.mkdir(parents=True, exist_ok=True)
             source = tar.extractfile(member)
-            try:
-                with source, open(path, "xb") as out:
-                    shutil.copyfileobj(source, out, CHUNK)
-            except FileExistsError:
-                raise UnsafeArchiveError(f"{archive}: member {member.name!r} appears twice") from None
-            files.append(path)
+            with source, open(path, "xb") as out:
+                written.append(path)
+                shutil.copyfileobj(source, out, CHUNK)
+        except (FileExistsError, NotADirectoryError, IsADirectoryError):
+            raise UnsafeArchiveError(f"{archive}: member {member.name!r} collides with another member") from None
+        files.append(path)
     return files
+
+
+def _make_dirs(directory: Path, written: list[Path]) -> None:
+    missing = []
+    while not directory.exists():
+        missing.append(directory)
+        directory = directory.parent
+    for path in reversed(missing):
+        path.mkdir()
+        written.append(path)
+
+
+def _remove_written(written: list[Path]) -> None:
+    for path in reversed(written):
+        with contextlib.suppress(OSError):
+            path.rmdir() if path.is_dir() else path.unlink()
 
 
 def _warn(message: str) -> None:

@@ -32,7 +32,12 @@ class KeyRule:
     kind: str  # "array" (same layout) or "conv" (OIHW <-> HWIO)
 
     def to_flax(self, array: np.ndarray) -> np.ndarray:
-        return np.transpose(array, (2, 3, 1, 0)) if self.kind == "conv" else array
+        """The array in Flax's layout; a ``ValueError`` names the key when a conv weight is not 4-D."""
+        if self.kind != "conv":
+            return array
+        if array.ndim != 4:
+            raise ValueError(f"{self.paddle_key} has {array.ndim} dimensions; a convolution weight has 4 (OIHW)")
+        return np.transpose(array, (2, 3, 1, 0))
 
     def to_paddle(self, array: np.ndarray) -> np.ndarray:
         return np.transpose(array, (3, 2, 0, 1)) if self.kind == "conv" else array
