@@ -5,7 +5,8 @@ Modules, one job each: :mod:`~interop.serving.config` (limits and batching knobs
 :mod:`~interop.serving.model` (the served model: predictor, transform, labels),
 :mod:`~interop.serving.batcher` (dynamic batching off the event loop),
 :mod:`~interop.serving.metrics` (Prometheus), :mod:`~interop.serving.app` (the FastAPI
-app), :mod:`~interop.serving.kserve` (KServe v2 / Triton JSON protocol) and
+app), :mod:`~interop.serving.kserve` (KServe v2 / Triton JSON protocol),
+:mod:`~interop.serving.connections` (timeouts and the connection limit under uvicorn) and
 :mod:`~interop.serving.cli` (the ``serve`` command under uvicorn).
 
 Importing this package imports neither FastAPI nor Paddle; :func:`create_app` needs the

@@ -14,6 +14,8 @@
 
 Every refusal is ``{"error": "<one line>"}`` with a 4xx/5xx status; no traceback is
 ever sent. Request bodies over ``max_body_bytes`` get 413 before the app reads them.
+Under uvicorn, :mod:`interop.serving.connections` adds read timeouts and the connection
+limit, answered the same way.
 """
 
 from __future__ import annotations
@@ -44,6 +46,7 @@ from interop.serving.model import ServedModel, top_k
 log = logging.getLogger("interop.serving")
 
 ARRIVED_WHILE_DRAINING = "vitjax.arrived_while_draining"  # ASGI scope key: was the server draining when the request came in
+CUT_BY_GUARD = "vitjax.cut_by_guard"  # ASGI scope key: the error kind for which the connection guard cut this request (a 408)
 
 
 class ServingState:
@@ -61,6 +64,7 @@ class ServingState:
         self.draining = False  # set on SIGTERM: new requests are refused, in-flight ones finish
         self.warm_up_error: str | None = None
         self.routes: list = []  # the app's routes, for the metrics' endpoint label
+        self.refuse_app = None  # ASGI app answering a connection over the limit (set by create_app)
 
     def warm_up(self) -> None:
         """Runs the model at the batch sizes the batcher will use; then the server is ready."""
@@ -205,7 +209,13 @@ def _endpoint(scope, routes) -> str:
 
 
 class RequestMetrics:
-    """ASGI middleware: per request, the status code, latency and in-flight count; and whether it arrived draining."""
+    """ASGI middleware: per request, the status code, latency and in-flight count; and whether it arrived draining.
+
+    A request that ends without a response is counted as what ended it: code 408 with the
+    guard's error kind when the connection guard cut a slow upload, code 499 with the kind
+    ``client_disconnected`` when the client left. One cancelled by the graceful-shutdown
+    timeout is answered here with a JSON 503 (uvicorn would send plain text).
+    """
 
     def __init__(self, app, state: ServingState):
         self.app, self.state = app, state
@@ -213,22 +223,51 @@ class RequestMetrics:
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
-        metrics, start, status = self.state.metrics, time.perf_counter(), {"code": "500"}
+        metrics, start = self.state.metrics, time.perf_counter()
+        status, disconnected = {"code": None}, False  # code: None until the response starts
 
         async def send_and_record(message):
             if message["type"] == "http.response.start":
                 status["code"] = str(message["status"])
             await send(message)
 
+        async def receive_and_notice():
+            nonlocal disconnected
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                disconnected = True
+            return message
+
         scope[ARRIVED_WHILE_DRAINING] = self.state.draining
         metrics.in_flight.inc()
         try:
-            await self.app(scope, receive, send_and_record)
+            await self.app(scope, receive_and_notice, send_and_record)
+            if status["code"] is None:
+                status["code"] = self._ended_without_response(scope, disconnected)
+        except asyncio.CancelledError:
+            if status["code"] is None:  # no response yet: the graceful-shutdown timeout cut it
+                response = error_response(self.state, 503, "shutting_down", "server shut down before this request finished; retry")
+                response.headers["Connection"] = "close"
+                with contextlib.suppress(Exception):
+                    await response(scope, receive, send_and_record)
+            raise
         finally:
             metrics.in_flight.dec()
             endpoint = _endpoint(scope, self.state.routes)
-            metrics.requests.labels(endpoint, status["code"]).inc()
+            metrics.requests.labels(endpoint, status["code"] or "500").inc()
             metrics.latency.labels(endpoint).observe(time.perf_counter() - start)
+
+    def _ended_without_response(self, scope, disconnected: bool) -> str:
+        """The code to count for a request the app ended without answering."""
+        kind = scope.get(CUT_BY_GUARD)
+        if kind is not None:
+            code = "408"
+        elif disconnected:
+            code, kind = "499", "client_disconnected"  # nginx's code for "client closed request"
+        else:
+            return "500"
+        self.state.metrics.errors.labels(kind).inc()
+        return code
 
 
 def create_app(model: ServedModel, config: ServeConfig) -> FastAPI:
@@ -304,6 +343,17 @@ def create_app(model: ServedModel, config: ServeConfig) -> FastAPI:
 
     add_kserve_routes(app, state)
     state.routes = list(app.routes)
+
+    async def refuse_connection(scope, receive, send):
+        """The answer to a connection over ``max_connections`` (the request's body, if any, is read first)."""
+        if dict(scope["headers"]).get(b"expect", b"").lower() != b"100-continue":
+            await _discard_body(receive, config.max_body_bytes)
+        reason = f"server busy: all {config.max_connections} connections in use; retry later"
+        response = error_response(state, 503, "too_many_connections", reason)
+        response.headers["Connection"] = "close"
+        await response(scope, receive, send)
+
+    state.refuse_app = RequestMetrics(refuse_connection, state)
     app.add_middleware(BodyLimit, state=state)
     app.add_middleware(RequestMetrics, state=state)
     return app

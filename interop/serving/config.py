@@ -16,6 +16,16 @@ class ServeConfig:
     not ready by then gets 504. ``max_body_bytes``: larger bodies get 413.
     ``max_pixels``: a decoded image may hold at most this many pixels, and so may the
     image after the eval transform's resize (PIL's decompression-bomb limit is set to it).
+
+    Connection limits (enforced by :mod:`~interop.serving.connections` under uvicorn):
+    ``max_connections`` open connections; beyond that the longest-idle connection that
+    has not sent a whole request head is closed to make room, and when none is idle the
+    newcomer gets a JSON 503 with ``Retry-After``. ``header_timeout_s``: a request head
+    must arrive within this (from the connection's start, or from the first byte of a
+    kept-alive connection's next request). ``body_timeout_s``: the whole body must arrive
+    within this after its head. ``min_body_rate``: bytes per second a body must keep up,
+    measured over every ``body_rate_window_s`` (time the server itself is not reading does
+    not count). ``keep_alive_timeout_s``: an idle kept-alive connection is closed after this.
     """
 
     max_batch_size: int = 8
@@ -27,10 +37,21 @@ class ServeConfig:
     max_pixels: int = 40_000_000
     default_top_k: int = 5
     decode_threads: int = 2
+    max_connections: int = 128
+    header_timeout_s: float = 10.0
+    body_timeout_s: float = 60.0
+    keep_alive_timeout_s: float = 5.0
+    min_body_rate: float = 1024.0
+    body_rate_window_s: float = 5.0
 
     def __post_init__(self) -> None:
-        for field in ("max_batch_size", "max_queue_images", "max_body_bytes", "max_images_per_request", "max_pixels", "default_top_k", "decode_threads"):
+        for field in ("max_batch_size", "max_queue_images", "max_body_bytes", "max_images_per_request", "max_pixels", "default_top_k", "decode_threads", "max_connections"):
             if getattr(self, field) < 1:
                 raise ValueError(f"ServeConfig.{field} must be >= 1, got {getattr(self, field)}")
         if self.max_wait_ms < 0 or self.request_timeout_s <= 0:
             raise ValueError("ServeConfig: max_wait_ms must be >= 0 and request_timeout_s > 0")
+        for field in ("header_timeout_s", "body_timeout_s", "keep_alive_timeout_s", "body_rate_window_s"):
+            if getattr(self, field) <= 0:
+                raise ValueError(f"ServeConfig.{field} must be > 0, got {getattr(self, field)}")
+        if self.min_body_rate < 0:
+            raise ValueError(f"ServeConfig.min_body_rate must be >= 0, got {self.min_body_rate}")

@@ -8,7 +8,7 @@ LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.25, 0.5, 0.75, 
 
 
 class ServerMetrics:
-    """Requests by endpoint and status, errors by kind, latency, batch sizes, queue depth."""
+    """Requests by endpoint and status, errors by kind, latency, batch sizes, queue depth, connections."""
 
     def __init__(self, max_batch_size: int):
         self.registry = CollectorRegistry(auto_describe=True)
@@ -21,6 +21,10 @@ class ServerMetrics:
         self.inference = Histogram("vitjax_serve_inference_seconds", "Wall time of one inference batch", buckets=LATENCY_BUCKETS, registry=r)
         self.queue_depth = Gauge("vitjax_serve_queue_depth", "Images waiting for a batch", registry=r)
         self.in_flight = Gauge("vitjax_serve_in_flight_requests", "Requests being handled", registry=r)
+        self.open_connections = Gauge("vitjax_serve_open_connections", "Open client connections", registry=r)
+        self.connections_closed = Counter(
+            "vitjax_serve_connections_closed", "Connections the server closed early, by reason (timeouts, limit, malformed HTTP)", ["reason"], registry=r,
+        )
 
     def observe_batch(self, size: int, seconds: float) -> None:
         self.batch_size.observe(size)

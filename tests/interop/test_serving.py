@@ -81,8 +81,10 @@ def assert_same_top5(response, expected) -> None:
 
 @contextlib.contextmanager
 def serving(model, config: ServeConfig):
-    """The real app under uvicorn on an ephemeral 127.0.0.1 port, in a thread; yields its URL once ready."""
-    server = uvicorn.Server(uvicorn.Config(create_app(model, config), host="127.0.0.1", port=0, log_level="warning", lifespan="on"))
+    """The real app under uvicorn (with our connection guard) on an ephemeral 127.0.0.1 port, in a thread; yields its URL once ready."""
+    from interop.serving.connections import uvicorn_config
+
+    server = uvicorn.Server(uvicorn_config(create_app(model, config), host="127.0.0.1", port=0, log_level="warning"))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     try:
@@ -271,6 +273,8 @@ def test_serve_command_defaults_are_safe_for_a_service():
     assert args.host == "127.0.0.1" and args.backend == "paddle-cpu" and args.port == 8080
     assert args.max_body_mb == 16 and args.max_images == 32 and args.max_pixels == 40_000_000
     assert args.max_queue == 256 and args.max_concurrency == 128 and args.timeout == 30
+    assert args.header_timeout == 10 and args.body_timeout == 60 and args.keep_alive_timeout == 5  # slow or silent clients cut
+    assert args.min_body_rate == 1024 and args.body_rate_window == 5
     with pytest.raises(ValueError, match="max_batch_size must be >= 1"):
         ServeConfig(max_batch_size=0)
 
