@@ -2,11 +2,12 @@
 
 ``POST /v2/models/{name}/infer`` takes one input tensor, one of:
 
-* ``FP32`` ``[N, 3, S, S]``: the model's own input ``x`` (already preprocessed);
-* ``BYTES`` ``[N]``: encoded images (JPEG, PNG, ...) as base64 strings, preprocessed here;
-* ``UINT8`` ``[N, H, W, 3]``: RGB pixels, preprocessed here;
+* ``x``: ``FP32`` ``[N, 3, S, S]``, the model's own input (already preprocessed; finite values);
+* ``images``: ``BYTES`` ``[N]``, encoded images (JPEG, PNG, ...) as base64 strings, preprocessed here;
+* ``pixels``: ``UINT8`` ``[N, H, W, 3]``, RGB pixels, preprocessed here;
 
-and returns ``probabilities`` (``FP32 [N, num_classes]``). Binary tensor data (the
+and returns ``probabilities`` (``FP32 [N, num_classes]``), the one output a request may
+name. Another input or output name is refused with a 400 that names the expected ones. Binary tensor data (the
 ``Inference-Header-Content-Length`` extension) is not supported: 415.
 """
 
@@ -24,6 +25,8 @@ from interop.serving.images import preprocess_array
 from interop.serving.inputs import check_count, decode_base64, media_type, parse_json
 
 INPUT_NAME, OUTPUT_NAME = "x", "probabilities"
+INPUTS = {"x": "FP32", "images": "BYTES", "pixels": "UINT8"}  # input name -> its datatype
+EXPECTED_INPUTS = "'x' (FP32 [N, 3, S, S]), 'images' (BYTES [N], encoded images) or 'pixels' (UINT8 [N, H, W, 3])"
 
 
 class UnknownModel(ServeError):
@@ -89,6 +92,13 @@ def add_kserve_routes(app: FastAPI, state) -> None:
         inputs = payload.get("inputs") if isinstance(payload, dict) else None
         if not isinstance(inputs, list) or len(inputs) != 1 or not isinstance(inputs[0], dict):
             raise MalformedRequest('v2 request must have "inputs": [one tensor]')
+        outputs = payload.get("outputs") or []
+        if not isinstance(outputs, list):
+            raise MalformedRequest('"outputs" must be a list of {"name": ...}')
+        for output in outputs:
+            name = output.get("name") if isinstance(output, dict) else None
+            if name != OUTPUT_NAME:
+                raise MalformedRequest(f"unknown output {name!r}; this model's output is {OUTPUT_NAME!r}")
         images = await _images(inputs[0])
         probs = await state.classify(images)
         response = {
@@ -100,7 +110,11 @@ def add_kserve_routes(app: FastAPI, state) -> None:
         return response
 
     async def _images(tensor: dict) -> np.ndarray:
-        name, datatype, shape, data = tensor.get("name", "?"), tensor.get("datatype"), tensor.get("shape"), tensor.get("data")
+        name, datatype, shape, data = tensor.get("name"), tensor.get("datatype"), tensor.get("shape"), tensor.get("data")
+        if name not in INPUTS:
+            raise MalformedRequest(f"unknown input {name!r}; this model takes {EXPECTED_INPUTS}")
+        if datatype != INPUTS[name]:
+            raise MalformedRequest(f"input {name}: datatype {datatype!r}, expected {INPUTS[name]} ({EXPECTED_INPUTS})")
         if not isinstance(shape, list) or not shape:
             raise MalformedRequest(f"input {name}: missing shape")
         check_count(shape[0] if isinstance(shape[0], int) else 0, config.max_images_per_request)
@@ -108,7 +122,10 @@ def add_kserve_routes(app: FastAPI, state) -> None:
         if datatype == "FP32":
             if shape[1:] != [3, s, s]:
                 raise MalformedRequest(f"input {name}: FP32 shape {shape} does not fit the model input [N, 3, {s}, {s}]")
-            return _flat(data, shape, np.float32, name)
+            x = _flat(data, shape, np.float32, name)
+            if not np.isfinite(x).all():
+                raise MalformedRequest(f"input {name}: NaN or infinite values (the model takes normalized pixels)")
+            return x
         if datatype == "BYTES":
             if not isinstance(data, list) or len(data) != shape[0] or shape[1:] not in ([], [1]):
                 raise MalformedRequest(f"input {name}: BYTES shape must be [N] or [N, 1] with N base64 strings")
@@ -121,4 +138,4 @@ def add_kserve_routes(app: FastAPI, state) -> None:
                 raise MalformedRequest(f"input {name}: shape {shape} too large")
             pixels = _flat(data, shape, np.uint8, name)
             return np.stack([preprocess_array(p, model.transform, max_pixels=config.max_pixels, name=f"{name}[{i}]") for i, p in enumerate(pixels)])
-        raise MalformedRequest(f"input {name}: datatype {datatype!r} not supported (FP32 [N,3,S,S], BYTES [N] or UINT8 [N,H,W,3])")
+        raise AssertionError(datatype)  # INPUTS names every datatype handled above

@@ -467,3 +467,27 @@ def test_sigterm_finishes_in_flight_requests_and_refuses_new_ones(exported, phot
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+def test_kserve_v2_refuses_non_finite_values_and_names_the_expected_tensors(server):
+    """NaN/Inf inputs and unknown input or output names are 400s, not 200s with ``null`` probabilities."""
+    client = Client(server)
+
+    def infer(payload):
+        reply = client.request("POST", f"/v2/models/{NAME}/infer", json.dumps(payload).encode(), "application/json")
+        return reply.status, reply.json()
+
+    good = np.zeros((1, 3, 32, 32), np.float32).reshape(-1).tolist()
+    x = {"name": "x", "datatype": "FP32", "shape": [1, 3, 32, 32], "data": good}
+    assert infer({"inputs": [x]})[0] == 200
+    for bad in (float("nan"), float("inf"), -float("inf")):
+        status, body = infer({"inputs": [{**x, "data": [bad] + good[1:]}]})
+        assert status == 400 and "NaN or infinite" in body["error"], body
+    status, body = infer({"inputs": [{**x, "name": "input_1"}]})
+    assert status == 400 and "'input_1'" in body["error"] and "'x'" in body["error"] and "'images'" in body["error"], body
+    status, body = infer({"inputs": [{**x, "name": "images"}]})  # a known name with another tensor's datatype
+    assert status == 400 and "BYTES" in body["error"], body
+    status, body = infer({"inputs": [x], "outputs": [{"name": "logits"}]})
+    assert status == 400 and "'logits'" in body["error"] and "'probabilities'" in body["error"], body
+    status, body = infer({"inputs": [x], "outputs": [{"name": "probabilities"}]})
+    assert status == 200 and body["outputs"][0]["name"] == "probabilities"
