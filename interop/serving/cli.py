@@ -55,7 +55,9 @@ def run(args) -> int:
         raise SystemExit("serve needs the serve extra: pip install 'vitjax[serve]' (fastapi, uvicorn, python-multipart, prometheus-client)")
     from interop.serving import ServeConfig, create_app, load_served_model
 
-    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    # force: a dependency (absl, logging from orbax at import) has already put a handler on the root logger,
+    # which would make basicConfig a no-op and leave our lines at absl's WARNING.
+    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s", force=True)
     config = ServeConfig(
         max_batch_size=args.max_batch_size, max_wait_ms=args.max_wait_ms, max_queue_images=args.max_queue,
         request_timeout_s=args.timeout, max_body_bytes=int(args.max_body_mb * 1024 * 1024),
