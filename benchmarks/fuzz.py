@@ -1,7 +1,7 @@
 """Fuzzing every reader of outside bytes: seeded, bounded, and repeatable.
 
 ``python -m benchmarks.fuzz --cases 10000`` runs a campaign: for each reader (``.pdparams``,
-``.pdiparams``, ``.pdiparams.info``, inference tar archives, images), valid seed files are
+``.pdiparams``, ``.pdiparams.info``, program files, inference tar archives, images), valid seed files are
 built here (no download, no Paddle needed) and mutated (bit flips, boundary integers,
 insertions, deletions, duplications, truncations, splices, and hostile pickle opcodes); each
 case runs in a worker process under a memory cap, with a time limit per case. A case ends
@@ -47,7 +47,7 @@ MEMORY_FACTOR = 8  # the bound on a reader's traced allocations: a multiple of t
 MEMORY_BASE = 16 << 20  # ...plus a constant (numpy and Pillow's working buffers)
 HARD_MEMORY_CAP = 3 << 30  # the worker's address-space limit: a runaway allocation dies, not the machine
 CORE_READERS = ("pdparams", "tar")  # need neither Paddle nor the serving extra
-ALL_READERS = ("pdparams", "tar", "pdiparams", "info", "image")
+ALL_READERS = ("pdparams", "tar", "pdiparams", "info", "program", "image")
 MARKER = "vitjax-fuzz-executed"
 
 
@@ -141,8 +141,19 @@ def _image_seeds(rng: np.random.Generator) -> list[bytes]:
     return seeds
 
 
+def _program_seeds(rng: np.random.Generator) -> list[bytes]:
+    """A legacy ``.pdmodel`` exported by Paddle 2.6 (a test fixture) and a PIR-shaped JSON program."""
+    legacy = ROOT / "tests" / "fixtures" / "legacy" / "DeiT_test_patch8_32" / "inference.pdmodel"
+    program = {"base_code": {"magic": "pir", "version": 1, "trainable": False},
+               "program": {"regions": [{"#": "region_0", "blocks": [{"#": "block_0", "args": [], "ops": [
+                   {"#": "p", "A": [0, 1, 1, "x"], "O": {"%": 1, "TT": {"#": "0.t_dtensor", "D": [[1, 3, 32, 32]]}}},
+               ]}]}]}}
+    return [legacy.read_bytes(), json.dumps(program).encode()]
+
+
 SEEDS: dict[str, Callable[[np.random.Generator], list[bytes]]] = {
     "pdparams": _pdparams_seeds, "tar": _tar_seeds, "pdiparams": _pdiparams_seeds, "info": _info_seeds, "image": _image_seeds,
+    "program": _program_seeds,
 }
 
 
@@ -227,6 +238,19 @@ def _reader(name: str) -> tuple[Callable[[Path, Path], object], tuple[type, ...]
         from interop.inference.pdiparams import read_structured_names
 
         return (lambda path, scratch: read_structured_names(path)), (InferenceModelError,)
+    if name == "program":
+        from interop.errors import InferenceModelError
+        from interop.inference.program_check import check_program_file
+
+        def check(path: Path, scratch: Path):
+            named = path.with_name("inference.json" if path.read_bytes()[:1] == b"{" else "inference.pdmodel")
+            path.rename(named)
+            try:
+                return check_program_file(named)
+            finally:
+                named.rename(path)
+
+        return check, (InferenceModelError,)
     if name == "image":
         from interop.serving.errors import ServeError
         from interop.serving.images import decode_image
@@ -235,14 +259,12 @@ def _reader(name: str) -> tuple[Callable[[Path, Path], object], tuple[type, ...]
     raise ValueError(f"unknown reader {name!r}; known: {', '.join(ALL_READERS)}")
 
 
-def cases(reader: str, seed: int, count: int) -> list[bytes]:
-    """The ``count`` inputs of a campaign: the seeds themselves, then mutations (deterministic in ``seed``)."""
-    rng = random.Random(f"{reader}:{seed}")
-    seeds = SEEDS[reader](np.random.default_rng(seed))
-    out = list(seeds)[:count]
-    while len(out) < count:
-        out.append(mutate(rng.choice(seeds), rng, seeds, reader))
-    return out
+def case_input(reader: str, seed: int, index: int, seeds: list[bytes]) -> bytes:
+    """Input ``index`` of a campaign: the seeds first, then mutations, each from its own RNG (no state kept)."""
+    if index < len(seeds):
+        return seeds[index]
+    rng = random.Random(f"{reader}:{seed}:{index}")
+    return mutate(rng.choice(seeds), rng, seeds, reader)
 
 
 def _worker(reader: str, seed: int, count: int, start: int, case_seconds: float) -> None:
@@ -253,7 +275,7 @@ def _worker(reader: str, seed: int, count: int, start: int, case_seconds: float)
 
     resource.setrlimit(resource.RLIMIT_AS, (HARD_MEMORY_CAP, HARD_MEMORY_CAP))
     read, typed = _reader(reader)
-    inputs = cases(reader, seed, count)
+    seeds = SEEDS[reader](np.random.default_rng(seed))
 
     def alarm(signum, frame):
         raise TimeoutError("case time limit")
@@ -263,7 +285,7 @@ def _worker(reader: str, seed: int, count: int, start: int, case_seconds: float)
     os.chdir(work)  # a pickle that manages to run `touch MARKER` would create it here
     tracemalloc.start()
     for index in range(start, count):
-        data = inputs[index]
+        data = case_input(reader, seed, index, seeds)
         scratch = work / f"case{index}"
         scratch.mkdir()
         path = scratch / f"input.{reader}"
@@ -370,7 +392,7 @@ def _markdown(report: dict) -> str:
     lines = [f"# Fuzz campaign ({report['date']}, {report['cpu']}, Python {report['python']})", "",
              f"Command: `{report['command']}`", "",
              "| reader | cases | ok | typed | untyped | memory | timeout | crash | escaped | executed | "
-             "peak traced (max) | worst peak / file size | slowest case (s) |",
+             "peak traced (max) | worst peak / max(file size, 64 KiB) | slowest case (s) |",
              "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in report["readers"]:
         t = r["tally"]

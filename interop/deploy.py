@@ -31,6 +31,8 @@ import numpy as np
 from interop._paddle import require_paddle
 from interop.errors import BackendUnavailable, InferenceModelError, InputShapeError, first_line
 from interop.inference import locate_inference_model
+from interop.inference.pdiparams import scan_params_file
+from interop.inference.program_check import check_program_file
 from interop.tensorrt import tensorrt_settings
 
 BACKENDS = ("jax", "paddle-cpu", "paddle-gpu", "paddle-trt-fp32", "paddle-trt-fp16", "onnxruntime")
@@ -202,6 +204,8 @@ class PaddleInferencePredictor(Predictor):
         from paddle import inference
 
         files = locate_inference_model(model_dir)
+        check_program_file(files.program)  # Paddle's own parsers abort on some damaged files
+        scan_params_file(files.params)
         config = inference.Config(str(files.program), str(files.params))
         if device == "cpu":
             config.disable_gpu()

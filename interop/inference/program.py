@@ -12,6 +12,7 @@ from interop._paddle import require_paddle
 from interop.errors import InferenceModelError, first_line
 from interop.inference.files import MODEL_PREFIX, Format, InferenceModelFiles
 from interop.inference.pdiparams import scan_params_file
+from interop.inference.program_check import check_program_file
 
 
 @dataclasses.dataclass(frozen=True)
@@ -28,13 +29,15 @@ class LoadedProgram:
 def load_program(files: InferenceModelFiles) -> LoadedProgram:
     """Loads the program and parameters with Paddle's static executor (either format).
 
-    The parameters file's framing is checked first (:func:`scan_params_file`), and it must
+    The program's and the parameters file's framing are checked first (:func:`check_program_file`,
+    :func:`scan_params_file`), and the parameters must
     hold exactly the parameters the program declares; the program must have one input
     and one output.
     """
     paddle = require_paddle()
     from paddle import pir_utils
 
+    check_program_file(files.program)
     records = scan_params_file(files.params)
     guard = contextlib.nullcontext() if files.format == "pir" else pir_utils.OldIrGuard()
     scope = paddle.static.Scope()

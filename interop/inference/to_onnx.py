@@ -9,6 +9,7 @@ from interop._paddle import require_paddle2onnx
 from interop.errors import InferenceModelError
 from interop.inference.files import MODEL_PREFIX, locate_inference_model
 from interop.inference.pdiparams import scan_params_file
+from interop.inference.program_check import check_program_file
 from vitjax.files import atomic_file
 
 
@@ -22,6 +23,7 @@ def export_onnx(model_dir: str | os.PathLike, onnx_path: str | os.PathLike | Non
     files = locate_inference_model(model_dir)
     if files.format != "pir":
         raise InferenceModelError(f"{files.program}: Paddle2ONNX 2.1 cannot convert legacy programs; re-export as PIR first (python -m interop export DIR OUT)")
+    check_program_file(files.program)
     scan_params_file(files.params)
     target = Path(onnx_path) if onnx_path is not None else files.directory / f"{MODEL_PREFIX}.onnx"
     if target.exists() and not overwrite:

@@ -124,9 +124,61 @@ def test_a_hostile_pdiparams_in_a_model_directory_stops_the_import_with_one_line
     assert "Traceback" not in result.stderr and not (tmp_path / "out.pdparams").exists()
 
 
-@pytest.mark.parametrize("reader", ["pdiparams", "info", "image"])
+@pytest.mark.parametrize("reader", ["pdiparams", "info", "program", "image"])
 def test_seeded_fuzz_campaign_finds_nothing(reader):
     report = run_campaign(reader, count=300, seed=1, case_seconds=10, total_seconds=600)
     assert report["cases"] == 300, report
     assert report["failures"] == [], report["failures"][:5]
     assert report["tally"].get("typed", 0) > 100, report["tally"]
+
+
+# -- program files ------------------------------------------------------------------------------
+from interop.inference.program_check import MAX_JSON_DEPTH, check_program_file, json_depth  # noqa: E402
+
+
+def test_real_programs_pass_the_framing_check(tmp_path):
+    for name in ("DeiT_test_patch8_32", "TNT_test_patch16_32"):
+        check_program_file(FIXTURES / name / "inference.pdmodel")
+    import interop
+
+    import jax
+    import numpy as np
+
+    from vitjax.models.registry import create_model
+
+    model = create_model("DeiT_test_patch8_32")
+    variables = jax.jit(model.init)(jax.random.key(0), np.zeros((1, 32, 32, 3), np.float32))
+    out = interop.export_inference_model(variables, "DeiT_test_patch8_32", tmp_path / "pir")
+    program = Path(out) / "inference.json"
+    check_program_file(program)
+    assert 2 < json_depth(program.read_bytes()) <= MAX_JSON_DEPTH // 2
+
+
+@pytest.mark.parametrize("name, content, reason", [
+    ("inference.json", b"[" * 200_000 + b"]" * 200_000, "JSON nested 200000 deep"),
+    ("inference.json", b'{"a": [1, 2', "invalid JSON"),
+    ("inference.json", b"[1, 2]", "a JSON list, not an object"),
+    ("inference.json", b"\xff\xfe{}", "invalid JSON"),
+    ("inference.json", b"", "file is empty"),
+    ("inference.pdmodel", b"\x0a\xff\xff\xff\x0f", "runs past the end"),
+    ("inference.pdmodel", b"\x0b\x00", "wire type 3"),
+    ("inference.pdmodel", b"\x08" + b"\xff" * 20, "longer than 10 bytes"),
+])
+def test_damaged_program_files_are_refused_before_paddle_parses_them(tmp_path, name, content, reason):
+    path = tmp_path / name
+    path.write_bytes(content)
+    with pytest.raises(InferenceModelError) as info:
+        check_program_file(path)
+    assert str(info.value).startswith(str(path)) and reason in str(info.value), str(info.value)
+
+
+def test_a_truncated_legacy_program_stops_the_predictor_with_one_line(tmp_path):
+    from interop.deploy import PaddleInferencePredictor
+
+    model = tmp_path / "model"
+    shutil.copytree(FIXTURES / "DeiT_test_patch8_32", model)
+    program = model / "inference.pdmodel"
+    program.write_bytes(program.read_bytes()[:-7])
+    with pytest.raises(InferenceModelError, match=r"inference.pdmodel: not a Paddle program \(corrupt protobuf"):
+        PaddleInferencePredictor(model)
+

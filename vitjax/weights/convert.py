@@ -7,6 +7,7 @@
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 from collections import OrderedDict
@@ -44,11 +45,17 @@ def _mismatch_error(source: str, model_name: str, missing, unexpected, misshaped
 
 
 def _expected_shapes(model_name: str, num_classes: int, img_size: int | None) -> dict[tuple[str, ...], tuple]:
+    return dict(_expected_shapes_cached(model_name, num_classes, img_size))
+
+
+@functools.lru_cache(maxsize=64)
+def _expected_shapes_cached(model_name: str, num_classes: int, img_size: int | None) -> tuple:
+    """Each parameter's shape, traced once per (model, classes, size): abstract evaluation, no compute."""
     model = create_model(model_name, num_classes=num_classes, img_size=img_size)
     size = model.arch.img_size
     images = jax.ShapeDtypeStruct((1, size, size, model.arch.in_chans), jnp.float32)
     shapes = jax.eval_shape(model.init, jax.random.key(0), images)["params"]
-    return {path: tuple(leaf.shape) for path, leaf in flatten_dict(shapes).items()}
+    return tuple((path, tuple(leaf.shape)) for path, leaf in flatten_dict(shapes).items())
 
 
 def _fresh_head(model_name: str, num_classes: int, img_size: int | None, seed: int) -> dict:
