@@ -1,5 +1,8 @@
 # Set-up is part of every target: a fresh clone needs nothing but Python and make.
 # PYTHON picks the interpreter (3.11 by default; PYTHON=python3.12 or python3.13 work the same way).
+# Two environments: the core (`make run`: the library and the cpu-kernels extra, in CORE_VENV;
+# `make test-core` adds the test tools there) and the full one (`make test`, `make bench`,
+# `make docs`: every extra, in VENV).
 # The exact versions installed are those of requirements/py<version>.txt (constraints), so a set-up
 # is reproducible; pyproject.toml itself only declares ranges.
 PYTHON ?= python3.11
@@ -14,46 +17,57 @@ endif
 comma := ,
 VENV ?= $(if $(filter 3.11,$(PYVER)),.venv,.venv-$(PYVER))
 CORE_VENV ?= .venv-core-$(PYVER)
-# The timm peer (torch) only where its CPU build is locked: requirements/py3.11.txt.
+# The timm peer (torch, the bench extra) only where the lock has torch: requirements/py3.11.txt (which
+# holds torch's CUDA build and its nvidia-* wheels, several GB: one reason `make run` uses the core).
 EXTRAS ?= interop,tfds,serve,cpu-kernels,test,docs$(if $(shell grep -q '^torch==' $(LOCK) && echo y),$(comma)bench)
 PY := $(VENV)/bin/python
-STAMP := $(VENV)/.installed-$(shell cat pyproject.toml Makefile $(LOCK) | cksum | cut -d' ' -f1)
-CORE_STAMP := $(CORE_VENV)/.installed-$(shell cat pyproject.toml Makefile $(LOCK) | cksum | cut -d' ' -f1)
+# A set-up is redone when pyproject.toml, this file or the lock changes.
+SUM := $(shell cat pyproject.toml Makefile $(LOCK) | cksum | cut -d' ' -f1)
+STAMP := $(VENV)/.installed-$(SUM)
+CORE_STAMP := $(CORE_VENV)/.installed-$(SUM)
+CORE_TEST_STAMP := $(CORE_VENV)/.installed-test-$(SUM)
 WORKDIR ?= runs/digits
 PYTEST_ARGS ?=
 # tcmalloc, where installed (Debian/Ubuntu: apt install libtcmalloc-minimal4), is preloaded for
 # training and benchmarks: under glibc's malloc XLA's CPU backend page-faults its per-step
-# temporary buffer on every step (vitjax/hostmem.py; README: Performance).
+# temporary buffer on every step (vitjax/hostmem.py; docs/performance.md).
 TCMALLOC ?= $(firstword $(wildcard /usr/lib/x86_64-linux-gnu/libtcmalloc_minimal.so.4 /usr/lib/aarch64-linux-gnu/libtcmalloc_minimal.so.4 /usr/lib64/libtcmalloc_minimal.so.4))
 # pytest exits 5 when a selection (-k) matches nothing in one of the two trees: that is not a failure.
 PYTEST = $(1) -m pytest -q $(2) $(PYTEST_ARGS) || [ $$? -eq 5 ]
 
-.PHONY: setup run test test-fast test-core bench docs lock
+.PHONY: setup setup-core run test test-fast test-core bench docs lock
 
-# $(1): the virtual environment, $(2): the extras.
+# $(1): the virtual environment, $(2): the extras, $(3): non-empty to add PaddleClas's files (tests).
 define install
 	$(PYTHON) -m venv $(1)
 	$(1)/bin/python -m pip install -q --upgrade pip
 	$(1)/bin/python -m pip install -q -c $(LOCK) -e ".[$(2)]"
 	# PaddleClas's model and preprocessing code, the reference the tests compare against (its
 	# package __init__ needs the whole PaddleClas stack, so only its files are used).
-	$(1)/bin/python -m pip install -q -c $(LOCK) --no-deps paddleclas
-	rm -f $(1)/.installed-*
+	$(if $(3),$(1)/bin/python -m pip install -q -c $(LOCK) --no-deps paddleclas)
+	find $(1) -maxdepth 1 -name '.installed-*' ! -name '*-$(SUM)' -delete
 	touch $@
 endef
 
 $(STAMP): pyproject.toml Makefile $(LOCK)
-	$(call install,$(VENV),$(EXTRAS))
+	$(call install,$(VENV),$(EXTRAS),paddleclas)
 
-# The core alone (no Paddle, no TensorFlow): proves `vitjax` needs neither.
+# The core alone (no Paddle, no TensorFlow, no torch): what the main job needs, and the proof that
+# `vitjax` needs none of them. The test tools go into the same environment for test-core.
 $(CORE_STAMP): pyproject.toml Makefile $(LOCK)
-	$(call install,$(CORE_VENV),cpu-kernels$(comma)test)
+	$(call install,$(CORE_VENV),cpu-kernels)
+
+$(CORE_TEST_STAMP): pyproject.toml Makefile $(LOCK)
+	$(call install,$(CORE_VENV),cpu-kernels$(comma)test,paddleclas)
 
 setup: $(STAMP)
 
-# The main job on its embedded default: train a small DeiT on scikit-learn's digits.
-run: $(STAMP)
-	$(if $(TCMALLOC),LD_PRELOAD=$(TCMALLOC)) $(PY) -m vitjax.main --workdir $(WORKDIR)
+setup-core: $(CORE_STAMP)
+
+# The main job on its embedded default: train a small DeiT on scikit-learn's digits, in the core
+# environment (docs/development.md gives its size and set-up time).
+run: $(CORE_STAMP)
+	$(if $(TCMALLOC),LD_PRELOAD=$(TCMALLOC)) $(CORE_VENV)/bin/python -m vitjax.main --workdir $(WORKDIR)
 
 # Every test, the slow ones included, in two processes: the core tree never imports Paddle, the
 # interop tree imports it first (Paddle crashes when imported after TensorFlow).
@@ -66,7 +80,7 @@ test-fast: $(STAMP)
 	$(call PYTEST,$(PY),-m "not slow" tests/interop)
 
 # The core tree in an environment without the interop and tfds extras (CI runs it on Python 3.12).
-test-core: $(CORE_STAMP)
+test-core: $(CORE_TEST_STAMP)
 	$(call PYTEST,$(CORE_VENV)/bin/python,-m "not slow or notebook or install" tests/vitjax)
 
 bench: $(STAMP)

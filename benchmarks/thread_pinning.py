@@ -11,7 +11,7 @@ pinning put it until the scheduler moves it, so "free, after a gap" here can und
 an unpinned process loses (DeiT-tiny at batch 1 on 2 cores: 28 ms here, 33-34 ms in a process
 that never pinned, 22 ms pinned). Prints a markdown table of medians (ms) and the pinned / free
 speed-up; ``interop.deploy.JaxPredictor`` pins by default on CPU because of the "after a gap"
-column (README: Backends).
+column (docs/deployment.md, "Backends").
 """
 
 from __future__ import annotations

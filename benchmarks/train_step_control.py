@@ -11,7 +11,7 @@ interleaved rounds; the table gives medians. ``--profile`` also prints where our
 gradient spends its time: XLA's kernels (a per-thunk profile through ``jax.profiler``) summed by
 the model op each one comes from (from the optimized HLO's metadata), forward and backward
 apart, then the most expensive single kernels. That is how the transposed residual-gradient
-copies and the attention backward in the README were found. Kernel times overlap where XLA runs
+copies and the attention backward in docs/performance.md were found. Kernel times overlap where XLA runs
 independent kernels concurrently, and Eigen matmuls are timed at dispatch, so read the
 table as a ranking, not as a breakdown of the wall time.
 """

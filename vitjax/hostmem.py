@@ -6,7 +6,7 @@ end. glibc's ``malloc`` serves a request that large with a fresh ``mmap`` and re
 ``munmap``, so every step page-faults and zeroes the whole buffer again: ~470,000 page
 faults and ~0.9 s of kernel time per DeiT-tiny step at batch 32 on 2 cores. tcmalloc keeps
 freed memory for reuse; preloading it (``LD_PRELOAD=libtcmalloc_minimal.so.4``, Debian/Ubuntu
-package ``libtcmalloc-minimal4``) removes those faults (README: Performance).
+package ``libtcmalloc-minimal4``) removes those faults (docs/performance.md).
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from pathlib import Path
 
 _KNOWN = ("tcmalloc", "jemalloc", "mimalloc")
 TCMALLOC_HINT = ("on CPU, XLA page-faults its per-step temporary buffer under glibc malloc; "
-                 "LD_PRELOAD={lib} made the training step 1.2-1.3x faster at batch 32 (README: Performance)")
+                 "LD_PRELOAD={lib} made the training step 1.2-1.3x faster at batch 32 (docs/performance.md)")
 
 
 def host_allocator(maps: str | None = None) -> str:

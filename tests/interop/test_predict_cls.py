@@ -15,7 +15,7 @@ Two things are not PaddleClas's defaults, both for outside reasons:
   also records what the script's post-process received and returned, because the script
   prints scores with two decimals only; that wrapper passes everything through unchanged.
 * Paddle 3.3.1 runs predict_cls.py's settings (memory optim on) only on a legacy program
-  with ``FLAGS_enable_pir_api=0`` (README, "Deployment").
+  with ``FLAGS_enable_pir_api=0`` (docs/deployment.md).
 """
 
 import os

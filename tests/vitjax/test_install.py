@@ -80,7 +80,7 @@ def test_plain_install_keeps_the_runtimes_jax_and_adds_no_tensorflow(wheel, runt
 
 def test_beside_a_bare_jax_pinning_it_keeps_it(wheel, jax_only_python):
     """Without Flax in the runtime, pip would take the newest Flax and the JAX it needs; naming the
-    runtime's JAX (the README's command) resolves to a Flax made for it instead."""
+    runtime's JAX (the command in docs/install.md) resolves to a Flax made for it instead."""
     changes = would_install(jax_only_python, str(wheel), f"jax=={RUNTIME_JAX}")
     assert "vitjax" in changes and "flax" in changes
     assert not RUNTIME_PACKAGES & changes.keys(), {k: changes[k] for k in RUNTIME_PACKAGES & changes.keys()}

@@ -352,9 +352,7 @@ def test_the_embedded_default_reaches_95_percent_on_held_out_digits(tmp_path):
     result = subprocess.run([sys.executable, "-m", "vitjax.main", "--workdir", str(tmp_path)], env=env,
                             capture_output=True, text=True, timeout=900)
     assert result.returncode == 0, result.stderr[-3000:]
-    from vitjax.kernels import onednn
-
-    assert f"dense matmuls: {'onednn' if onednn.available() else 'xla'}" in result.stderr  # model.matmul=auto on one CPU device
+    assert "dense matmuls: xla" in result.stderr  # the default job's model.matmul: XLA's matmuls measured faster for it
     evals = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines() if '"eval"' in line]
     assert evals[-1]["count"] == 360 and evals[-1]["top1"] >= 0.95, evals[-1]
 
