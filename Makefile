@@ -1,5 +1,6 @@
 # Set-up is part of every target: a fresh clone needs nothing but Python and make.
-# PYTHON picks the interpreter (3.11 by default; PYTHON=python3.12 or python3.13 work the same way).
+# PYTHON picks the interpreter (3.11 by default; PYTHON=python3.12 works the same way). Each Python
+# needs its lock file, requirements/py<version>.txt: 3.11 and 3.12 have one (3.13 has none yet).
 # Two environments: the core (`make run`: the library and the cpu-kernels extra, in CORE_VENV;
 # `make test-core` adds the test tools there) and the full one (`make test`, `make bench`,
 # `make docs`: every extra, in VENV).
