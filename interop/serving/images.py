@@ -16,7 +16,7 @@ import numpy as np
 from PIL import Image
 
 from interop.serving.errors import BadImage, EmptyInput, ImageTooLarge
-from vitjax.data.transforms import preprocess_eval
+from vitjax.data.transforms import preprocess_eval, to_rgb
 from vitjax.models.registry import EvalTransform
 
 
@@ -30,7 +30,11 @@ def set_pixel_limit(max_pixels: int) -> None:
 
 
 def decode_image(data: bytes, *, max_pixels: int, name: str = "image") -> np.ndarray:
-    """RGB HWC uint8 array from encoded bytes (JPEG, PNG, ... anything PIL reads)."""
+    """RGB HWC uint8 array from encoded bytes (JPEG, PNG, ... anything PIL reads).
+
+    The pixels are those ``predict`` decodes from a file (:func:`vitjax.data.transforms.to_rgb`:
+    EXIF orientation applied, 16-bit scaled to 8, palette/LA/CMYK converted).
+    """
     if not data:
         raise EmptyInput(f"{name}: empty (0 bytes)")
     try:
@@ -42,12 +46,12 @@ def decode_image(data: bytes, *, max_pixels: int, name: str = "image") -> np.nda
                     raise ImageTooLarge(f"{name}: {width}x{height} image exceeds the limit of {max_pixels} pixels")
                 if width < 1 or height < 1:
                     raise BadImage(f"{name}: image of size {width}x{height}")
-                return np.asarray(image.convert("RGB"))
+                return to_rgb(image)
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
         raise ImageTooLarge(f"{name}: exceeds the decompression-bomb limit of {max_pixels} pixels ({e})") from None
     except Image.UnidentifiedImageError:
         raise BadImage(f"{name}: not an image PIL can identify ({len(data)} bytes)") from None
-    except (OSError, SyntaxError, ValueError, EOFError) as e:  # truncated or corrupt data
+    except (OSError, SyntaxError, ValueError, EOFError) as e:  # truncated or corrupt data, or a mode with no 8-bit scale
         raise BadImage(f"{name}: cannot decode image ({e})") from None
 
 

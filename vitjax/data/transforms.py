@@ -10,9 +10,10 @@ Output is an HWC float32 array (our models take NHWC).
 from __future__ import annotations
 
 import os
+import warnings
 
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageOps
 
 from vitjax.models.registry import EvalTransform
 
@@ -30,11 +31,50 @@ class ImageError(ValueError):
     """An image file that cannot be decoded."""
 
 
+_SIXTEEN_BIT_GRAY = ("I;16", "I;16L", "I;16B", "I;16N")
+_EXIF_ORIENTATION = 0x0112
+
+
+def to_rgb(image: Image.Image) -> np.ndarray:
+    """An opened PIL image -> RGB HWC uint8, as PaddleClas's OpenCV decoding gives it.
+
+    The one decoding step of ``predict``, the training data and the HTTP server:
+
+    * EXIF orientation applied (``cv2.imread``/``imdecode``, which PaddleClas decodes
+      with, apply it; timm's loaders, a plain ``convert("RGB")``, do not), so a phone
+      photo is not classified on its side;
+    * 16-bit gray (``I;16*``) scaled to 8 bits by its high byte, as OpenCV does and as
+      Pillow itself reads 16-bit RGB PNGs (``convert`` would clip it: all but black turns
+      white); 32-bit integer and float images are refused (no agreed scale);
+    * every other mode (palette, ``LA``, ``CMYK``, ``1``, ``RGBA``, ...) through Pillow's
+      ``convert("RGB")``; alpha is dropped, as OpenCV's ``IMREAD_COLOR`` drops it.
+
+    Raises ``ValueError`` for what it cannot convert.
+    """
+    try:
+        orientation = image.getexif().get(_EXIF_ORIENTATION, 1)
+    except Exception:  # unreadable EXIF is metadata we can do without; OpenCV ignores it too
+        orientation = 1
+    if orientation in range(2, 9):
+        image = ImageOps.exif_transpose(image)
+    if image.mode in _SIXTEEN_BIT_GRAY:
+        gray = (np.asarray(image).astype(np.uint16) >> 8).astype(np.uint8)
+        return np.repeat(gray[..., None], 3, axis=-1)
+    if image.mode in ("I", "F"):
+        kind = "32-bit integer" if image.mode == "I" else "floating-point"
+        raise ValueError(f"{kind} pixels have no agreed 8-bit scale; save the image with 8 or 16 bits per channel")
+    if image.mode == "RGB":
+        return np.asarray(image)
+    with warnings.catch_warnings():  # palette + transparency: the colours are what we want, the alpha is dropped
+        warnings.filterwarnings("ignore", "Palette images with Transparency", UserWarning)
+        return np.asarray(image.convert("RGB"))
+
+
 def load_rgb(path: str | os.PathLike) -> np.ndarray:
-    """Decodes an image file to an RGB HWC uint8 array; a clear error names a bad file."""
+    """Decodes an image file to an RGB HWC uint8 array (see :func:`to_rgb`); a clear error names a bad file."""
     try:
         with Image.open(path) as image:
-            return np.asarray(image.convert("RGB"))
+            return to_rgb(image)
     except FileNotFoundError:
         raise ImageError(f"{path}: no such file") from None
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
