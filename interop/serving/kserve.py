@@ -7,20 +7,30 @@
 * ``pixels``: ``UINT8`` ``[N, H, W, 3]``, RGB pixels, preprocessed here;
 
 and returns ``probabilities`` (``FP32 [N, num_classes]``), the one output a request may
-name. Another input or output name is refused with a 400 that names the expected ones. Binary tensor data (the
-``Inference-Header-Content-Length`` extension) is not supported: 415.
+name. Another input or output name is refused with a 400 that names the expected ones.
+
+Triton's binary tensor extension, which ``tritonclient`` uses by default, works both ways:
+with an ``Inference-Header-Content-Length: n`` header the body is n bytes of JSON, then
+the raw data of each input that has ``"parameters": {"binary_data_size": k}``, in order
+(``FP32``/``UINT8`` little-endian, ``BYTES`` as 4-byte little-endian lengths each followed by
+its bytes); the answer is binary too when the request asks (``"binary_data_output": true``
+in its parameters, or ``"binary_data": true`` on the output). Request bodies may be
+``Content-Encoding: gzip`` or ``deflate`` (the decompressed size is held to the body limit).
+``/v2/models/{name}/versions/1/...`` is the same model as ``/v2/models/{name}/...``.
 """
 
 from __future__ import annotations
 
+import json
 import math
+import zlib
 from typing import Any
 
 import numpy as np
 from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 
-from interop.serving.errors import MalformedRequest, ServeError, UnsupportedMediaType
+from interop.serving.errors import BodyTooLarge, MalformedRequest, ServeError, UnsupportedMediaType
 from interop.serving.images import preprocess_array
 from interop.serving.inputs import check_count, decode_base64, media_type, parse_json
 
@@ -33,11 +43,59 @@ class UnknownModel(ServeError):
     status, kind = 404, "unknown_model"
 
 
-def _flat(data: Any, shape: list[int], dtype, name: str) -> np.ndarray:
+def decompress(body: bytes, encoding: str, limit: int) -> bytes:
+    """A ``Content-Encoding: gzip|deflate`` body, decompressed to at most ``limit`` bytes (then 413)."""
+    encoding = encoding.strip().lower()
+    if encoding in ("", "identity"):
+        return body
+    if encoding not in ("gzip", "deflate"):
+        raise UnsupportedMediaType(f"content encoding {encoding!r} not accepted; send gzip, deflate or none")
+    inflater = zlib.decompressobj(16 + zlib.MAX_WBITS if encoding == "gzip" else zlib.MAX_WBITS)
+    try:
+        data = inflater.decompress(body, limit + 1)
+    except zlib.error as e:
+        raise MalformedRequest(f"body is not valid {encoding} ({e})") from None
+    if len(data) > limit or inflater.unconsumed_tail:
+        raise BodyTooLarge(f"decompressed body exceeds the limit of {limit} bytes")
+    return data
+
+
+def split_binary(body: bytes, header_length: str | None) -> tuple[Any, memoryview]:
+    """The JSON header and the binary tensor data after it (Triton's binary tensor extension)."""
+    if header_length is None:
+        return parse_json(body), memoryview(b"")
+    if not header_length.strip().isdigit() or int(header_length) > len(body):
+        raise MalformedRequest(f"Inference-Header-Content-Length {header_length!r} is not a length within the {len(body)}-byte body")
+    n = int(header_length)
+    return parse_json(body[:n]), memoryview(body)[n:]
+
+
+def split_bytes_elements(raw: memoryview, count: int, name: str) -> list[bytes]:
+    """Binary BYTES data: ``count`` elements, each a 4-byte little-endian length and its bytes."""
+    items, offset = [], 0
+    while offset < len(raw):
+        if offset + 4 > len(raw):
+            raise MalformedRequest(f"input {name}: BYTES data ends inside a length prefix")
+        size = int.from_bytes(raw[offset : offset + 4], "little")
+        if offset + 4 + size > len(raw):
+            raise MalformedRequest(f"input {name}: BYTES element of {size} bytes runs past the data")
+        items.append(bytes(raw[offset + 4 : offset + 4 + size]))
+        offset += 4 + size
+    if len(items) != count:
+        raise MalformedRequest(f"input {name}: {len(items)} BYTES elements for shape [{count}]")
+    return items
+
+
+def _flat(data: Any, shape: list[int], dtype, name: str, raw: memoryview | None = None) -> np.ndarray:
     if not isinstance(shape, list) or not all(isinstance(d, int) and d >= 0 for d in shape):
         raise MalformedRequest(f"input {name}: shape must be a list of non-negative integers")
     try:
-        array = np.asarray(data, dtype=dtype).reshape(-1)
+        if raw is not None:
+            if len(raw) % np.dtype(dtype).itemsize:
+                raise ValueError(f"{len(raw)} bytes is not a whole number of {np.dtype(dtype).name} values")
+            array = np.frombuffer(raw, dtype=np.dtype(dtype).newbyteorder("<")).astype(dtype)
+        else:
+            array = np.asarray(data, dtype=dtype).reshape(-1)
     except (TypeError, ValueError, OverflowError) as e:
         raise MalformedRequest(f"input {name}: data is not {np.dtype(dtype).name} numbers ({str(e).splitlines()[0]})") from None
     if array.size != math.prod(shape):
@@ -66,9 +124,13 @@ def add_kserve_routes(app: FastAPI, state) -> None:
         ok = state.ready and not state.draining
         return JSONResponse({"ready": ok}, status_code=200 if ok else 503)
 
-    @app.get("/v2/models/{name}")
-    async def model_metadata(name: str) -> dict[str, Any]:
+    def check_version(version: str | None) -> None:
+        if version is not None and version != "1":
+            raise UnknownModel(f"unknown version {version!r} of {model.name!r}; it has version '1'")
+
+    async def model_metadata(name: str, version: str | None = None) -> dict[str, Any]:
         check_name(name)
+        check_version(version)
         s = model.img_size
         return {
             "name": model.name, "versions": ["1"], "platform": f"vitjax-{model.backend}",
@@ -76,40 +138,67 @@ def add_kserve_routes(app: FastAPI, state) -> None:
             "outputs": [{"name": OUTPUT_NAME, "datatype": "FP32", "shape": [-1, model.num_classes]}],
         }
 
-    @app.get("/v2/models/{name}/ready")
-    async def model_ready(name: str):
+    async def model_ready(name: str, version: str | None = None):
         check_name(name)
+        check_version(version)
         ok = state.ready and not state.draining
         return JSONResponse({"name": model.name, "ready": ok}, status_code=200 if ok else 503)
 
-    @app.post("/v2/models/{name}/infer")
-    async def infer(name: str, request: Request) -> dict[str, Any]:
+    async def infer(name: str, request: Request, version: str | None = None) -> Response:
         check_name(name)
+        check_version(version)
         state.check_accepting(request)
-        if media_type(request) not in ("application/json", ""):
-            raise UnsupportedMediaType(f"content type {media_type(request)!r}: only the JSON form of the v2 protocol is supported")
-        payload = parse_json(await request.body())
+        if media_type(request) not in ("application/json", "application/octet-stream", ""):
+            raise UnsupportedMediaType(f"content type {media_type(request)!r}: send application/json (or octet-stream with the binary extension)")
+        body = decompress(await request.body(), request.headers.get("content-encoding", ""), config.max_body_bytes)
+        payload, binary = split_binary(body, request.headers.get("inference-header-content-length"))
         inputs = payload.get("inputs") if isinstance(payload, dict) else None
         if not isinstance(inputs, list) or len(inputs) != 1 or not isinstance(inputs[0], dict):
             raise MalformedRequest('v2 request must have "inputs": [one tensor]')
         outputs = payload.get("outputs") or []
         if not isinstance(outputs, list):
             raise MalformedRequest('"outputs" must be a list of {"name": ...}')
+        binary_out = bool(_parameters(payload).get("binary_data_output", False))
         for output in outputs:
             name = output.get("name") if isinstance(output, dict) else None
             if name != OUTPUT_NAME:
                 raise MalformedRequest(f"unknown output {name!r}; this model's output is {OUTPUT_NAME!r}")
-        images = await _images(inputs[0])
+            binary_out = bool(_parameters(output).get("binary_data", binary_out))
+        images = await _images(inputs[0], _binary_part(inputs[0], binary))
         probs = await state.classify(images)
-        response = {
-            "model_name": model.name, "model_version": "1",
-            "outputs": [{"name": OUTPUT_NAME, "datatype": "FP32", "shape": list(probs.shape), "data": probs.reshape(-1).tolist()}],
-        }
+        output = {"name": OUTPUT_NAME, "datatype": "FP32", "shape": list(probs.shape)}
+        response: dict[str, Any] = {"model_name": model.name, "model_version": "1", "outputs": [output]}
         if "id" in payload:
             response["id"] = payload["id"]
-        return response
+        if not binary_out:
+            output["data"] = probs.reshape(-1).tolist()
+            return JSONResponse(response)
+        data = np.ascontiguousarray(probs, dtype="<f4").tobytes()
+        output["parameters"] = {"binary_data_size": len(data)}
+        header = json.dumps(response).encode()
+        return Response(header + data, media_type="application/octet-stream", headers={"Inference-Header-Content-Length": str(len(header))})
 
-    async def _images(tensor: dict) -> np.ndarray:
+    for prefix in ("/v2/models/{name}", "/v2/models/{name}/versions/{version}"):
+        app.add_api_route(prefix, model_metadata, methods=["GET"])
+        app.add_api_route(prefix + "/ready", model_ready, methods=["GET"])
+        app.add_api_route(prefix + "/infer", infer, methods=["POST"])
+
+    def _parameters(entry: dict) -> dict:
+        parameters = entry.get("parameters") or {}
+        if not isinstance(parameters, dict):
+            raise MalformedRequest('"parameters" must be an object')
+        return parameters
+
+    def _binary_part(tensor: dict, binary: memoryview) -> memoryview | None:
+        """The input's binary data (the one input is the first and only binary part), or None for JSON data."""
+        size = _parameters(tensor).get("binary_data_size")
+        if size is None:
+            return None
+        if not isinstance(size, int) or size < 0 or size != len(binary):
+            raise MalformedRequest(f"input {tensor.get('name')}: binary_data_size {size!r} but {len(binary)} bytes of binary data follow the header")
+        return binary
+
+    async def _images(tensor: dict, raw: memoryview | None) -> np.ndarray:
         name, datatype, shape, data = tensor.get("name"), tensor.get("datatype"), tensor.get("shape"), tensor.get("data")
         if name not in INPUTS:
             raise MalformedRequest(f"unknown input {name!r}; this model takes {EXPECTED_INPUTS}")
@@ -122,12 +211,17 @@ def add_kserve_routes(app: FastAPI, state) -> None:
         if datatype == "FP32":
             if shape[1:] != [3, s, s]:
                 raise MalformedRequest(f"input {name}: FP32 shape {shape} does not fit the model input [N, 3, {s}, {s}]")
-            x = _flat(data, shape, np.float32, name)
+            x = _flat(data, shape, np.float32, name, raw)
             if not np.isfinite(x).all():
                 raise MalformedRequest(f"input {name}: NaN or infinite values (the model takes normalized pixels)")
             return x
         if datatype == "BYTES":
-            if not isinstance(data, list) or len(data) != shape[0] or shape[1:] not in ([], [1]):
+            if shape[1:] not in ([], [1]):
+                raise MalformedRequest(f"input {name}: BYTES shape must be [N] or [N, 1]")
+            if raw is not None:
+                blobs = [(f"{name}[{i}]", item) for i, item in enumerate(split_bytes_elements(raw, shape[0], name))]
+                return await state.preprocess_all(blobs)
+            if not isinstance(data, list) or len(data) != shape[0]:
                 raise MalformedRequest(f"input {name}: BYTES shape must be [N] or [N, 1] with N base64 strings")
             blobs = [(f"{name}[{i}]", decode_base64(item[0] if isinstance(item, list) and item else item, f"{name}[{i}]")) for i, item in enumerate(data)]
             return await state.preprocess_all(blobs)
@@ -136,6 +230,6 @@ def add_kserve_routes(app: FastAPI, state) -> None:
                 raise MalformedRequest(f"input {name}: UINT8 shape {shape} is not [N, H, W, 3] RGB pixels")
             if math.prod(shape) > config.max_pixels * 3 * config.max_images_per_request:
                 raise MalformedRequest(f"input {name}: shape {shape} too large")
-            pixels = _flat(data, shape, np.uint8, name)
+            pixels = _flat(data, shape, np.uint8, name, raw)
             return np.stack([preprocess_array(p, model.transform, max_pixels=config.max_pixels, name=f"{name}[{i}]") for i, p in enumerate(pixels)])
         raise AssertionError(datatype)  # INPUTS names every datatype handled above
