@@ -32,14 +32,20 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 
 from benchmarks import machine
 from benchmarks.report import render_markdown
-from benchmarks.worker import CPU_ONLY_ENGINES, DEFAULT_INFERENCE_ENGINES, ENGINE_XLA_FLAGS, INFERENCE_ENGINES, TRAIN_ENGINES
+from benchmarks.worker import (
+    CPU_ONLY_ENGINES,
+    DEFAULT_INFERENCE_ENGINES,
+    ENGINE_XLA_FLAGS,
+    INFERENCE_ENGINES,
+    TRAIN_ENGINES,
+)
 from interop.measure import latency_summary, timed, versions
 from vitjax.hostmem import tcmalloc_library
 
@@ -287,7 +293,7 @@ def run_suite(suite: Suite, model: str, work: Path, args, log_dir: Path, report:
             if suite.check_each_batch:
                 result["check"].update(suite.check_each_batch(workers, batch))
             busy = machine.busy_processes()
-            cell, wall_s = timed(lambda: _time_cell(workers, batch, suite.repeats, suite.warmup, args.gap_ms / 1e3, suite.budget_s))
+            cell, wall_s = timed(lambda batch=batch: _time_cell(workers, batch, suite.repeats, suite.warmup, args.gap_ms / 1e3, suite.budget_s))
             result["cells"][str(batch)] = {"engines": cell, "busy": busy + [b for b in machine.busy_processes() if b not in busy],
                                            "load_avg": machine.load_average(), "wall_s": wall_s}
             summary = "  ".join(f"{n} {c['images_per_s']:.2f}" for n, c in cell.items())

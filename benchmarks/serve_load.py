@@ -70,6 +70,7 @@ def prepare_model(source: str | None, model_name: str, work: Path) -> tuple[Path
 
     if source is None:
         import jax
+
         import vitjax
 
         size = vitjax.get_spec(model_name).img_size
@@ -542,7 +543,7 @@ def main(argv=None) -> dict:
                 exit_code = server.stop()
             servers[title] = {**result, "exit_code": exit_code}
     report = {
-        "date": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "date": dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC"),
         "command": "python -m benchmarks.serve_load " + " ".join(argv if argv is not None else sys.argv[1:]),
         "machine": machine.describe(measure_clock=False),
         "model": described,

@@ -24,7 +24,8 @@ torch and timm come from the optional ``bench`` extra; this module imports them 
 from __future__ import annotations
 
 from collections import OrderedDict
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 import numpy as np
 
@@ -52,7 +53,7 @@ def timm_name(model_name: str) -> str:
     return TIMM_NAMES[model_name]
 
 
-def paddle_to_timm_state(state: Mapping[str, np.ndarray], model_name: str) -> "OrderedDict[str, np.ndarray]":
+def paddle_to_timm_state(state: Mapping[str, np.ndarray], model_name: str) -> OrderedDict[str, np.ndarray]:
     """A PaddleClas ``state_dict`` of ``model_name`` in timm's layouts (same keys), as numpy arrays."""
     spec = get_spec(model_name)
     out: OrderedDict[str, np.ndarray] = OrderedDict()
@@ -67,7 +68,7 @@ def paddle_to_timm_state(state: Mapping[str, np.ndarray], model_name: str) -> "O
     return out
 
 
-def variables_to_timm_state(variables: Mapping[str, Any], model_name: str) -> "OrderedDict[str, np.ndarray]":
+def variables_to_timm_state(variables: Mapping[str, Any], model_name: str) -> OrderedDict[str, np.ndarray]:
     """Our Flax variables as timm's ``state_dict`` for ``timm_name(model_name)`` (numpy arrays)."""
     return paddle_to_timm_state(variables_to_state_dict(variables, model_name), model_name)
 

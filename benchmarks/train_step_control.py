@@ -208,7 +208,7 @@ def main(argv: list[str] | None = None) -> int:
             cells[(v, k)].append(time.perf_counter() - started)
     print(f"{args.model}, batch {args.batch}, median of {args.rounds} interleaved rounds, ms (img/s)\n")
     print("| Variant | forward | gradient | step (gradient + AdamW) |\n|:--|--:|--:|--:|")
-    for v, fns in variants.items():
+    for v in variants:
         row = []
         for k in ("fwd", "grad", "step"):
             if (v, k) in cells:

@@ -29,8 +29,9 @@ import json
 import os
 import resource
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -355,10 +356,10 @@ class PaddleTrainEngine(TrainEngine):
 
 def _timm_model(model_name: str, work: Path, device: str, threads: int):
     """timm's model on our shared weights (PaddleClas layout in state.npz), torch on ``threads`` threads."""
+    import timm
     import torch
 
     from benchmarks.timm_peer import paddle_to_timm_state, timm_name
-    import timm
 
     torch.set_num_threads(threads)
     state = paddle_to_timm_state(_load_state(work), model_name)

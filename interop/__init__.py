@@ -13,8 +13,6 @@ from interop.inference import (
     load_inference_model,
     read_inference_model,
 )
-from vitjax.weights.errors import PdparamsError, WeightMismatchError, WeightsError
-from vitjax.weights.pdparams import read_pdparams, write_pdparams
 from vitjax.weights.convert import (
     guess_model,
     load_pdparams,
@@ -22,6 +20,8 @@ from vitjax.weights.convert import (
     state_dict_to_variables,
     variables_to_state_dict,
 )
+from vitjax.weights.errors import PdparamsError, WeightMismatchError, WeightsError
+from vitjax.weights.pdparams import read_pdparams, write_pdparams
 
 __all__ = [
     "ImportedModel",

@@ -25,12 +25,13 @@ from pathlib import Path
 from interop._paddle import require_paddle
 from interop.errors import InteropError
 from interop.pretrained import add_commands as add_pretrained_commands
-from vitjax.weights.errors import WeightsError
-from vitjax.weights.pdparams import read_pdparams
-from vitjax.weights.convert import guess_model, infer_num_classes, save_pdparams, state_dict_to_variables
 from vitjax.checkpoints import CheckpointError, load_variables, save_variables
 from vitjax.data.transforms import ImageError
+from vitjax.weights.convert import guess_model, infer_num_classes, save_pdparams, state_dict_to_variables
 from vitjax.weights.download import DownloadError
+from vitjax.weights.errors import WeightsError
+from vitjax.weights.pdparams import read_pdparams
+
 
 def _model_name(args, state, source) -> str:
     return args.model or guess_model(state, source=source)

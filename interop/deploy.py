@@ -96,8 +96,8 @@ class JaxPredictor(Predictor):
         import jax.numpy as jnp
 
         from vitjax.model_init import resolve_matmul
-        from vitjax.weights.convert import infer_num_classes, variables_to_state_dict
         from vitjax.models.registry import create_model, get_spec
+        from vitjax.weights.convert import infer_num_classes, variables_to_state_dict
 
         state = variables_to_state_dict(variables, model_name)
         num_classes = infer_num_classes(state) if num_classes is None else num_classes

@@ -12,8 +12,9 @@ from __future__ import annotations
 import statistics
 import sys
 import time
+from collections.abc import Callable, Sequence
 from importlib import metadata
-from typing import Callable, Sequence, TypeVar
+from typing import TypeVar
 
 T = TypeVar("T")
 

@@ -24,10 +24,10 @@ import paddle  # noqa: E402
 import paddle.nn as nn  # noqa: E402
 import paddle.nn.functional as F  # noqa: E402
 
-from vitjax.weights.mapping import key_table
-from vitjax.models.deit import DeiTArch
-from vitjax.models.registry import get_spec
-from vitjax.models.tnt import TNTArch
+from vitjax.models.deit import DeiTArch  # noqa: E402
+from vitjax.models.registry import get_spec  # noqa: E402
+from vitjax.models.tnt import TNTArch  # noqa: E402
+from vitjax.weights.mapping import key_table  # noqa: E402
 
 
 def _attention(q, k, v, scale: float):

@@ -22,8 +22,9 @@ import dataclasses
 import json
 import os
 import platform
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -69,8 +70,8 @@ def measure_latency(predictor: Predictor, images: np.ndarray, batches: Sequence[
     table = {}
     for batch in batches:
         x = np.ascontiguousarray(images[:batch])
-        call_times(lambda: predictor.predict(x), warmup)
-        table[str(batch)] = latency_summary(call_times(lambda: predictor.predict(x), runs), batch)
+        call_times(lambda x=x: predictor.predict(x), warmup)
+        table[str(batch)] = latency_summary(call_times(lambda x=x: predictor.predict(x), runs), batch)
     return table
 
 

@@ -18,7 +18,7 @@ import http.server
 import socket
 import threading
 import time
-from typing import Iterator
+from collections.abc import Iterator
 
 
 class WeightServer(http.server.ThreadingHTTPServer):

@@ -78,7 +78,7 @@ def predict(config, workdir: str | Path) -> list[list[tuple[str, float]]]:
     names = class_names(config, probs.shape[-1])
     k = min(config.predict.topk, probs.shape[-1])
     results = []
-    for path, p in zip(paths, probs):
+    for path, p in zip(paths, probs, strict=True):
         top = np.argsort(-p)[:k]
         results.append([(names[i], float(p[i])) for i in top])
         if reporting.is_chief():

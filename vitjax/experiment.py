@@ -9,13 +9,15 @@ shapes, the config's sharding rules give each leaf a ``NamedSharding``, and
 from __future__ import annotations
 
 import functools
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax.sharding import NamedSharding, PartitionSpec as P
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
 
 from vitjax import checkpoints, sharding
 from vitjax.data.augment import train_transform

@@ -28,7 +28,7 @@ def lr_schedule(opt_config, batch_size: int, steps_per_epoch: float, total_steps
         )
     if opt_config.schedule == "piecewise":
         boundaries, previous = {}, 1.0
-        for epoch, scale in zip(opt_config.piecewise_epochs, opt_config.piecewise_scales):
+        for epoch, scale in zip(opt_config.piecewise_epochs, opt_config.piecewise_scales, strict=True):
             boundaries[int(round(epoch * steps_per_epoch))] = scale / previous
             previous = scale
         decayed = optax.piecewise_constant_schedule(peak, boundaries)

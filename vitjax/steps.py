@@ -3,7 +3,8 @@ evaluation batch (top-1/top-5 counts and loss sums)."""
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import flax
 import flax.linen as nn

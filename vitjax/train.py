@@ -23,8 +23,8 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import jax
 import jax.numpy as jnp

@@ -148,7 +148,7 @@ def test_a_wrong_input_shape_is_a_clear_error_on_every_backend(deployed):
         "empty batch": np.zeros((0, 3, 32, 32), np.float32),
     }
     for predictor in predictors:
-        for what, images in bad.items():
+        for images in bad.values():
             with pytest.raises(InputShapeError, match=r"does not fit the model input \[N, 3, 32, 32\]"):
                 predictor.predict(images)
         with pytest.raises(InputShapeError, match="dtype uint8"):

@@ -8,11 +8,11 @@ models' logits are O(1); the observed differences are ~1e-6, float32 summation o
 import jax
 import numpy as np
 import paddle
+import paddleclas_reference
 import pytest
 from testutil import model_params, nhwc, random_images
 
 import interop
-import paddleclas_reference
 import vitjax
 from interop.paddle_models import build_paddle_model, load_numpy_state, state_dict_numpy
 

@@ -28,13 +28,13 @@ from pathlib import Path
 import cv2
 import jax
 import numpy as np
+import paddleclas_reference
 import pytest
 import skimage.data
 import yaml
 from PIL import Image
 
 import interop
-import paddleclas_reference
 import vitjax
 
 ATOL = 1e-4

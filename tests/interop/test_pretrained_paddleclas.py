@@ -20,18 +20,18 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import paddle
+import paddleclas_reference
 import pytest
+from testutil import nhwc, random_images
+from weight_server import serving
 
 import interop
-import paddleclas_reference
 import vitjax
 from interop.__main__ import main as interop_main
 from interop.pretrained import download_inference_model, inference_model_path, load_pretrained_inference_model
-from testutil import nhwc, random_images
 from vitjax.weights import DownloadError, load_pretrained, register_pretrained
-from vitjax.weights.pretrained import get_pretrained
 from vitjax.weights.download import RefusedDownload, UnsafeArchiveError, safe_extract_tar
-from weight_server import serving
+from vitjax.weights.pretrained import get_pretrained
 
 TEST_MODEL = "DeiT_test_patch8_32"
 
@@ -228,7 +228,7 @@ def test_download_and_list_pretrained_commands(cache, monkeypatch, tmp_path, cap
     printed = capsys.readouterr().out.strip()
     assert printed == f"{name}: {cache / path.name}" and (cache / path.name).read_bytes() == path.read_bytes()
     assert interop_main(["list-pretrained"]) == 0
-    line = next(l for l in capsys.readouterr().out.splitlines() if l.startswith(name + " "))
+    line = next(row for row in capsys.readouterr().out.splitlines() if row.startswith(name + " "))
     assert str(cache / path.name) in line and "MB" in line
     assert interop_main(["download", "TNT_base", "--inference"]) == 2
     assert "publishes no inference model for TNT_base" in capsys.readouterr().err

@@ -4,10 +4,10 @@
 """
 
 import numpy as np
+import paddleclas_reference
 import pytest
 import skimage.data
 
-import paddleclas_reference
 import vitjax
 from vitjax.data.transforms import preprocess_eval
 

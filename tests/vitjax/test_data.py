@@ -11,9 +11,9 @@ from PIL import Image
 
 import vitjax
 from vitjax import train
+from vitjax.configlib import base_config
 from vitjax.data.augment import parse_randaugment, rand_augment, train_transform
 from vitjax.data.pipeline import EvalLoader, TrainLoader
-from vitjax.configlib import base_config
 from vitjax.data.sources import DataError, DigitsSource, FileListSource, ImageFolderSource, TfdsSource, make_source
 from vitjax.data.transforms import ImageError, preprocess_eval
 

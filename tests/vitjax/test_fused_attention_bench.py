@@ -1,14 +1,12 @@
 """``benchmarks.fused_attention`` compares three real forward passes of one model on the same weights."""
 
 import numpy as np
-
 from testutil import skip_module_unless_onednn_kernel_builds
 
 skip_module_unless_onednn_kernel_builds()
 
-from vitjax.kernels import onednn  # noqa: E402
-
 from benchmarks.fused_attention import VARIANTS, compile_variants, main  # noqa: E402
+from vitjax.kernels import onednn  # noqa: E402
 
 
 def test_variants_are_the_fused_and_unfused_attention_and_xla_on_one_set_of_weights():

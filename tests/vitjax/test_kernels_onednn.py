@@ -13,11 +13,10 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+from testutil import skip_module_unless_onednn_kernel_builds
 
 import vitjax
 from vitjax.model_init import resolve_matmul
-
-from testutil import skip_module_unless_onednn_kernel_builds
 
 skip_module_unless_onednn_kernel_builds()
 
@@ -98,7 +97,7 @@ def test_dense_dot_general_forward_and_gradients_equal_xla():
     ours = jax.jit(jax.value_and_grad(loss(onednn.dense_dot_general), argnums=(0, 1)))(x, w)
     xla = jax.jit(jax.value_and_grad(loss(jax.lax.dot_general), argnums=(0, 1)))(x, w)
     assert rel_err(ours[0], xla[0]) < 1e-6
-    for a, b in zip(ours[1], xla[1]):
+    for a, b in zip(ours[1], xla[1], strict=True):
         assert rel_err(a, b) < 1e-6
     hlo = jax.jit(jax.value_and_grad(loss(onednn.dense_dot_general), argnums=(0, 1))).lower(x, w).as_text()
     assert hlo.count(onednn.TARGET) == 3  # forward, input gradient, weight gradient: no XLA dot left
@@ -125,7 +124,7 @@ def test_dense_dot_general_takes_empty_inputs():
 
 def attention_reference(q, k, v, slots):
     """softmax(q k^T / sqrt(d)) v per batch entry and head, in float64, from packed projections."""
-    q, k, v = (np.asarray(x, np.float64)[:, :, s] for x, s in zip((q, k, v), slots))
+    q, k, v = (np.asarray(x, np.float64)[:, :, s] for x, s in zip((q, k, v), slots, strict=True))
     logits = np.einsum("bqhd,bkhd->bhqk", q, k) / np.sqrt(q.shape[-1])
     weights = np.exp(logits - logits.max(-1, keepdims=True))
     weights /= weights.sum(-1, keepdims=True)

@@ -34,7 +34,7 @@ def file_list_with_bad_images(root, count=10):
 
 def assert_same_batches(streamed, computed):
     assert len(streamed) == len(computed)
-    for s, c in zip(streamed, computed):
+    for s, c in zip(streamed, computed, strict=True):
         np.testing.assert_array_equal(s.images, c.images)
         np.testing.assert_array_equal(s.labels, c.labels)
         np.testing.assert_array_equal(s.mask, c.mask)

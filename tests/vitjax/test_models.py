@@ -50,7 +50,7 @@ def test_model_table_command_prints_every_model():
     out = subprocess.run(
         [sys.executable, "-m", "vitjax.models"], check=True, capture_output=True, text=True
     ).stdout
-    for name, (params_m, _) in PADDLECLAS_TABLE.items():
+    for name in PADDLECLAS_TABLE:
         assert f"| {name} |" in out
     assert "| DeiT_tiny_patch16_224 | 5.68 | 1.07 | 1.25 |" in out
 
@@ -186,7 +186,7 @@ def test_attention_gradient_is_autodiff_of_the_softmax_formula(shape, matmul):
         assert loss.lower(q, k, v).as_text().count("vitjax_onednn_matmul") == 6
     ours = loss(q, k, v)[1]
     theirs = jax.grad(lambda *a: jnp.sum(reference(*a) * weights), argnums=(0, 1, 2))(q, k, v)
-    for name, a, b in zip("qkv", ours, theirs):
+    for name, a, b in zip("qkv", ours, theirs, strict=True):
         np.testing.assert_allclose(a, b, atol=2e-5, rtol=1e-5, err_msg=f"d{name}")
     # the CPU's multiply-and-reduce form of dK and dV equals the matmul other backends run
     from vitjax.models.layers import _sum_over_queries_matmul, _sum_over_queries_reduce

@@ -18,13 +18,13 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax.traverse_util import flatten_dict
+from weight_server import closed_port, serving
 
 import vitjax
 from vitjax import checkpoints, train
 from vitjax.configlib import base_config
 from vitjax.weights import DownloadError, download_pretrained, list_pretrained, load_pretrained, register_pretrained
 from vitjax.weights.download import OfflineError
-from weight_server import closed_port, serving
 
 TEST_MODEL = "DeiT_test_patch8_32"
 FILE = f"{TEST_MODEL}_pretrained.pdparams"

@@ -11,10 +11,10 @@ import pytest
 
 pytest.importorskip("timm")
 import torch  # noqa: E402
+from testutil import model_params, nhwc, random_images  # noqa: E402
 
 import vitjax  # noqa: E402
 from benchmarks.timm_peer import TIMM_NAMES, create_timm_model, variables_to_timm_state  # noqa: E402
-from testutil import model_params, nhwc, random_images  # noqa: E402
 
 ATOL = 1e-4
 PARITY_MODELS = ("DeiT_tiny_patch16_224", "DeiT_tiny_distilled_patch16_224", "TNT_small")

@@ -92,8 +92,8 @@ def test_sharded_training_matches_one_device(strategy, mesh, tmp_path):
     sharded = tiny_config(num_steps=3, **{"mesh.data": mesh[0], "mesh.model": mesh[1], "sharding.strategy": strategy})
     train.train_and_evaluate(sharded, tmp_path / "sharded")
     assert_params_close(final_params(tmp_path / "sharded"), final_params(tmp_path / "one"), atol=2e-5)
-    losses = {name: [json.loads(l)["loss"] for l in (tmp_path / name / "metrics.jsonl").read_text().splitlines()
-                     if '"train"' in l] for name in ("one", "sharded")}
+    losses = {name: [json.loads(row)["loss"] for row in (tmp_path / name / "metrics.jsonl").read_text().splitlines()
+                     if '"train"' in row] for name in ("one", "sharded")}
     np.testing.assert_allclose(losses["sharded"], losses["one"], rtol=1e-5)
 
 
@@ -312,7 +312,7 @@ def test_eval_and_predict_modes_from_pdparams(tmp_path):
     source_image = Image.fromarray(np.random.RandomState(0).randint(0, 255, (50, 40, 3), np.uint8))
     source_image.save(tmp_path / "a.png")
     predictions = train.predict(tiny_config(**{"predict.images": str(tmp_path / "a.png"), "predict.topk": 3}), tmp_path / "run")
-    names, probs = zip(*predictions[0])
+    names, probs = zip(*predictions[0], strict=True)
     assert len(names) == 3 and set(names) <= {str(d) for d in range(10)}
     assert list(probs) == sorted(probs, reverse=True) and 0 < sum(probs) <= 1.0 + 1e-6
 

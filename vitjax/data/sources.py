@@ -7,8 +7,9 @@ makes the data order a pure function of (seed, step), so runs resume exactly.
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Protocol, Sequence
+from typing import Protocol
 
 import numpy as np
 from PIL import Image

@@ -35,8 +35,8 @@ from __future__ import annotations
 import ctypes
 import functools
 import hashlib
-import math
 import importlib.metadata
+import math
 import os
 import platform
 import shlex
@@ -260,7 +260,7 @@ def attention(q: jax.Array, k: jax.Array, v: jax.Array, slots: tuple[int, int, i
         raise ValueError("attention takes float32 [batch, tokens, slots, heads, head_dim] arrays, got "
                          + ", ".join(f"{x.dtype}{list(x.shape)}" for x in arrays))
     batch, tokens, _, heads, head_dim = q.shape
-    for name, x, slot in zip("qkv", arrays, slots):
+    for name, x, slot in zip("qkv", arrays, slots, strict=True):
         if (x.shape[:2], x.shape[3:]) != ((batch, tokens), (heads, head_dim)) or not 0 <= slot < x.shape[2]:
             raise ValueError(f"attention: {name} {list(x.shape)} (slot {slot}) does not match q {list(q.shape)}")
     out = jax.ShapeDtypeStruct((batch, tokens, heads, head_dim), jnp.float32)

@@ -8,7 +8,7 @@ exact (erf) GELU, LayerNorm with the two-pass variance, softmax attention with t
 from __future__ import annotations
 
 import functools
-from typing import Callable
+from collections.abc import Callable
 
 import flax.linen as nn
 import jax
@@ -203,7 +203,7 @@ def packed_multi_head_attention(
     (training computes exactly what it did without the fused call; the fused forward equals it to
     float32 rounding, normalising before the second matmul rather than after).
     """
-    q, k, v = (source[:, :, slot] for source, slot in zip((q_source, k_source, v_source), slots))
+    q, k, v = (source[:, :, slot] for source, slot in zip((q_source, k_source, v_source), slots, strict=True))
     fused = (
         dropout is None and matmul == "onednn"
         and q_source.dtype == k_source.dtype == v_source.dtype == jnp.float32
@@ -214,7 +214,7 @@ def packed_multi_head_attention(
 
 
 def _unfused_attention(slots, q_source, k_source, v_source):
-    q, k, v = (source[:, :, slot] for source, slot in zip((q_source, k_source, v_source), slots))
+    q, k, v = (source[:, :, slot] for source, slot in zip((q_source, k_source, v_source), slots, strict=True))
     return multi_head_attention(q, k, v, None, "onednn")
 
 

@@ -7,7 +7,7 @@ that model uses, so a model never travels without its preprocessing.
 from __future__ import annotations
 
 import dataclasses
-from typing import Callable
+from collections.abc import Callable
 
 import flax.linen as nn
 import jax.numpy as jnp

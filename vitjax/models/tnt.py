@@ -19,7 +19,17 @@ import jax.numpy as jnp
 import numpy as np
 from einops import rearrange
 
-from vitjax.models.layers import ConvAsMatmul, Dtype, check_image_size, DropPath, Mlp, dense, layer_norm, packed_multi_head_attention, trunc_normal
+from vitjax.models.layers import (
+    ConvAsMatmul,
+    DropPath,
+    Dtype,
+    Mlp,
+    check_image_size,
+    dense,
+    layer_norm,
+    packed_multi_head_attention,
+    trunc_normal,
+)
 
 
 @dataclasses.dataclass(frozen=True)
