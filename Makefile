@@ -36,7 +36,7 @@ TCMALLOC ?= $(firstword $(wildcard /usr/lib/x86_64-linux-gnu/libtcmalloc_minimal
 # pytest exits 5 when a selection (-k) matches nothing in one of the two trees: that is not a failure.
 PYTEST = $(1) -m pytest -q $(2) $(PYTEST_ARGS) || [ $$? -eq 5 ]
 
-.PHONY: setup setup-core run test test-fast test-core bench docs lock
+.PHONY: lint setup setup-core run test test-fast test-core bench docs lock
 
 # $(1): the virtual environment, $(2): the extras, $(3): non-empty to add PaddleClas's files (tests).
 define install
@@ -86,6 +86,11 @@ test-core: $(CORE_TEST_STAMP)
 
 bench: $(STAMP)
 	$(PY) -m benchmarks.run $(if $(TCMALLOC),--allocator tcmalloc)
+
+# ruff ([tool.ruff] in pyproject.toml): lint and formatting, as CI checks them.
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
 
 # The documentation site (docs/ and the API reference from the docstrings) into site/. --strict: a
 # broken link or anchor, a page missing from mkdocs.yml's nav or an unresolvable API reference fails.

@@ -61,7 +61,7 @@ def time_rounds(compiled: dict, images, rounds: int) -> dict[str, float]:
     times = {variant: [] for variant in compiled}
     order = list(compiled)
     for r in range(rounds):
-        for variant in order[r % len(order):] + order[: r % len(order)]:
+        for variant in order[r % len(order) :] + order[: r % len(order)]:
             fn, variables = compiled[variant]
             start = time.perf_counter()
             fn(variables, images).block_until_ready()
@@ -89,7 +89,9 @@ def main(argv: list[str] | None = None) -> None:
     onednn.load()
     machine = describe(measure_clock=False)
     print(f"Machine: {machine['cpu']}, {machine['cores']} cores, {machine['isa']}; jax {jax.__version__}\n")
-    print("| Model | Batch | fused (ms) | unfused (ms) | XLA's matmuls (ms) | fused / unfused speed | fused / XLA speed | max abs logit diff (unfused, XLA) |")
+    print(
+        "| Model | Batch | fused (ms) | unfused (ms) | XLA's matmuls (ms) | fused / unfused speed | fused / XLA speed | max abs logit diff (unfused, XLA) |"
+    )
     print("|:--|--:|--:|--:|--:|--:|--:|--:|")
     pinned = args.no_pin
     for name in args.models:
@@ -104,8 +106,11 @@ def main(argv: list[str] | None = None) -> None:
             diff = [float(np.abs(logits[v] - logits["fused"]).max()) for v in ("unfused", "xla")]
             median = time_rounds(compiled, images, args.rounds)
             ms = {v: 1e3 * t for v, t in median.items()}
-            print(f"| {name} | {batch} | {ms['fused']:.1f} | {ms['unfused']:.1f} | {ms['xla']:.1f} | "
-                  f"{ms['unfused'] / ms['fused']:.3f}x | {ms['xla'] / ms['fused']:.3f}x | {diff[0]:.1e}, {diff[1]:.1e} |", flush=True)
+            print(
+                f"| {name} | {batch} | {ms['fused']:.1f} | {ms['unfused']:.1f} | {ms['xla']:.1f} | "
+                f"{ms['unfused'] / ms['fused']:.3f}x | {ms['xla'] / ms['fused']:.3f}x | {diff[0]:.1e}, {diff[1]:.1e} |",
+                flush=True,
+            )
 
 
 if __name__ == "__main__":

@@ -36,8 +36,8 @@ import sys
 import tarfile
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 
@@ -95,8 +95,12 @@ def _varint(value: int) -> bytes:
 def pdiparams_record(array: np.ndarray) -> bytes:
     """One tensor as Paddle's combined parameters file frames it (float32 only)."""
     desc = b"\x08" + _varint(5) + b"".join(b"\x10" + _varint(d) for d in array.shape)
-    return (struct.pack("<IQI", 0, 0, 0) + struct.pack("<i", len(desc)) + desc
-            + np.ascontiguousarray(array, np.float32).tobytes())
+    return (
+        struct.pack("<IQI", 0, 0, 0)
+        + struct.pack("<i", len(desc))
+        + desc
+        + np.ascontiguousarray(array, np.float32).tobytes()
+    )
 
 
 def _pdiparams_seeds(rng: np.random.Generator) -> list[bytes]:
@@ -105,8 +109,10 @@ def _pdiparams_seeds(rng: np.random.Generator) -> list[bytes]:
 
 
 def _info_seeds(rng: np.random.Generator) -> list[bytes]:
-    info = {f"linear_{i}.w_0": {"structured_name": f"blocks.{i}.mlp.fc1.weight", "stop_gradient": False, "trainable": True}
-            for i in range(4)}
+    info = {
+        f"linear_{i}.w_0": {"structured_name": f"blocks.{i}.mlp.fc1.weight", "stop_gradient": False, "trainable": True}
+        for i in range(4)
+    }
     return [pickle.dumps(info, protocol=2), pickle.dumps(info, protocol=4)]
 
 
@@ -134,7 +140,9 @@ def _image_seeds(rng: np.random.Generator) -> list[bytes]:
     seeds = []
     for fmt, mode in [("PNG", "RGB"), ("JPEG", "RGB"), ("PNG", "I;16"), ("PNG", "P"), ("GIF", "P"), ("BMP", "RGB")]:
         image = Image.fromarray(pixels)
-        image = image.convert("L").convert("I;16") if mode == "I;16" else image.convert(mode) if mode != "RGB" else image
+        image = (
+            image.convert("L").convert("I;16") if mode == "I;16" else image.convert(mode) if mode != "RGB" else image
+        )
         buffer = io.BytesIO()
         image.save(buffer, format=fmt)
         seeds.append(buffer.getvalue())
@@ -144,22 +152,60 @@ def _image_seeds(rng: np.random.Generator) -> list[bytes]:
 def _program_seeds(rng: np.random.Generator) -> list[bytes]:
     """A legacy ``.pdmodel`` exported by Paddle 2.6 (a test fixture) and a PIR-shaped JSON program."""
     legacy = ROOT / "tests" / "fixtures" / "legacy" / "DeiT_test_patch8_32" / "inference.pdmodel"
-    program = {"base_code": {"magic": "pir", "version": 1, "trainable": False},
-               "program": {"regions": [{"#": "region_0", "blocks": [{"#": "block_0", "args": [], "ops": [
-                   {"#": "p", "A": [0, 1, 1, "x"], "O": {"%": 1, "TT": {"#": "0.t_dtensor", "D": [[1, 3, 32, 32]]}}},
-               ]}]}]}}
+    program = {
+        "base_code": {"magic": "pir", "version": 1, "trainable": False},
+        "program": {
+            "regions": [
+                {
+                    "#": "region_0",
+                    "blocks": [
+                        {
+                            "#": "block_0",
+                            "args": [],
+                            "ops": [
+                                {
+                                    "#": "p",
+                                    "A": [0, 1, 1, "x"],
+                                    "O": {"%": 1, "TT": {"#": "0.t_dtensor", "D": [[1, 3, 32, 32]]}},
+                                },
+                            ],
+                        }
+                    ],
+                }
+            ]
+        },
+    }
     return [legacy.read_bytes(), json.dumps(program).encode()]
 
 
 SEEDS: dict[str, Callable[[np.random.Generator], list[bytes]]] = {
-    "pdparams": _pdparams_seeds, "tar": _tar_seeds, "pdiparams": _pdiparams_seeds, "info": _info_seeds, "image": _image_seeds,
+    "pdparams": _pdparams_seeds,
+    "tar": _tar_seeds,
+    "pdiparams": _pdiparams_seeds,
+    "info": _info_seeds,
+    "image": _image_seeds,
     "program": _program_seeds,
 }
 
 
 # -- mutations ----------------------------------------------------------------------------------
-_BOUNDARY_INTS = [0, 1, -1, 0x7F, 0x80, 0xFF, 0x7FFF, 0xFFFF, 0x7FFFFFFF, 0x80000000, 0xFFFFFFFF, 10**8,
-                  (1 << 63) - 1, 1 << 63, (1 << 64) - 1]
+_BOUNDARY_INTS = [
+    0,
+    1,
+    -1,
+    0x7F,
+    0x80,
+    0xFF,
+    0x7FFF,
+    0xFFFF,
+    0x7FFFFFFF,
+    0x80000000,
+    0xFFFFFFFF,
+    10**8,
+    (1 << 63) - 1,
+    1 << 63,
+    (1 << 64) - 1,
+]
 # Pickle fragments an attacker reaches for: calls, huge memo indices, deep nesting, object arrays.
 _HOSTILE_PICKLE = [
     b"cos\nsystem\n(V" + f"touch {MARKER}".encode() + b"\ntR.",
@@ -189,14 +235,14 @@ def mutate(data: bytes, rng: random.Random, others: list[bytes], reader: str) ->
             value = rng.choice(_BOUNDARY_INTS)
             size = rng.choice([4, 8])
             packed = (value % (1 << (8 * size))).to_bytes(size, "little")
-            buf[pos:pos + size] = packed
+            buf[pos : pos + size] = packed
         elif choice == 3:  # delete a run
-            del buf[pos:pos + rng.randint(1, 64)]
+            del buf[pos : pos + rng.randint(1, 64)]
         elif choice == 4:  # insert random bytes
             buf[pos:pos] = rng.randbytes(rng.randint(1, 64))
         elif choice == 5 and buf:  # duplicate a run
             start = rng.randrange(len(buf))
-            buf[pos:pos] = buf[start:start + rng.randint(1, 256)]
+            buf[pos:pos] = buf[start : start + rng.randint(1, 256)]
         elif choice == 6:  # truncate
             del buf[pos:]
         elif choice == 7 and others:  # splice with another seed
@@ -255,7 +301,9 @@ def _reader(name: str) -> tuple[Callable[[Path, Path], object], tuple[type, ...]
         from interop.serving.errors import ServeError
         from interop.serving.images import decode_image
 
-        return (lambda path, scratch: decode_image(path.read_bytes(), max_pixels=4_000_000, name=path.name)), (ServeError,)
+        return (lambda path, scratch: decode_image(path.read_bytes(), max_pixels=4_000_000, name=path.name)), (
+            ServeError,
+        )
     raise ValueError(f"unknown reader {name!r}; known: {', '.join(ALL_READERS)}")
 
 
@@ -303,7 +351,11 @@ def _worker(reader: str, seed: int, count: int, start: int, case_seconds: float)
             outcome = "timeout"
         except typed as e:
             outcome, detail = "typed", str(e)
-            if "\n" in detail or not detail.startswith(str(path)) and reader in ("pdparams", "pdiparams", "info", "tar"):
+            if (
+                "\n" in detail
+                or not detail.startswith(str(path))
+                and reader in ("pdparams", "pdiparams", "info", "tar")
+            ):
                 outcome = "untyped"  # typed, but not one line naming the file
         except BaseException as e:  # noqa: BLE001 - any other exception is the defect we look for
             outcome, detail = "untyped", f"{type(e).__name__}: {e}"
@@ -319,8 +371,19 @@ def _worker(reader: str, seed: int, count: int, start: int, case_seconds: float)
             outside = [p.name for p in scratch.iterdir() if p.name not in (path.name, "target")]
             if outside:
                 outcome, detail = "escaped", f"written outside the target: {outside}"
-        print(json.dumps({"case": index, "outcome": outcome, "bytes": len(data), "peak": peak,
-                          "seconds": round(seconds, 4), "detail": detail[:300]}), flush=True)
+        print(
+            json.dumps(
+                {
+                    "case": index,
+                    "outcome": outcome,
+                    "bytes": len(data),
+                    "peak": peak,
+                    "seconds": round(seconds, 4),
+                    "detail": detail[:300],
+                }
+            ),
+            flush=True,
+        )
         _remove_tree(scratch)
 
 
@@ -330,17 +393,38 @@ def _remove_tree(path: Path) -> None:
     shutil.rmtree(path, ignore_errors=True)
 
 
-def run_campaign(reader: str, *, count: int, seed: int = 0, case_seconds: float = 10.0,
-                 total_seconds: float = 1800.0) -> dict:
+def run_campaign(
+    reader: str, *, count: int, seed: int = 0, case_seconds: float = 10.0, total_seconds: float = 1800.0
+) -> dict:
     """Runs ``count`` cases against ``reader`` in worker processes; returns the tally and the failures."""
     results: dict[int, dict] = {}
     start, deadline = 0, time.monotonic() + total_seconds
-    env = dict(os.environ, OPENBLAS_NUM_THREADS="1", OMP_NUM_THREADS="1", JAX_PLATFORMS="cpu",
-               PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])))
+    env = dict(
+        os.environ,
+        OPENBLAS_NUM_THREADS="1",
+        OMP_NUM_THREADS="1",
+        JAX_PLATFORMS="cpu",
+        PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
+    )
     while start < count and time.monotonic() < deadline:
-        command = [sys.executable, "-m", "benchmarks.fuzz", "--worker", reader, "--seed", str(seed),
-                   "--cases", str(count), "--start", str(start), "--case-seconds", str(case_seconds)]
-        process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        command = [
+            sys.executable,
+            "-m",
+            "benchmarks.fuzz",
+            "--worker",
+            reader,
+            "--seed",
+            str(seed),
+            "--cases",
+            str(count),
+            "--start",
+            str(start),
+            "--case-seconds",
+            str(case_seconds),
+        ]
+        process = subprocess.Popen(
+            command, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        )
         try:
             stdout, stderr = process.communicate(timeout=max(1.0, deadline - time.monotonic()))
         except subprocess.TimeoutExpired:
@@ -362,20 +446,36 @@ def run_campaign(reader: str, *, count: int, seed: int = 0, case_seconds: float 
         if started is None:  # died before its first case: the harness itself is broken
             raise RuntimeError(f"fuzz worker for {reader} failed before any case:\n{stderr[-3000:]}")
         kind = "timeout" if process.returncode in (-9, None) and time.monotonic() < deadline else "crash"
-        results[started] = {"case": started, "outcome": kind, "bytes": None, "peak": None, "seconds": None,
-                            "detail": f"worker exit {process.returncode}: {stderr.strip().splitlines()[-1:] or ''}"}
+        results[started] = {
+            "case": started,
+            "outcome": kind,
+            "bytes": None,
+            "peak": None,
+            "seconds": None,
+            "detail": f"worker exit {process.returncode}: {stderr.strip().splitlines()[-1:] or ''}",
+        }
         start = started + 1
     tally: dict[str, int] = {}
     for record in results.values():
         tally[record["outcome"]] = tally.get(record["outcome"], 0) + 1
     failures = [r for r in results.values() if r["outcome"] not in ("ok", "typed")]
-    worst = max((r["peak"] / max(r["bytes"], 1 << 16), r["bytes"]) for r in results.values() if r["peak"] is not None) \
-        if results else (0, 0)
+    worst = (
+        max((r["peak"] / max(r["bytes"], 1 << 16), r["bytes"]) for r in results.values() if r["peak"] is not None)
+        if results
+        else (0, 0)
+    )
     slowest = max((r["seconds"] for r in results.values() if r["seconds"] is not None), default=0.0)
-    return {"reader": reader, "cases": len(results), "requested": count, "seed": seed, "tally": tally,
-            "failures": sorted(failures, key=lambda r: r["case"])[:50], "worst_memory_ratio": round(worst[0], 2),
-            "slowest_case_seconds": slowest,
-            "max_peak_bytes": max((r["peak"] for r in results.values() if r["peak"] is not None), default=0)}
+    return {
+        "reader": reader,
+        "cases": len(results),
+        "requested": count,
+        "seed": seed,
+        "tally": tally,
+        "failures": sorted(failures, key=lambda r: r["case"])[:50],
+        "worst_memory_ratio": round(worst[0], 2),
+        "slowest_case_seconds": slowest,
+        "max_peak_bytes": max((r["peak"] for r in results.values() if r["peak"] is not None), default=0),
+    }
 
 
 def _cpu_name() -> str:
@@ -389,18 +489,29 @@ def _cpu_name() -> str:
 
 
 def _markdown(report: dict) -> str:
-    lines = [f"# Fuzz campaign ({report['date']}, {report['cpu']}, Python {report['python']})", "",
-             f"Command: `{report['command']}`", "",
-             "| reader | cases | ok | typed | untyped | memory | timeout | crash | escaped | executed | "
-             "peak traced (max) | worst peak / max(file size, 64 KiB) | slowest case (s) |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    lines = [
+        f"# Fuzz campaign ({report['date']}, {report['cpu']}, Python {report['python']})",
+        "",
+        f"Command: `{report['command']}`",
+        "",
+        "| reader | cases | ok | typed | untyped | memory | timeout | crash | escaped | executed | "
+        "peak traced (max) | worst peak / max(file size, 64 KiB) | slowest case (s) |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
     for r in report["readers"]:
         t = r["tally"]
-        counts = " | ".join(str(t.get(k, 0)) for k in ("ok", "typed", "untyped", "memory", "timeout", "crash", "escaped", "executed"))
-        lines.append(f"| {r['reader']} | {r['cases']} | {counts} | {r['max_peak_bytes'] / 2**20:.1f} MiB | "
-                     f"{r['worst_memory_ratio']} | {r['slowest_case_seconds']} |")
-    lines += ["", f"Bound per case: traced allocations <= {MEMORY_FACTOR} x file size + {MEMORY_BASE >> 20} MiB; "
-              f"worker address space capped at {HARD_MEMORY_CAP >> 30} GiB; time limit {report['case_seconds']} s per case."]
+        counts = " | ".join(
+            str(t.get(k, 0)) for k in ("ok", "typed", "untyped", "memory", "timeout", "crash", "escaped", "executed")
+        )
+        lines.append(
+            f"| {r['reader']} | {r['cases']} | {counts} | {r['max_peak_bytes'] / 2**20:.1f} MiB | "
+            f"{r['worst_memory_ratio']} | {r['slowest_case_seconds']} |"
+        )
+    lines += [
+        "",
+        f"Bound per case: traced allocations <= {MEMORY_FACTOR} x file size + {MEMORY_BASE >> 20} MiB; "
+        f"worker address space capped at {HARD_MEMORY_CAP >> 30} GiB; time limit {report['case_seconds']} s per case.",
+    ]
     return "\n".join(lines) + "\n"
 
 
@@ -420,14 +531,20 @@ def main(argv: list[str] | None = None) -> None:
     reports = []
     for reader in args.readers:
         began = time.perf_counter()
-        report = run_campaign(reader, count=args.cases, seed=args.seed, case_seconds=args.case_seconds,
-                              total_seconds=24 * 3600)
+        report = run_campaign(
+            reader, count=args.cases, seed=args.seed, case_seconds=args.case_seconds, total_seconds=24 * 3600
+        )
         report["wall_seconds"] = round(time.perf_counter() - began, 1)
         print(f"{reader}: {report['cases']} cases in {report['wall_seconds']} s: {report['tally']}", flush=True)
         reports.append(report)
-    report = {"date": time.strftime("%Y-%m-%d"), "cpu": _cpu_name(), "python": platform.python_version(),
-              "command": "python -m benchmarks.fuzz " + " ".join(argv if argv is not None else sys.argv[1:]),
-              "case_seconds": args.case_seconds, "readers": reports}
+    report = {
+        "date": time.strftime("%Y-%m-%d"),
+        "cpu": _cpu_name(),
+        "python": platform.python_version(),
+        "command": "python -m benchmarks.fuzz " + " ".join(argv if argv is not None else sys.argv[1:]),
+        "case_seconds": args.case_seconds,
+        "readers": reports,
+    }
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "latest.json").write_text(json.dumps(report, indent=1) + "\n")
     (args.out / "latest.md").write_text(_markdown(report))

@@ -81,8 +81,10 @@ def deit_transform(config_name: str = "deit_small") -> tuple[Callable, str]:
         return train_transform(image, rng, size=size, mean=mean, std=std, augment=augment)
 
     a = augment
-    described = (f"configs/{config_name}.py: {size}px random resized crop {tuple(a.crop_scale)} {a.interpolation}, "
-                 f"hflip {a.hflip}, RandAugment {a.randaugment}, random erasing {a.random_erasing}")
+    described = (
+        f"configs/{config_name}.py: {size}px random resized crop {tuple(a.crop_scale)} {a.interpolation}, "
+        f"hflip {a.hflip}, RandAugment {a.randaugment}, random erasing {a.random_erasing}"
+    )
     return transform, described
 
 
@@ -124,8 +126,13 @@ def time_batches(batches: Iterator, batch_size: int, min_seconds: float, min_bat
         count += 1
     seconds = time.perf_counter() - start
     batches.close()
-    return {"images_per_s": count * batch_size / seconds, "seconds": seconds, "batches": count,
-            "warmup_s": warmup, "main_process_cpu_s": sum(os.times()[:2]) - sum(cpu_start[:2])}
+    return {
+        "images_per_s": count * batch_size / seconds,
+        "seconds": seconds,
+        "batches": count,
+        "warmup_s": warmup,
+        "main_process_cpu_s": sum(os.times()[:2]) - sum(cpu_start[:2]),
+    }
 
 
 def cpu_name() -> str:
@@ -161,18 +168,33 @@ def run(args: argparse.Namespace) -> dict:
                 batches = loader.iterate(0)
             timing = time_batches(batches, args.batch_size, args.seconds, args.min_batches)
             used = max(1, min(workers, cores))
-            row = {"loader": label, "workers": workers, "cores_used": used, **timing,
-                   "images_per_s_per_core": timing["images_per_s"] / used}
+            row = {
+                "loader": label,
+                "workers": workers,
+                "cores_used": used,
+                **timing,
+                "images_per_s_per_core": timing["images_per_s"] / used,
+            }
             rows.append(row)
-            print(f"{label:12s} {workers} workers: {row['images_per_s']:7.1f} img/s  "
-                  f"{row['images_per_s_per_core']:6.1f} img/s/core  (warm-up {timing['warmup_s']:.1f} s)", flush=True)
+            print(
+                f"{label:12s} {workers} workers: {row['images_per_s']:7.1f} img/s  "
+                f"{row['images_per_s_per_core']:6.1f} img/s/core  (warm-up {timing['warmup_s']:.1f} s)",
+                flush=True,
+            )
     import grain
 
     return {
-        "cpu": cpu_name(), "cores": cores, "load_average_before": args.load_before,
-        "python": platform.python_version(), "grain": grain.__version__,
-        "recipe": described, "images": args.images, "image_size": list(IMAGE_SIZE),
-        "mean_jpeg_kb": float(np.mean(sizes) / 1024), "batch_size": args.batch_size, "rows": rows,
+        "cpu": cpu_name(),
+        "cores": cores,
+        "load_average_before": args.load_before,
+        "python": platform.python_version(),
+        "grain": grain.__version__,
+        "recipe": described,
+        "images": args.images,
+        "image_size": list(IMAGE_SIZE),
+        "mean_jpeg_kb": float(np.mean(sizes) / 1024),
+        "batch_size": args.batch_size,
+        "rows": rows,
     }
 
 
@@ -190,10 +212,16 @@ def markdown(results: dict) -> str:
         "|---|---|---|---|---|",
     ]
     for row in results["rows"]:
-        lines.append(f"| {row['loader']} | {row['workers']} | {row['images_per_s']:.1f} | "
-                     f"{row['images_per_s_per_core']:.1f} | {row['warmup_s']:.1f} |")
-    lines += ["", "`baseline` is the previous thread-pool loader's design; `threads` / `processes` are",
-              "`data.worker_kind` of the grain pipeline; per core = img/s / min(workers, cores).", ""]
+        lines.append(
+            f"| {row['loader']} | {row['workers']} | {row['images_per_s']:.1f} | "
+            f"{row['images_per_s_per_core']:.1f} | {row['warmup_s']:.1f} |"
+        )
+    lines += [
+        "",
+        "`baseline` is the previous thread-pool loader's design; `threads` / `processes` are",
+        "`data.worker_kind` of the grain pipeline; per core = img/s / min(workers, cores).",
+        "",
+    ]
     return "\n".join(lines)
 
 

@@ -137,7 +137,9 @@ def gpu_names() -> list[str]:
     if smi is None:
         return []
     try:
-        out = subprocess.run([smi, "--query-gpu=name", "--format=csv,noheader"], capture_output=True, text=True, timeout=30)
+        out = subprocess.run(
+            [smi, "--query-gpu=name", "--format=csv,noheader"], capture_output=True, text=True, timeout=30
+        )
     except (subprocess.SubprocessError, OSError):
         return []
     return [line.strip() for line in out.stdout.splitlines() if line.strip()] if out.returncode == 0 else []
@@ -155,7 +157,11 @@ def busy_processes(patterns=("pytest", "vitjax.main", "benchmarks.run")) -> list
             cmd = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace").strip()
         except (OSError, ValueError):
             continue
-        if cmd and any(re.search(rf"(^|[ /]){re.escape(p)}\b", cmd) for p in patterns) and "benchmarks.worker" not in cmd:
+        if (
+            cmd
+            and any(re.search(rf"(^|[ /]){re.escape(p)}\b", cmd) for p in patterns)
+            and "benchmarks.worker" not in cmd
+        ):
             found.append(f"{pid}: {cmd[:120]}")
     return found
 

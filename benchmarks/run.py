@@ -77,7 +77,12 @@ class Worker:
         self._log = open(self.log_path, "w")
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "benchmarks.worker", "serve", engine, model, str(work), device, str(threads)],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self._log, text=True, cwd=ROOT, env=env,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=self._log,
+            text=True,
+            cwd=ROOT,
+            env=env,
         )
         self.hello = self._read()
 
@@ -112,8 +117,14 @@ class Worker:
 
 def _thread_env(threads: int) -> dict[str, str]:
     n = str(threads)
-    return {"OMP_NUM_THREADS": n, "MKL_NUM_THREADS": n, "OPENBLAS_NUM_THREADS": n, "GLOG_minloglevel": "2",
-            "TF_CPP_MIN_LOG_LEVEL": "3", "FLAGS_call_stack_level": "0"}
+    return {
+        "OMP_NUM_THREADS": n,
+        "MKL_NUM_THREADS": n,
+        "OPENBLAS_NUM_THREADS": n,
+        "GLOG_minloglevel": "2",
+        "TF_CPP_MIN_LOG_LEVEL": "3",
+        "FLAGS_call_stack_level": "0",
+    }
 
 
 def _worker_env(threads: int, device: str) -> dict[str, str]:
@@ -132,8 +143,14 @@ def _worker_command(args: list[str], threads: int, device: str, timeout_s: float
     """Runs ``python -m benchmarks.worker ARGS`` to completion and returns its stdout; a failure is a
     :class:`WorkerError` carrying the end of its stderr."""
     try:
-        res = subprocess.run([sys.executable, "-m", "benchmarks.worker", *args], capture_output=True, text=True,
-                             env=_worker_env(threads, device), cwd=ROOT, timeout=timeout_s)
+        res = subprocess.run(
+            [sys.executable, "-m", "benchmarks.worker", *args],
+            capture_output=True,
+            text=True,
+            env=_worker_env(threads, device),
+            cwd=ROOT,
+            timeout=timeout_s,
+        )
     except subprocess.TimeoutExpired:
         raise WorkerError(f"benchmarks.worker {' '.join(args)}: no answer within {timeout_s:.0f} s") from None
     if res.returncode != 0:
@@ -184,8 +201,15 @@ def _start_workers(engines, model, work, device, threads, log_dir) -> dict[str, 
     return workers
 
 
-def _time_cell(workers: dict[str, Worker], batch: int, repeats: int, warmup: int, gap_s: float, budget_s: float = 0.0,
-               min_repeats: int = 5) -> dict[str, dict]:
+def _time_cell(
+    workers: dict[str, Worker],
+    batch: int,
+    repeats: int,
+    warmup: int,
+    gap_s: float,
+    budget_s: float = 0.0,
+    min_repeats: int = 5,
+) -> dict[str, dict]:
     """Warm-up, then `repeats` rounds of one timed call per engine (order rotated per round).
 
     ``gap_s`` of idle time separates consecutive calls: thread pools keep spinning after a
@@ -205,7 +229,7 @@ def _time_cell(workers: dict[str, Worker], batch: int, repeats: int, warmup: int
             time.sleep(gap_s)
         repeats = max(min(repeats, min_repeats), min(repeats, int(budget_s / per_round)))
     for r in range(repeats):
-        order = names[r % len(names):] + names[: r % len(names)]
+        order = names[r % len(names) :] + names[: r % len(names)]
         for name in order:
             cell[name]["times_s"].append(workers[name].ask("time", batch=batch)["seconds"])
             time.sleep(gap_s)
@@ -213,7 +237,8 @@ def _time_cell(workers: dict[str, Worker], batch: int, repeats: int, warmup: int
         mem = workers[name].ask("memory")
         cell[name].update(
             **latency_summary(cell[name]["times_s"], batch),
-            peak_rss_mib=mem["maxrss"] / 2**20, rss_mib=mem["rss"] / 2**20,
+            peak_rss_mib=mem["maxrss"] / 2**20,
+            rss_mib=mem["rss"] / 2**20,
             device_peak_mib=None if mem.get("device_peak") is None else mem["device_peak"] / 2**20,
         )
     return cell
@@ -268,13 +293,29 @@ def _check_training(workers: dict[str, Worker], batch: int) -> dict:
 
 
 def inference_suite(args) -> Suite:
-    return Suite("models", "", [e for e in args.engines if e in INFERENCE_ENGINES], args.batches, args.repeats,
-                 args.warmup, args.cell_budget, check_before=_check_inference)
+    return Suite(
+        "models",
+        "",
+        [e for e in args.engines if e in INFERENCE_ENGINES],
+        args.batches,
+        args.repeats,
+        args.warmup,
+        args.cell_budget,
+        check_before=_check_inference,
+    )
 
 
 def training_suite(args) -> Suite:
-    return Suite("training", "train ", [e for e in args.engines_train if e in TRAIN_ENGINES], args.train_batches,
-                 args.train_repeats, args.train_warmup, 0.0, check_each_batch=_check_training)
+    return Suite(
+        "training",
+        "train ",
+        [e for e in args.engines_train if e in TRAIN_ENGINES],
+        args.train_batches,
+        args.train_repeats,
+        args.train_warmup,
+        0.0,
+        check_each_batch=_check_training,
+    )
 
 
 def run_suite(suite: Suite, model: str, work: Path, args, log_dir: Path, report: dict) -> None:
@@ -285,7 +326,11 @@ def run_suite(suite: Suite, model: str, work: Path, args, log_dir: Path, report:
     workers = _start_workers(suite.engines, model, work, args.device, args.threads, log_dir)
     result.update({"engines": {}, "cells": {}, "check": {}})
     for name, w in workers.items():
-        result["engines"][name] = {"load_s": w.hello["load_s"], "rss_after_load_mib": w.hello["rss"] / 2**20, **w.hello.get("info", {})}
+        result["engines"][name] = {
+            "load_s": w.hello["load_s"],
+            "rss_after_load_mib": w.hello["rss"] / 2**20,
+            **w.hello.get("info", {}),
+        }
     try:
         if suite.check_before:
             result["check"].update(suite.check_before(workers))
@@ -293,9 +338,17 @@ def run_suite(suite: Suite, model: str, work: Path, args, log_dir: Path, report:
             if suite.check_each_batch:
                 result["check"].update(suite.check_each_batch(workers, batch))
             busy = machine.busy_processes()
-            cell, wall_s = timed(lambda batch=batch: _time_cell(workers, batch, suite.repeats, suite.warmup, args.gap_ms / 1e3, suite.budget_s))
-            result["cells"][str(batch)] = {"engines": cell, "busy": busy + [b for b in machine.busy_processes() if b not in busy],
-                                           "load_avg": machine.load_average(), "wall_s": wall_s}
+            cell, wall_s = timed(
+                lambda batch=batch: _time_cell(
+                    workers, batch, suite.repeats, suite.warmup, args.gap_ms / 1e3, suite.budget_s
+                )
+            )
+            result["cells"][str(batch)] = {
+                "engines": cell,
+                "busy": busy + [b for b in machine.busy_processes() if b not in busy],
+                "load_avg": machine.load_average(),
+                "wall_s": wall_s,
+            }
             summary = "  ".join(f"{n} {c['images_per_s']:.2f}" for n, c in cell.items())
             _log(f"  {model} {suite.label}b{batch}: img/s  {summary}  ({wall_s:.0f}s)")
             _save(report, args)
@@ -318,33 +371,59 @@ def _save(report: dict, args) -> None:
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(prog="python -m benchmarks.run", description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog="python -m benchmarks.run",
+        description=__doc__.split("\n\n")[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.add_argument("--models", nargs="*", default=list(DEFAULT_MODELS))
     p.add_argument("--batches", nargs="+", type=int, default=[1, 8, 32])
     p.add_argument("--repeats", type=int, default=10, help="timed rounds per (model, batch) cell")
     p.add_argument("--warmup", type=int, default=2, help="untimed calls per engine and batch (compilation included)")
-    p.add_argument("--engines", nargs="+", default=list(DEFAULT_INFERENCE_ENGINES), choices=INFERENCE_ENGINES,
-                   help="jax-unpinned: our JAX path with XLA's CPU workers left unpinned; jax-vw512 (not run by default): "
-                        "with XLA_FLAGS=--xla_cpu_prefer_vector_width=512 (CPU only)")
+    p.add_argument(
+        "--engines",
+        nargs="+",
+        default=list(DEFAULT_INFERENCE_ENGINES),
+        choices=INFERENCE_ENGINES,
+        help="jax-unpinned: our JAX path with XLA's CPU workers left unpinned; jax-vw512 (not run by default): "
+        "with XLA_FLAGS=--xla_cpu_prefer_vector_width=512 (CPU only)",
+    )
     p.add_argument("--train-models", nargs="*", default=list(DEFAULT_TRAIN_MODELS))
     p.add_argument("--train-batches", nargs="+", type=int, default=[8, 32])
     p.add_argument("--train-repeats", type=int, default=8)
     p.add_argument("--train-warmup", type=int, default=2)
     p.add_argument("--engines-train", nargs="+", default=list(TRAIN_ENGINES), choices=TRAIN_ENGINES)
     p.add_argument("--no-train", action="store_true")
-    p.add_argument("--cell-budget", type=float, default=60,
-                   help="seconds of timed rounds per inference cell: fewer rounds (at least 5) where one round is slow; 0: always --repeats")
-    p.add_argument("--gap-ms", type=float, default=300, help="idle time between two timed calls (lets spinning thread pools go to sleep)")
-    p.add_argument("--quick", action="store_true",
-                   help="smoke test: DeiT-tiny and TNT_small at batch 8, 3 repeats, DeiT-tiny training (writes quick.*)")
+    p.add_argument(
+        "--cell-budget",
+        type=float,
+        default=60,
+        help="seconds of timed rounds per inference cell: fewer rounds (at least 5) where one round is slow; 0: always --repeats",
+    )
+    p.add_argument(
+        "--gap-ms",
+        type=float,
+        default=300,
+        help="idle time between two timed calls (lets spinning thread pools go to sleep)",
+    )
+    p.add_argument(
+        "--quick",
+        action="store_true",
+        help="smoke test: DeiT-tiny and TNT_small at batch 8, 3 repeats, DeiT-tiny training (writes quick.*)",
+    )
     p.add_argument("--threads", type=int, default=None, help="threads for every engine (default: all usable cores)")
     p.add_argument("--device", choices=("auto", "cpu", "gpu"), default="auto")
     p.add_argument("--fma-pipes", type=int, default=None, help="override the FMA pipes per core used for the peak")
     p.add_argument("--force", action="store_true", help="do not wait for other pytest/training jobs to finish")
-    p.add_argument("--max-wait", type=float, default=1800, help="seconds to wait for other jobs before measuring anyway")
-    p.add_argument("--allocator", choices=("default", "tcmalloc"), default="default",
-                   help="tcmalloc: preload it into every engine's process (LD_PRELOAD); default: the system malloc")
+    p.add_argument(
+        "--max-wait", type=float, default=1800, help="seconds to wait for other jobs before measuring anyway"
+    )
+    p.add_argument(
+        "--allocator",
+        choices=("default", "tcmalloc"),
+        default="default",
+        help="tcmalloc: preload it into every engine's process (LD_PRELOAD); default: the system malloc",
+    )
     p.add_argument("--out", default=str(ROOT / "benchmarks" / "results"))
     args = p.parse_args(argv)
     if args.allocator == "tcmalloc":
@@ -355,7 +434,12 @@ def parse_args(argv=None):
     if args.quick:
         args.models = ["DeiT_tiny_patch16_224", "TNT_small"]
         args.batches, args.repeats, args.warmup = [8], 3, 2
-        args.train_models, args.train_batches, args.train_repeats, args.train_warmup = ["DeiT_tiny_patch16_224"], [8], 3, 1
+        args.train_models, args.train_batches, args.train_repeats, args.train_warmup = (
+            ["DeiT_tiny_patch16_224"],
+            [8],
+            3,
+            1,
+        )
     if args.no_train:
         args.train_models = []
     if args.threads is None:
@@ -369,7 +453,9 @@ def parse_args(argv=None):
 
 def main(argv=None) -> dict:
     args, _ = parse_args(argv)
-    command = "python -m benchmarks.run" + ("" if argv is None and len(sys.argv) <= 1 else " " + " ".join(argv if argv is not None else sys.argv[1:]))
+    command = "python -m benchmarks.run" + (
+        "" if argv is None and len(sys.argv) <= 1 else " " + " ".join(argv if argv is not None else sys.argv[1:])
+    )
     busy_at_start = _wait_until_quiet(args.max_wait, args.force)
     started = time.time()
     _log("machine: measuring the clock and the XLA matmul ceiling")
@@ -385,10 +471,19 @@ def main(argv=None) -> dict:
         "allocator": args.allocator if args.allocator == "default" else os.environ["LD_PRELOAD"],
         "machine": info,
         "versions": versions(),
-        "settings": {"repeats": args.repeats, "warmup": args.warmup, "train_repeats": args.train_repeats,
-                     "jax_pin_threads": args.device == "cpu",  # JaxPredictor's default on CPU
-                     "train_warmup": args.train_warmup, "gap_ms": args.gap_ms, "cell_budget_s": args.cell_budget, "batches": args.batches, "train_batches": args.train_batches,
-                     "fp32_atol": FP32_ATOL, "quick": args.quick},
+        "settings": {
+            "repeats": args.repeats,
+            "warmup": args.warmup,
+            "train_repeats": args.train_repeats,
+            "jax_pin_threads": args.device == "cpu",  # JaxPredictor's default on CPU
+            "train_warmup": args.train_warmup,
+            "gap_ms": args.gap_ms,
+            "cell_budget_s": args.cell_budget,
+            "batches": args.batches,
+            "train_batches": args.train_batches,
+            "fp32_atol": FP32_ATOL,
+            "quick": args.quick,
+        },
         "busy_at_start": busy_at_start,
         "models": {},
         "training": {},

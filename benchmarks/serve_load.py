@@ -74,7 +74,9 @@ def prepare_model(source: str | None, model_name: str, work: Path) -> tuple[Path
         import vitjax
 
         size = vitjax.get_spec(model_name).img_size
-        variables = jax.jit(vitjax.create_model(model_name).init)(jax.random.key(0), np.zeros((1, size, size, 3), np.float32))
+        variables = jax.jit(vitjax.create_model(model_name).init)(
+            jax.random.key(0), np.zeros((1, size, size, 3), np.float32)
+        )
         source_path = work / f"{model_name}_random.pdparams"
         interop.save_pdparams(variables, model_name, source_path)
         described = f"{model_name}, random weights saved as PaddleClas .pdparams"
@@ -126,8 +128,11 @@ def latency_summary(latencies_s: list[float]) -> dict:
         return {"p50_ms": None, "p95_ms": None, "p99_ms": None, "mean_ms": None, "max_ms": None}
     ms = np.asarray(latencies_s) * 1e3
     return {
-        "p50_ms": float(np.percentile(ms, 50)), "p95_ms": float(np.percentile(ms, 95)), "p99_ms": float(np.percentile(ms, 99)),
-        "mean_ms": float(ms.mean()), "max_ms": float(ms.max()),
+        "p50_ms": float(np.percentile(ms, 50)),
+        "p95_ms": float(np.percentile(ms, 95)),
+        "p99_ms": float(np.percentile(ms, 99)),
+        "mean_ms": float(ms.mean()),
+        "max_ms": float(ms.max()),
     }
 
 
@@ -167,7 +172,9 @@ def read_batch_log(path: Path) -> dict[int, int]:
 # ----------------------------------------------------------------------------- in-process
 
 
-def measure_in_process(model_dir: Path, backend: str, threads: int, max_batch_size: int, payloads, seconds: float) -> tuple[dict, list[np.ndarray]]:
+def measure_in_process(
+    model_dir: Path, backend: str, threads: int, max_batch_size: int, payloads, seconds: float
+) -> tuple[dict, list[np.ndarray]]:
     """The bare predictor: sequential decode+transform+predict, and one full batch; also the expected probabilities."""
     from interop.serving.images import preprocess
     from interop.serving.model import load_served_model
@@ -197,11 +204,19 @@ def measure_in_process(model_dir: Path, backend: str, threads: int, max_batch_si
         model.close()
     batch_s, decode_median = float(np.median(batched)), float(np.median(decode_s))
     return {
-        "sequential": {"requests": len(single), "images_per_s": len(single) / sum(single), **latency_summary(single),
-                       "decode_transform_ms": decode_median * 1e3},
-        "batched": {"batch_size": max_batch_size, "batches": len(batched), "batch_ms": batch_s * 1e3,
-                    "images_per_s_inference": max_batch_size / batch_s,
-                    "images_per_s_with_decode": max_batch_size / (batch_s + max_batch_size * decode_median)},
+        "sequential": {
+            "requests": len(single),
+            "images_per_s": len(single) / sum(single),
+            **latency_summary(single),
+            "decode_transform_ms": decode_median * 1e3,
+        },
+        "batched": {
+            "batch_size": max_batch_size,
+            "batches": len(batched),
+            "batch_ms": batch_s * 1e3,
+            "images_per_s_inference": max_batch_size / batch_s,
+            "images_per_s_with_decode": max_batch_size / (batch_s + max_batch_size * decode_median),
+        },
     }, expected
 
 
@@ -220,7 +235,9 @@ class ServerProcess:
     def __init__(self, command: list[str], port: int, path: str, ready_path: str, env: dict, log: Path):
         self.url, self.path, self.log_path = f"http://127.0.0.1:{port}", path, log
         self._log = open(log, "w")
-        self.proc = subprocess.Popen(command, cwd=REPO, stdout=self._log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+        self.proc = subprocess.Popen(
+            command, cwd=REPO, stdout=self._log, stderr=subprocess.STDOUT, env=env, start_new_session=True
+        )
         self._wait(ready_path)
 
     def _wait(self, ready_path: str) -> None:
@@ -229,7 +246,9 @@ class ServerProcess:
         deadline = time.monotonic() + READY_TIMEOUT_S
         while True:
             if self.proc.poll() is not None:
-                raise RuntimeError(f"server exited with {self.proc.returncode}; see {self.log_path}:\n{self.log_path.read_text()[-3000:]}")
+                raise RuntimeError(
+                    f"server exited with {self.proc.returncode}; see {self.log_path}:\n{self.log_path.read_text()[-3000:]}"
+                )
             if time.monotonic() > deadline:
                 self.stop()
                 raise RuntimeError(f"server not ready after {READY_TIMEOUT_S:.0f} s; see {self.log_path}")
@@ -258,18 +277,57 @@ class ServerProcess:
 
 def start_ours(model_dir: Path, args, log: Path) -> ServerProcess:
     port = free_port()
-    command = [sys.executable, "-m", "interop", "serve", str(model_dir), "--backend", args.backend, "--port", str(port),
-               "--threads", str(args.threads), "--max-batch-size", str(args.max_batch_size), "--max-wait-ms", str(args.max_wait_ms),
-               "--max-concurrency", str(max(128, 2 * args.clients)), "--log-level", "warning"]
+    command = [
+        sys.executable,
+        "-m",
+        "interop",
+        "serve",
+        str(model_dir),
+        "--backend",
+        args.backend,
+        "--port",
+        str(port),
+        "--threads",
+        str(args.threads),
+        "--max-batch-size",
+        str(args.max_batch_size),
+        "--max-wait-ms",
+        str(args.max_wait_ms),
+        "--max-concurrency",
+        str(max(128, 2 * args.clients)),
+        "--log-level",
+        "warning",
+    ]
     return ServerProcess(command, port, "/classify", "/ready", dict(os.environ), log)
 
 
 def start_litserve(model_dir: Path, args, log: Path, batch_log: Path) -> ServerProcess:
     port = free_port()
-    command = [sys.executable, "-m", "benchmarks.serve_load", "--litserve-child", str(model_dir), "--backend", args.backend,
-               "--port", str(port), "--threads", str(args.threads), "--max-batch-size", str(args.max_batch_size),
-               "--max-wait-ms", str(args.max_wait_ms), "--batch-log", str(batch_log)]
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), str(Path(args.litserve).resolve()), os.environ.get("PYTHONPATH")]))}
+    command = [
+        sys.executable,
+        "-m",
+        "benchmarks.serve_load",
+        "--litserve-child",
+        str(model_dir),
+        "--backend",
+        args.backend,
+        "--port",
+        str(port),
+        "--threads",
+        str(args.threads),
+        "--max-batch-size",
+        str(args.max_batch_size),
+        "--max-wait-ms",
+        str(args.max_wait_ms),
+        "--batch-log",
+        str(batch_log),
+    ]
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join(
+            filter(None, [str(REPO), str(Path(args.litserve).resolve()), os.environ.get("PYTHONPATH")])
+        ),
+    }
     return ServerProcess(command, port, "/predict", "/health", env, log)
 
 
@@ -291,7 +349,9 @@ if _litserve is not None:
             from interop.serving.model import load_served_model
 
             a = self.args
-            self.model = load_served_model(a.litserve_child, a.backend, threads=a.threads, max_batch_size=a.max_batch_size)
+            self.model = load_served_model(
+                a.litserve_child, a.backend, threads=a.threads, max_batch_size=a.max_batch_size
+            )
             for size in sorted({1, a.max_batch_size}):
                 self.model.predict_probs(np.zeros((size, 3, self.model.img_size, self.model.img_size), np.float32))
 
@@ -374,9 +434,16 @@ def drive(server: ServerProcess, bodies: list[bytes], expected: list[np.ndarray]
             failures[outcome] = failures.get(outcome, 0) + 1
             examples.setdefault(outcome, detail or "")
     return {
-        "clients": clients, "seconds": wall, "requests": len(results), "ok": len(ok), "answered_200": answered, "failures": failures,
-        "failure_examples": examples, "hung_clients": sum(t.is_alive() for t in threads),
-        "requests_per_s": len(ok) / wall, **latency_summary(ok),
+        "clients": clients,
+        "seconds": wall,
+        "requests": len(results),
+        "ok": len(ok),
+        "answered_200": answered,
+        "failures": failures,
+        "failure_examples": examples,
+        "hung_clients": sum(t.is_alive() for t in threads),
+        "requests_per_s": len(ok) / wall,
+        **latency_summary(ok),
     }
 
 
@@ -416,7 +483,9 @@ def measure_server(name: str, server: ServerProcess, bodies, expected, args, bat
         concurrent["images_run_by_server"] = int(images)
         concurrent["lost"] = concurrent["answered_200"] - int(images)  # 0: every answered request ran exactly once
         concurrent["batch_sizes"] = batch_size_counts(before, after)
-        concurrent["server_errors_total"] = sum(v - before.get(k, 0) for k, v in after.items() if k.startswith("vitjax_serve_errors_total"))
+        concurrent["server_errors_total"] = sum(
+            v - before.get(k, 0) for k, v in after.items() if k.startswith("vitjax_serve_errors_total")
+        )
     return {"sequential": sequential, "concurrent": concurrent}
 
 
@@ -444,18 +513,22 @@ def render_markdown(report: dict) -> str:
         f"- Machine: {m['cpu']}, {m['cores']} cores ({m['isa']}), {m['memory_gib']} GiB; clients and server share these cores",
         f"- Model: {report['model']}; backend `{a['backend']}`, {a['threads']} engine threads; "
         f"max_batch_size {a['max_batch_size']}, max_wait_ms {a['max_wait_ms']:g}",
-        f"- Requests: one JPEG photo each, JSON with base64 (`{{\"images\": [...]}}`), {len(report['photos'])} photos in turn; "
+        f'- Requests: one JPEG photo each, JSON with base64 (`{{"images": [...]}}`), {len(report["photos"])} photos in turn; '
         f"an answer counts as right when its top-5 probabilities are within {PROB_ATOL:g} of the in-process predictor's",
         "",
         "| | requests | ok | failed | req/s | p50 ms | p95 ms | p99 ms | batch sizes run |",
         "|---|---:|---:|---:|---:|---:|---:|---:|---|",
     ]
     seq = ip["sequential"]
-    lines.append(f"| in-process predictor, 1 image at a time (decode + predict) | {seq['requests']} | {seq['requests']} | 0 | "
-                 f"{seq['images_per_s']:.1f} | {_ms(seq['p50_ms'])} | {_ms(seq['p95_ms'])} | {_ms(seq['p99_ms'])} | 1 |")
+    lines.append(
+        f"| in-process predictor, 1 image at a time (decode + predict) | {seq['requests']} | {seq['requests']} | 0 | "
+        f"{seq['images_per_s']:.1f} | {_ms(seq['p50_ms'])} | {_ms(seq['p95_ms'])} | {_ms(seq['p99_ms'])} | 1 |"
+    )
     b = ip["batched"]
-    lines.append(f"| in-process predictor, batch of {b['batch_size']} (inference only / + decode) | {b['batches']} | {b['batches']} | 0 | "
-                 f"{b['images_per_s_inference']:.1f} / {b['images_per_s_with_decode']:.1f} | {_ms(b['batch_ms'])} | | | {b['batch_size']} |")
+    lines.append(
+        f"| in-process predictor, batch of {b['batch_size']} (inference only / + decode) | {b['batches']} | {b['batches']} | 0 | "
+        f"{b['images_per_s_inference']:.1f} / {b['images_per_s_with_decode']:.1f} | {_ms(b['batch_ms'])} | | | {b['batch_size']} |"
+    )
     for stack, result in report["servers"].items():
         if "error" in result:
             lines.append(f"| {stack} | | | | | | | | {result['error']} |")
@@ -464,8 +537,10 @@ def render_markdown(report: dict) -> str:
             r = result[phase]
             failed = r["requests"] - r["ok"]
             batches = _batches(r.get("batch_sizes") or {}) if phase == "concurrent" else ""
-            lines.append(f"| {stack}, {title} | {r['requests']} | {r['ok']} | {failed} | {r['requests_per_s']:.1f} | "
-                         f"{_ms(r['p50_ms'])} | {_ms(r['p95_ms'])} | {_ms(r['p99_ms'])} | {batches} |")
+            lines.append(
+                f"| {stack}, {title} | {r['requests']} | {r['ok']} | {failed} | {r['requests_per_s']:.1f} | "
+                f"{_ms(r['p50_ms'])} | {_ms(r['p95_ms'])} | {_ms(r['p99_ms'])} | {batches} |"
+            )
     lines += ["", "## What the server costs", ""]
     for stack, result in report["servers"].items():
         if "error" in result:
@@ -487,16 +562,22 @@ def render_markdown(report: dict) -> str:
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--source", help="inference dir, .pdparams, orbax checkpoint or workdir (default: random DeiT-tiny weights)")
+    p.add_argument(
+        "--source", help="inference dir, .pdparams, orbax checkpoint or workdir (default: random DeiT-tiny weights)"
+    )
     p.add_argument("--model", default=DEFAULT_MODEL, help="model to initialise when --source is not given")
     p.add_argument("--backend", default="onnxruntime")
     p.add_argument("--clients", type=int, default=8)
     p.add_argument("--duration", type=float, default=30.0, help="seconds of concurrent load")
-    p.add_argument("--sequential-s", type=float, default=10.0, help="seconds of sequential requests (and of each in-process run)")
+    p.add_argument(
+        "--sequential-s", type=float, default=10.0, help="seconds of sequential requests (and of each in-process run)"
+    )
     p.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)))
     p.add_argument("--max-batch-size", type=int, default=8)
     p.add_argument("--max-wait-ms", type=float, default=5.0)
-    p.add_argument("--litserve", help="a directory holding litserve (pip install --target DIR litserve): also measure LitServe")
+    p.add_argument(
+        "--litserve", help="a directory holding litserve (pip install --target DIR litserve): also measure LitServe"
+    )
     p.add_argument("--quick", action="store_true", help="4 clients, 8 s of load, 3 s sequential")
     p.add_argument("--out", default=str(REPO / "benchmarks" / "results"))
     p.add_argument("--litserve-child", help=argparse.SUPPRESS)
@@ -523,7 +604,9 @@ def main(argv=None) -> dict:
         payloads = photo_payloads()
         bodies = [json_request(data) for _, data in payloads]
         _log(f"in-process predictor ({args.backend}) for 2 x {args.sequential_s:g} s")
-        in_process, expected = measure_in_process(model_dir, args.backend, args.threads, args.max_batch_size, payloads, args.sequential_s)
+        in_process, expected = measure_in_process(
+            model_dir, args.backend, args.threads, args.max_batch_size, payloads, args.sequential_s
+        )
         servers: dict[str, dict] = {}
         stacks = [("FastAPI + uvicorn (ours)", "ours")] + ([("LitServe", "litserve")] if args.litserve else [])
         for title, stack in stacks:
@@ -538,7 +621,9 @@ def main(argv=None) -> dict:
                 _log(str(e))
                 continue
             try:
-                result = measure_server(title, server, bodies, expected, args, None if stack == "ours" else work / "batches.txt")
+                result = measure_server(
+                    title, server, bodies, expected, args, None if stack == "ours" else work / "batches.txt"
+                )
             finally:
                 exit_code = server.stop()
             servers[title] = {**result, "exit_code": exit_code}
@@ -556,7 +641,11 @@ def main(argv=None) -> dict:
     (out / f"{stem}.md").write_text(render_markdown(report))
     _log(f"wrote {out / stem}.json and .md")
     print(render_markdown(report))
-    bad = [t for t, r in servers.items() if "error" in r or r["concurrent"]["requests"] != r["concurrent"]["ok"] or r["concurrent"].get("lost")]
+    bad = [
+        t
+        for t, r in servers.items()
+        if "error" in r or r["concurrent"]["requests"] != r["concurrent"]["ok"] or r["concurrent"].get("lost")
+    ]
     if bad:
         _log(f"failed or lost requests: {', '.join(bad)}")
     return report
@@ -564,4 +653,11 @@ def main(argv=None) -> dict:
 
 if __name__ == "__main__":
     report = main()
-    sys.exit(1 if report and any("error" in r or r["concurrent"]["requests"] != r["concurrent"]["ok"] for r in report["servers"].values()) else 0)
+    sys.exit(
+        1
+        if report
+        and any(
+            "error" in r or r["concurrent"]["requests"] != r["concurrent"]["ok"] for r in report["servers"].values()
+        )
+        else 0
+    )

@@ -33,7 +33,7 @@ def time_conditions(predict: Callable[[], object], rounds: int, gap_s: float) ->
     times: dict[tuple[str, str], list[float]] = {c: [] for c in CONDITIONS}
     try:
         for r in range(rounds):
-            for workers, timing in CONDITIONS[r % len(CONDITIONS):] + CONDITIONS[: r % len(CONDITIONS)]:
+            for workers, timing in CONDITIONS[r % len(CONDITIONS) :] + CONDITIONS[: r % len(CONDITIONS)]:
                 pin_xla_worker_threads() if workers == "pinned" else unpin_xla_worker_threads()
                 if timing == "back to back":
                     predict()  # the workers are awake and placed when the timed call starts
@@ -63,16 +63,27 @@ def main(argv: list[str] | None = None) -> int:
     from vitjax.cpu_threads import process_cpus, xla_worker_threads
 
     size = vitjax.get_spec(args.model).img_size
-    variables = jax.jit(vitjax.create_model(args.model).init)(jax.random.key(0), np.zeros((1, size, size, 3), np.float32))
+    variables = jax.jit(vitjax.create_model(args.model).init)(
+        jax.random.key(0), np.zeros((1, size, size, 3), np.float32)
+    )
     predictor = JaxPredictor(variables, args.model, softmax=False, pin_threads=False)
-    print(f"{args.model}: ms per call, median of {args.rounds} interleaved rounds, {args.gap_ms:.0f} ms gaps; "
-          f"{len(xla_worker_threads())} XLA workers on CPUs {process_cpus()}; {machine.describe(measure_clock=False)['cpu']}\n")
-    print("| Batch | free, back to back | pinned, back to back | free, after a gap | pinned, after a gap | pinned / free after a gap |")
+    print(
+        f"{args.model}: ms per call, median of {args.rounds} interleaved rounds, {args.gap_ms:.0f} ms gaps; "
+        f"{len(xla_worker_threads())} XLA workers on CPUs {process_cpus()}; {machine.describe(measure_clock=False)['cpu']}\n"
+    )
+    print(
+        "| Batch | free, back to back | pinned, back to back | free, after a gap | pinned, after a gap | pinned / free after a gap |"
+    )
     print("|--:|--:|--:|--:|--:|--:|")
     for batch in args.batches:
         images = np.random.RandomState(batch).standard_normal((batch, 3, size, size)).astype(np.float32)
         predictor.predict(images)  # compile
-        ms = {c: t * 1e3 for c, t in time_conditions(lambda images=images: predictor.predict(images), args.rounds, args.gap_ms / 1e3).items()}
+        ms = {
+            c: t * 1e3
+            for c, t in time_conditions(
+                lambda images=images: predictor.predict(images), args.rounds, args.gap_ms / 1e3
+            ).items()
+        }
         gap_gain = ms[("free", "after a gap")] / ms[("pinned", "after a gap")]
         print(f"| {batch} | " + " | ".join(f"{ms[c]:.1f}" for c in CONDITIONS) + f" | {gap_gain:.2f}x |", flush=True)
     return 0

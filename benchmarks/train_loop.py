@@ -61,8 +61,15 @@ def model_config(model: str, data_root: Path, batch: int, num_steps: int, classe
     c.model.num_classes = classes
     c.model.matmul = matmul
     c.data.update(source="folder", root=str(data_root))
-    c.update(batch_size=batch, eval_batch_size=batch, num_steps=num_steps, log_every=1, eval_every=0,
-             checkpoint_every=10**6, plot=False)
+    c.update(
+        batch_size=batch,
+        eval_batch_size=batch,
+        num_steps=num_steps,
+        log_every=1,
+        eval_every=0,
+        checkpoint_every=10**6,
+        plot=False,
+    )
     return c
 
 
@@ -138,9 +145,29 @@ def worker(args) -> int:
 
 
 def measure(args, kind: str, data: Path, workdir: Path, num_steps: int) -> dict:
-    command = [sys.executable, "-m", "benchmarks.train_loop", "--worker", kind, "--model", args.model,
-               "--batch", str(args.batch), "--steps", str(args.steps), "--classes", str(args.classes),
-               "--matmul", args.matmul, "--data", str(data), "--workdir", str(workdir), "--num-steps", str(num_steps)]
+    command = [
+        sys.executable,
+        "-m",
+        "benchmarks.train_loop",
+        "--worker",
+        kind,
+        "--model",
+        args.model,
+        "--batch",
+        str(args.batch),
+        "--steps",
+        str(args.steps),
+        "--classes",
+        str(args.classes),
+        "--matmul",
+        args.matmul,
+        "--data",
+        str(data),
+        "--workdir",
+        str(workdir),
+        "--num-steps",
+        str(num_steps),
+    ]
     done = subprocess.run(command, capture_output=True, text=True, cwd=ROOT)
     if done.returncode != 0:
         raise SystemExit(f"{kind} run failed:\n{done.stderr[-3000:]}")
@@ -173,14 +200,25 @@ def main(argv: list[str] | None = None) -> int:
         loop = (long["seconds"] - short["seconds"]) / args.steps
         wait = long["data_wait"]
 
-    result = {"model": args.model, "batch": args.batch, "steps": args.steps, "matmul": args.matmul, "machine": machine(),
-              "loop_s_per_step": loop, "bare_s_per_step": bare, "loop_over_bare": loop / bare, "data_wait": wait}
+    result = {
+        "model": args.model,
+        "batch": args.batch,
+        "steps": args.steps,
+        "matmul": args.matmul,
+        "machine": machine(),
+        "loop_s_per_step": loop,
+        "bare_s_per_step": bare,
+        "loop_over_bare": loop / bare,
+        "data_wait": wait,
+    }
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "train_loop.json").write_text(json.dumps(result, indent=2) + "\n")
-    md = (f"# Training loop vs bare step\n\n{result['machine']}\n\n"
-          f"| Model | Batch | model.matmul | vitjax.main, s/step | bare jitted step, s/step | loop / bare | data_wait (last step) |\n"
-          f"|:--|--:|:--|--:|--:|--:|--:|\n"
-          f"| {args.model} | {args.batch} | {args.matmul} | {loop:.3f} | {bare:.3f} | {loop / bare:.2f}x | {wait:.1%} |\n")
+    md = (
+        f"# Training loop vs bare step\n\n{result['machine']}\n\n"
+        f"| Model | Batch | model.matmul | vitjax.main, s/step | bare jitted step, s/step | loop / bare | data_wait (last step) |\n"
+        f"|:--|--:|:--|--:|--:|--:|--:|\n"
+        f"| {args.model} | {args.batch} | {args.matmul} | {loop:.3f} | {bare:.3f} | {loop / bare:.2f}x | {wait:.1%} |\n"
+    )
     (args.out / "train_loop.md").write_text(md)
     print(md)
     return 0

@@ -52,18 +52,22 @@ def step_matmuls(model: str, batch: int) -> list[Matmul]:
     forms = []
 
     def dense(prefix: str, tokens: int, d_in: int, d_out: int):
-        forms.extend([
-            Matmul(f"{prefix} forward x W", 1, tokens, d_in, d_out, False),
-            Matmul(f"{prefix} input grad g W^T", 1, tokens, d_out, d_in, False),
-            Matmul(f"{prefix} weight grad x^T g", 1, d_in, tokens, d_out, True),
-        ])
+        forms.extend(
+            [
+                Matmul(f"{prefix} forward x W", 1, tokens, d_in, d_out, False),
+                Matmul(f"{prefix} input grad g W^T", 1, tokens, d_out, d_in, False),
+                Matmul(f"{prefix} weight grad x^T g", 1, d_in, tokens, d_out, True),
+            ]
+        )
 
     def attention(prefix: str, groups: int, tokens: int, heads: int, head_dim: int):
         b = groups * heads
-        forms.extend([
-            Matmul(f"{prefix} P V (forward)", b, tokens, tokens, head_dim, False),
-            Matmul(f"{prefix} P^T dO (backward)", b, tokens, tokens, head_dim, True),
-        ])
+        forms.extend(
+            [
+                Matmul(f"{prefix} P V (forward)", b, tokens, tokens, head_dim, False),
+                Matmul(f"{prefix} P^T dO (backward)", b, tokens, tokens, head_dim, True),
+            ]
+        )
 
     if spec.family == "tnt":
         words, patches = arch.num_pixel, arch.grid_size**2
@@ -106,8 +110,11 @@ def onednn_call(form: Matmul, lhs: np.ndarray, rhs: np.ndarray):
     from vitjax.kernels import onednn
 
     batched = form.batch > 1
-    fn = jax.jit(lambda a, b: onednn.matmul(a if batched else a[None], b if batched else b[None], transpose_a=form.transposed_lhs)
-                 [slice(None) if batched else 0])
+    fn = jax.jit(
+        lambda a, b: onednn.matmul(
+            a if batched else a[None], b if batched else b[None], transpose_a=form.transposed_lhs
+        )[slice(None) if batched else 0]
+    )
     a, b = jax.numpy.asarray(lhs), jax.numpy.asarray(rhs)
     return lambda: jax.block_until_ready(fn(a, b))
 
@@ -122,7 +129,9 @@ def torch_call(form: Matmul, lhs: np.ndarray, rhs: np.ndarray, bf16: bool):
     return lambda: torch.matmul(a, b)
 
 
-def interleaved_medians(calls: dict[str, object], rounds: int, gap_s: float = 0.05, sample_s: float = 0.03) -> dict[str, float]:
+def interleaved_medians(
+    calls: dict[str, object], rounds: int, gap_s: float = 0.05, sample_s: float = 0.03
+) -> dict[str, float]:
     """Seconds per call, median over ``rounds``; each round times a burst of back-to-back calls per
     library (at least ``sample_s`` long, as inside a step), libraries in rotated order ``gap_s`` apart."""
     bursts = {}
@@ -134,7 +143,7 @@ def interleaved_medians(calls: dict[str, object], rounds: int, gap_s: float = 0.
     times: dict[str, list[float]] = {name: [] for name in calls}
     names = list(calls)
     for r in range(rounds):
-        for name in names[r % len(names):] + names[: r % len(names)]:
+        for name in names[r % len(names) :] + names[: r % len(names)]:
             time.sleep(gap_s)
             fn, n = calls[name], bursts[name]
             started = time.perf_counter()
@@ -164,10 +173,14 @@ def main(argv: list[str] | None = None) -> int:
     info = machine.describe()
     peak = info["peak_fp32_flops"] / 1e9
     dtypes = [False] if args.no_bf16 else [False, True]
-    print(f"{args.model}, batch {args.batch}: one block's matmul forms, GFLOP/s (median of {args.rounds} "
-          f"interleaved rounds), {threads} threads each; {info['cpu']}; FP32 peak {peak:.0f} GFLOP/s; "
-          f"PyTorch's OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY', 'unset')}\n")
-    header = "| Matmul | batch x M x K x N | XLA fp32 | PyTorch fp32 | XLA / PyTorch |" + (" oneDNN call fp32 (ours) | ours / PyTorch |" if ours else "")
+    print(
+        f"{args.model}, batch {args.batch}: one block's matmul forms, GFLOP/s (median of {args.rounds} "
+        f"interleaved rounds), {threads} threads each; {info['cpu']}; FP32 peak {peak:.0f} GFLOP/s; "
+        f"PyTorch's OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY', 'unset')}\n"
+    )
+    header = "| Matmul | batch x M x K x N | XLA fp32 | PyTorch fp32 | XLA / PyTorch |" + (
+        " oneDNN call fp32 (ours) | ours / PyTorch |" if ours else ""
+    )
     if len(dtypes) == 2:
         header += " XLA bf16 | PyTorch bf16 |"
     print(header)
@@ -185,8 +198,10 @@ def main(argv: list[str] | None = None) -> int:
             calls[("ours", False)] = onednn_call(form, lhs, rhs)
         medians = interleaved_medians(calls, args.rounds)
         rate = {key: form.flops / t / 1e9 for key, t in medians.items()}
-        row = (f"| {form.name} | {form.batch} x {form.m} x {form.k} x {form.n} | {rate[('xla', False)]:.0f} | "
-               f"{rate[('torch', False)]:.0f} | {rate[('xla', False)] / rate[('torch', False)]:.2f}x |")
+        row = (
+            f"| {form.name} | {form.batch} x {form.m} x {form.k} x {form.n} | {rate[('xla', False)]:.0f} | "
+            f"{rate[('torch', False)]:.0f} | {rate[('xla', False)] / rate[('torch', False)]:.2f}x |"
+        )
         if ours:
             row += f" {rate[('ours', False)]:.0f} | {rate[('ours', False)] / rate[('torch', False)]:.2f}x |"
         if len(dtypes) == 2:

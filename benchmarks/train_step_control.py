@@ -172,9 +172,11 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     dump_dir = tempfile.mkdtemp(prefix="train_step_hlo_") if args.profile else None
     if args.profile:
-        os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_cpu_enable_xprof_traceme=true"
-                                   f" --xla_dump_to={dump_dir} --xla_dump_hlo_as_text"
-                                   f" --xla_dump_hlo_module_re=.*{PROFILED}.*")
+        os.environ["XLA_FLAGS"] = (
+            os.environ.get("XLA_FLAGS", "") + " --xla_cpu_enable_xprof_traceme=true"
+            f" --xla_dump_to={dump_dir} --xla_dump_hlo_as_text"
+            f" --xla_dump_hlo_module_re=.*{PROFILED}.*"
+        )
 
     import jax
     import jax.numpy as jnp
@@ -189,8 +191,9 @@ def main(argv: list[str] | None = None) -> int:
     ours, (grad, params) = jax_variant(vitjax.create_model(args.model), jnp.asarray(images), jnp.asarray(labels))
     variants = {"vitjax": ours}
     if spec.family == "deit" and not spec.distilled:  # the control is a plain ViT
-        variants["Flax ViT (control)"] = jax_variant(control_vit(arch.embed_dim, arch.depth, arch.num_heads),
-                                                     jnp.asarray(images), jnp.asarray(labels))[0]
+        variants["Flax ViT (control)"] = jax_variant(
+            control_vit(arch.embed_dim, arch.depth, arch.num_heads), jnp.asarray(images), jnp.asarray(labels)
+        )[0]
     if not args.no_timm:
         variants["timm eager"] = timm_variant(args.model, images, labels)
 
@@ -218,6 +221,7 @@ def main(argv: list[str] | None = None) -> int:
                 row.append("n/a")
         print(f"| {v} | " + " | ".join(row) + " |")
     if args.profile:
+
         def our_gradient(p):
             return grad(p)
 

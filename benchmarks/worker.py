@@ -38,8 +38,18 @@ import numpy as np
 if TYPE_CHECKING:
     from interop.deploy import Predictor
 
-INFERENCE_ENGINES = ("jax", "jax-xla", "jax-unpinned", "jax-vw512", "jax-bf16", "paddle-inference", "onnxruntime", "paddle-dygraph", "timm",
-                     "timm-compile")
+INFERENCE_ENGINES = (
+    "jax",
+    "jax-xla",
+    "jax-unpinned",
+    "jax-vw512",
+    "jax-bf16",
+    "paddle-inference",
+    "onnxruntime",
+    "paddle-dygraph",
+    "timm",
+    "timm-compile",
+)
 # What `benchmarks.run` times unless told otherwise (jax-vw512 is an experiment: no gain measured).
 DEFAULT_INFERENCE_ENGINES = tuple(e for e in INFERENCE_ENGINES if e != "jax-vw512")
 JAX_INFERENCE_ENGINES = tuple(e for e in INFERENCE_ENGINES if e.startswith("jax"))
@@ -85,11 +95,17 @@ def prepare(model_name: str, out_dir: Path) -> dict[str, float]:
     model = vitjax.create_model(model_name)
     variables = jax.jit(model.init)(jax.random.key(SEED), np.zeros((1, size, size, 3), np.float32))
     np.savez(out_dir / "state.npz", **interop.variables_to_state_dict(variables, model_name))
-    _, export_paddle_s = timed(lambda: interop.export_inference_model(variables, model_name, out_dir / "paddle", softmax=False))
+    _, export_paddle_s = timed(
+        lambda: interop.export_inference_model(variables, model_name, out_dir / "paddle", softmax=False)
+    )
     _, export_onnx_s = timed(lambda: interop.export_onnx(out_dir / "paddle", out_dir / "model.onnx"))
     complexity = count(model_name)
-    info = {"export_paddle_s": export_paddle_s, "export_onnx_s": export_onnx_s, "macs": complexity.total_macs,
-            "params": complexity.params}
+    info = {
+        "export_paddle_s": export_paddle_s,
+        "export_onnx_s": export_onnx_s,
+        "macs": complexity.total_macs,
+        "params": complexity.params,
+    }
     (out_dir / "prepare.json").write_text(json.dumps(info))
     return info
 
@@ -181,10 +197,18 @@ def deploy_predictor(engine: str, model_name: str, work: Path, device: str, thre
         variables = interop.state_dict_to_variables(_load_state(work), model_name)
         if engine == "jax-bf16":
             return JaxPredictor(variables, model_name, softmax=False, dtype="bfloat16")
-        return create_predictor("jax", variables=variables, model_name=model_name, softmax=False,
-                                pin_threads=engine != "jax-unpinned", matmul="xla" if engine == "jax-xla" else "auto")
+        return create_predictor(
+            "jax",
+            variables=variables,
+            model_name=model_name,
+            softmax=False,
+            pin_threads=engine != "jax-unpinned",
+            matmul="xla" if engine == "jax-xla" else "auto",
+        )
     if engine == "paddle-inference":
-        return create_predictor("paddle-cpu" if device == "cpu" else "paddle-gpu", model_dir=work / "paddle", threads=threads)
+        return create_predictor(
+            "paddle-cpu" if device == "cpu" else "paddle-gpu", model_dir=work / "paddle", threads=threads
+        )
     if engine == "onnxruntime":
         if device == "cpu":
             return create_predictor("onnxruntime", onnx_path=work / "model.onnx", threads=threads)
@@ -267,9 +291,13 @@ class JaxTrainEngine(TrainEngine):
         self.jax = jax
         self.img_size = vitjax.get_spec(model_name).img_size
         self.info = {"matmul": resolve_matmul(matmul)}
-        model = vitjax.create_model(model_name, matmul=self.info["matmul"])  # drop rates 0, as the Paddle mirror has none
+        model = vitjax.create_model(
+            model_name, matmul=self.info["matmul"]
+        )  # drop rates 0, as the Paddle mirror has none
         params = interop.state_dict_to_variables(_load_state(work), model_name)["params"]
-        tx = optax.adamw(LR, b1=0.9, b2=0.999, eps=1e-8, weight_decay=WEIGHT_DECAY)  # decays every parameter, as Paddle's AdamW
+        tx = optax.adamw(
+            LR, b1=0.9, b2=0.999, eps=1e-8, weight_decay=WEIGHT_DECAY
+        )  # decays every parameter, as Paddle's AdamW
 
         def loss_fn(p, x, y):
             logits = model.apply({"params": p}, x, train=True)
@@ -330,12 +358,20 @@ class PaddleTrainEngine(TrainEngine):
         self._layer = load_numpy_state(self.build(self.model_name), self.state)
         self._layer.train()
         self._opt = paddle.optimizer.AdamW(
-            learning_rate=LR, beta1=0.9, beta2=0.999, epsilon=1e-8, parameters=self._layer.parameters(), weight_decay=WEIGHT_DECAY
+            learning_rate=LR,
+            beta1=0.9,
+            beta2=0.999,
+            epsilon=1e-8,
+            parameters=self._layer.parameters(),
+            weight_decay=WEIGHT_DECAY,
         )
 
     def _batch(self, batch):
         if batch not in self._batches:
-            self._batches[batch] = (self.paddle.to_tensor(images(batch, self.img_size)), self.paddle.to_tensor(labels(batch)))
+            self._batches[batch] = (
+                self.paddle.to_tensor(images(batch, self.img_size)),
+                self.paddle.to_tensor(labels(batch)),
+            )
         return self._batches[batch]
 
     def run(self, batch):
@@ -400,13 +436,16 @@ class TimmTrainEngine(TrainEngine):
     def _reset(self):
         # Same module (a compiled graph stays valid), initial weights, a fresh optimizer.
         self._model.load_state_dict(self._initial)
-        self._opt = self.torch.optim.AdamW(self._model.parameters(), lr=LR, betas=(0.9, 0.999), eps=1e-8,
-                                           weight_decay=WEIGHT_DECAY)
+        self._opt = self.torch.optim.AdamW(
+            self._model.parameters(), lr=LR, betas=(0.9, 0.999), eps=1e-8, weight_decay=WEIGHT_DECAY
+        )
 
     def _batch(self, batch):
         if batch not in self._batches:
-            self._batches[batch] = (self.torch.from_numpy(images(batch, self.img_size)).to(self._dev),
-                                    self.torch.from_numpy(labels(batch)).to(self._dev))
+            self._batches[batch] = (
+                self.torch.from_numpy(images(batch, self.img_size)).to(self._dev),
+                self.torch.from_numpy(labels(batch)).to(self._dev),
+            )
         return self._batches[batch]
 
     def run(self, batch):
@@ -433,7 +472,9 @@ def vitjax_img_size(model_name: str) -> int:
 def make_engine(engine: str, model_name: str, work: Path, device: str, threads: int) -> Engine:
     """The engine named ``engine`` (one of :data:`INFERENCE_ENGINES` or :data:`TRAIN_ENGINES`)."""
     if engine in JAX_INFERENCE_ENGINES:
-        return PredictorEngine(deploy_predictor(engine, model_name, work, device, threads), device_peak=_jax_device_peak)
+        return PredictorEngine(
+            deploy_predictor(engine, model_name, work, device, threads), device_peak=_jax_device_peak
+        )
     if engine in ("paddle-inference", "onnxruntime"):
         return PredictorEngine(deploy_predictor(engine, model_name, work, device, threads))
     if engine == "paddle-dygraph":
@@ -496,7 +537,15 @@ def serve(engine_name: str, model_name: str, work: Path, device: str, threads: i
 
     try:
         engine, load_s = timed(lambda: make_engine(engine_name, model_name, work, device, threads))
-        reply({"ok": True, "load_s": load_s, "rss": _rss_bytes(), "maxrss": _maxrss_bytes(), "info": getattr(engine, "info", {})})
+        reply(
+            {
+                "ok": True,
+                "load_s": load_s,
+                "rss": _rss_bytes(),
+                "maxrss": _maxrss_bytes(),
+                "info": getattr(engine, "info", {}),
+            }
+        )
     except Exception as e:  # reported to the driver, which records the engine as failed
         reply({"ok": False, "error": _error_text(e)})
         return
@@ -512,7 +561,9 @@ def serve(engine_name: str, model_name: str, work: Path, device: str, threads: i
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m benchmarks.worker", description="One benchmark engine process (driven by benchmarks.run).")
+    p = argparse.ArgumentParser(
+        prog="python -m benchmarks.worker", description="One benchmark engine process (driven by benchmarks.run)."
+    )
     sub = p.add_subparsers(dest="command", required=True)
     prep = sub.add_parser("prepare", help="weights, exported models and prepare.json for one model")
     prep.add_argument("model")

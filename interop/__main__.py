@@ -1,19 +1,19 @@
 """``python -m interop``: move weights between PaddleClas and vitjax from the shell.
 
-  inspect  FILE.pdparams                      which model a file holds, and its shapes
-  convert  SRC DST [--model NAME] [...]       .pdparams -> orbax variables dir, or
-                                              orbax dir / training workdir -> .pdparams,
-                                              or .pdparams -> .pdparams (new head/resolution)
-  verify   FILE.pdparams [--model NAME]       our logits vs the Paddle mirror's on random images
-  export   SRC OUT_DIR [--model NAME]         write a Paddle inference model (PIR or --format legacy;
-                                              --logits drops the softmax; --onnx adds inference.onnx)
-  import   MODEL_DIR DST [--model NAME]       inference model dir -> orbax variables dir or .pdparams
-  onnx     MODEL_DIR [OUT.onnx]               Paddle2ONNX conversion of an exported (PIR) dir
-  backends                                    which deployment backends run on this machine
-  parity   SRC --out DIR [--model NAME]       JAX vs every backend: parity.md + parity.json, exit 1 on failure
-  download NAME... [--inference]             PaddleClas's pretrained weights (or *_infer.tar) into the cache
-  list-pretrained                             names, URLs, sizes, and what is cached
-  serve    SRC [--backend B] [--port 8080]    HTTP inference server (interop/serving; the serve extra)
+inspect  FILE.pdparams                      which model a file holds, and its shapes
+convert  SRC DST [--model NAME] [...]       .pdparams -> orbax variables dir, or
+                                            orbax dir / training workdir -> .pdparams,
+                                            or .pdparams -> .pdparams (new head/resolution)
+verify   FILE.pdparams [--model NAME]       our logits vs the Paddle mirror's on random images
+export   SRC OUT_DIR [--model NAME]         write a Paddle inference model (PIR or --format legacy;
+                                            --logits drops the softmax; --onnx adds inference.onnx)
+import   MODEL_DIR DST [--model NAME]       inference model dir -> orbax variables dir or .pdparams
+onnx     MODEL_DIR [OUT.onnx]               Paddle2ONNX conversion of an exported (PIR) dir
+backends                                    which deployment backends run on this machine
+parity   SRC --out DIR [--model NAME]       JAX vs every backend: parity.md + parity.json, exit 1 on failure
+download NAME... [--inference]             PaddleClas's pretrained weights (or *_infer.tar) into the cache
+list-pretrained                             names, URLs, sizes, and what is cached
+serve    SRC [--backend B] [--port 8080]    HTTP inference server (interop/serving; the serve extra)
 """
 
 from __future__ import annotations
@@ -70,6 +70,7 @@ def convert(args) -> int:
 def verify(args) -> int:
     import jax
     import numpy as np
+
     paddle = require_paddle()
 
     import vitjax
@@ -95,7 +96,9 @@ def verify(args) -> int:
 def export(args) -> int:
     from interop.inference import export_inference_model, export_onnx
 
-    out = export_inference_model(args.src, args.model, args.out_dir, softmax=not args.logits, format=args.format, overwrite=args.overwrite)
+    out = export_inference_model(
+        args.src, args.model, args.out_dir, softmax=not args.logits, format=args.format, overwrite=args.overwrite
+    )
     print(f"{args.src} -> {out} ({args.format}, {'logits' if args.logits else 'softmax probabilities'})")
     if args.onnx:
         print(f"{out} -> {export_onnx(out, overwrite=True)}")
@@ -144,8 +147,14 @@ def parity(args) -> int:
     if args.atol_logits is None and args.atol_probs is not None:
         tolerances = {"fp32": Tolerance(TOLERANCES["fp32"].logits, args.atol_probs)}
     report = run_parity(
-        args.src, args.out, args.model, backends=args.backends, photos=load_photos(args.images) if args.images else None,
-        latency_runs=args.runs, threads=args.threads, tolerances=tolerances,
+        args.src,
+        args.out,
+        args.model,
+        backends=args.backends,
+        photos=load_photos(args.images) if args.images else None,
+        latency_runs=args.runs,
+        threads=args.threads,
+        tolerances=tolerances,
     )
     md, js = write_report(report, args.out)
     for backend, entry in report["backends"].items():
@@ -159,7 +168,9 @@ def parity(args) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m interop", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m interop", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("inspect", help="describe a .pdparams file")
     p.set_defaults(run=inspect)

@@ -52,11 +52,17 @@ class Predictor(abc.ABC):
         images = np.asarray(images)
         want = f"[N, 3, {self.img_size}, {self.img_size}]"
         if images.ndim != 4 or images.shape[1:] != (3, self.img_size, self.img_size) or images.shape[0] < 1:
-            raise InputShapeError(f"{self.backend}: input of shape {list(images.shape)} does not fit the model input {want} (NCHW)")
+            raise InputShapeError(
+                f"{self.backend}: input of shape {list(images.shape)} does not fit the model input {want} (NCHW)"
+            )
         if not np.issubdtype(images.dtype, np.floating):
-            raise InputShapeError(f"{self.backend}: input of dtype {images.dtype}; the model takes float32 (normalized images)")
+            raise InputShapeError(
+                f"{self.backend}: input of dtype {images.dtype}; the model takes float32 (normalized images)"
+            )
         if self.max_batch is not None and images.shape[0] > self.max_batch:
-            raise InputShapeError(f"{self.backend}: batch of {images.shape[0]} exceeds the engine's maximum batch {self.max_batch}")
+            raise InputShapeError(
+                f"{self.backend}: batch of {images.shape[0]} exceeds the engine's maximum batch {self.max_batch}"
+            )
         return np.ascontiguousarray(images, dtype=np.float32)
 
     @abc.abstractmethod
@@ -104,8 +110,9 @@ class JaxPredictor(Predictor):
         self.img_size = int(img_size or get_spec(model_name).img_size)
         self.dtype = str(dtype)
         self.matmul = resolve_matmul(matmul, num_devices=1, dtype=self.dtype)  # jit without shardings: one device
-        model = create_model(model_name, num_classes=num_classes, img_size=self.img_size, dtype=jnp.dtype(self.dtype),
-                             matmul=self.matmul)
+        model = create_model(
+            model_name, num_classes=num_classes, img_size=self.img_size, dtype=jnp.dtype(self.dtype), matmul=self.matmul
+        )
 
         def forward(params, images_nchw):
             logits = model.apply(params, images_nchw.transpose(0, 2, 3, 1)).astype(jnp.float32)
@@ -300,8 +307,10 @@ class OnnxRuntimePredictor(Predictor):
         providers = ["CPUExecutionProvider"]
         if device == "gpu":
             if "CUDAExecutionProvider" not in onnxruntime.get_available_providers():
-                raise BackendUnavailable("onnxruntime: unavailable on gpu: this onnxruntime build has no CUDAExecutionProvider "
-                                         "(install onnxruntime-gpu)")
+                raise BackendUnavailable(
+                    "onnxruntime: unavailable on gpu: this onnxruntime build has no CUDAExecutionProvider "
+                    "(install onnxruntime-gpu)"
+                )
             providers.insert(0, "CUDAExecutionProvider")
         path = Path(onnx_path)
         if not path.is_file():

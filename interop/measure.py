@@ -20,7 +20,16 @@ T = TypeVar("T")
 
 # The packages whose versions a report records (absent ones are recorded as "not installed").
 VERSIONED_PACKAGES = (
-    "jax", "jaxlib", "flax", "optax", "numpy", "paddlepaddle", "paddle2onnx", "onnxruntime", "torch", "timm",
+    "jax",
+    "jaxlib",
+    "flax",
+    "optax",
+    "numpy",
+    "paddlepaddle",
+    "paddle2onnx",
+    "onnxruntime",
+    "torch",
+    "timm",
 )
 
 
@@ -42,7 +51,12 @@ def latency_summary(times_s: Sequence[float], batch: int) -> dict[str, float]:
         raise ValueError("latency_summary: no timed calls")
     median = statistics.median(times_s)
     q1, _, q3 = statistics.quantiles(times_s, n=4, method="inclusive") if len(times_s) > 1 else (median, median, median)
-    return {"median_ms": median * 1e3, "min_ms": min(times_s) * 1e3, "iqr_ms": (q3 - q1) * 1e3, "images_per_s": batch / median}
+    return {
+        "median_ms": median * 1e3,
+        "min_ms": min(times_s) * 1e3,
+        "iqr_ms": (q3 - q1) * 1e3,
+        "images_per_s": batch / median,
+    }
 
 
 def versions(packages: Sequence[str] = VERSIONED_PACKAGES) -> dict[str, str]:

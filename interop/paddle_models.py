@@ -89,10 +89,14 @@ class PaddleDeiT(nn.Layer):
         self.arch, self.num_classes = arch, num_classes
         d = arch.embed_dim
         tokens = arch.grid_size**2 + arch.num_prefix_tokens
-        self.pos_embed = self.create_parameter([1, tokens, d], default_initializer=nn.initializer.TruncatedNormal(std=0.02))
+        self.pos_embed = self.create_parameter(
+            [1, tokens, d], default_initializer=nn.initializer.TruncatedNormal(std=0.02)
+        )
         self.cls_token = self.create_parameter([1, 1, d], default_initializer=nn.initializer.TruncatedNormal(std=0.02))
         if arch.distilled:
-            self.dist_token = self.create_parameter([1, 1, d], default_initializer=nn.initializer.TruncatedNormal(std=0.02))
+            self.dist_token = self.create_parameter(
+                [1, 1, d], default_initializer=nn.initializer.TruncatedNormal(std=0.02)
+            )
         self.patch_embed = _PatchEmbed(arch)
         self.blocks = nn.LayerList([_DeiTBlock(arch) for _ in range(arch.depth)])
         self.norm = nn.LayerNorm(d, epsilon=arch.epsilon)
@@ -234,7 +238,9 @@ def load_numpy_state(layer: nn.Layer, state: dict[str, np.ndarray]) -> nn.Layer:
     """Sets ``state`` into ``layer`` strictly: every key, every shape."""
     own = layer.state_dict()
     if set(own) != set(state):
-        raise ValueError(f"keys differ: missing {sorted(set(own) - set(state))}, unexpected {sorted(set(state) - set(own))}")
+        raise ValueError(
+            f"keys differ: missing {sorted(set(own) - set(state))}, unexpected {sorted(set(state) - set(own))}"
+        )
     for key, value in state.items():
         if tuple(own[key].shape) != tuple(value.shape):
             raise ValueError(f"{key}: shape {tuple(value.shape)} != {tuple(own[key].shape)}")

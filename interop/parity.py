@@ -53,7 +53,9 @@ def _softmax(logits: np.ndarray) -> np.ndarray:
     return (e / e.sum(axis=-1, keepdims=True)).astype(np.float32)
 
 
-def compare(reference_logits: np.ndarray, logits: np.ndarray, reference_probs: np.ndarray, probs: np.ndarray) -> dict[str, float]:
+def compare(
+    reference_logits: np.ndarray, logits: np.ndarray, reference_probs: np.ndarray, probs: np.ndarray
+) -> dict[str, float]:
     """Max abs differences and top-1/top-5 agreement (fraction of rows; top-5 as sets)."""
     top5 = lambda x: np.sort(np.argsort(-x, axis=-1)[:, :5], axis=-1)  # noqa: E731
     return {
@@ -64,7 +66,9 @@ def compare(reference_logits: np.ndarray, logits: np.ndarray, reference_probs: n
     }
 
 
-def measure_latency(predictor: Predictor, images: np.ndarray, batches: Sequence[int], runs: int, warmup: int = 2) -> dict[str, dict[str, float]]:
+def measure_latency(
+    predictor: Predictor, images: np.ndarray, batches: Sequence[int], runs: int, warmup: int = 2
+) -> dict[str, dict[str, float]]:
     """Per batch size: ``warmup`` untimed calls of ``predictor.predict``, then ``runs`` timed
     ones, summarised by :func:`interop.measure.latency_summary` (the benchmarks' timer and summary)."""
     table = {}
@@ -124,8 +128,12 @@ def run_parity(
     backends = list(backends or BACKENDS)
     out_dir = Path(out_dir)
     (out_dir / "models").mkdir(parents=True, exist_ok=True)
-    shipped = export_inference_model(variables, model_name, out_dir / "models" / "inference", softmax=True, overwrite=True)
-    logits_dir = export_inference_model(variables, model_name, out_dir / "models" / "logits", softmax=False, overwrite=True)
+    shipped = export_inference_model(
+        variables, model_name, out_dir / "models" / "inference", softmax=True, overwrite=True
+    )
+    logits_dir = export_inference_model(
+        variables, model_name, out_dir / "models" / "logits", softmax=False, overwrite=True
+    )
     onnx_files = {}
     if "onnxruntime" in backends and backend_status("onnxruntime")[0]:
         onnx_files = {kind: export_onnx(d, overwrite=True) for kind, d in (("probs", shipped), ("logits", logits_dir))}
@@ -160,15 +168,24 @@ def run_parity(
             results[backend] = {"available": False, "reason": str(e)}
             continue
         tolerance = tolerances[precision_of(backend)]
-        entry: dict[str, Any] = {"available": True, "precision": precision_of(backend), "tolerance": dataclasses.asdict(tolerance), "inputs": {}}
+        entry: dict[str, Any] = {
+            "available": True,
+            "precision": precision_of(backend),
+            "tolerance": dataclasses.asdict(tolerance),
+            "inputs": {},
+        }
         trt = getattr(predictors["probs"], "tensorrt", None)
         if trt is not None:
             entry["settings"] = trt.describe()
         passed = True
         for name, batch in inputs.items():
             ref_logits, ref_probs = expected[name]
-            metrics = compare(ref_logits, predictors["logits"].predict(batch), ref_probs, predictors["probs"].predict(batch))
-            metrics["passed"] = metrics["max_abs_logits"] <= tolerance.logits and metrics["max_abs_probs"] <= tolerance.probs
+            metrics = compare(
+                ref_logits, predictors["logits"].predict(batch), ref_probs, predictors["probs"].predict(batch)
+            )
+            metrics["passed"] = (
+                metrics["max_abs_logits"] <= tolerance.logits and metrics["max_abs_probs"] <= tolerance.probs
+            )
             passed &= metrics["passed"]
             entry["inputs"][name] = metrics
         entry["latency"] = measure_latency(predictors["probs"], inputs["random"], latency_batches, latency_runs)
@@ -184,7 +201,12 @@ def run_parity(
             "photos": [name for name, _ in photos] if photos else "none",
         },
         "tolerances": {k: dataclasses.asdict(v) for k, v in tolerances.items()},
-        "machine": {"platform": platform.platform(), "processor": platform.processor() or platform.machine(), "cpu_count": os.cpu_count(), "threads": threads},
+        "machine": {
+            "platform": platform.platform(),
+            "processor": platform.processor() or platform.machine(),
+            "cpu_count": os.cpu_count(),
+            "threads": threads,
+        },
         "versions": versions(),
         "latency_runs": latency_runs,
         "backends": results,
@@ -202,7 +224,9 @@ def render_markdown(report: dict[str, Any]) -> str:
         "Versions: " + ", ".join(f"{k} {v}" for k, v in report["versions"].items()) + ".",
         f"Inputs: random = {report['inputs']['random']}; photos = {report['inputs']['photos']} (through the model's eval transform).",
         "Tolerances (max abs difference against JAX): "
-        + "; ".join(f"{k}: logits {v['logits']:g}, probabilities {v['probs']:g}" for k, v in report["tolerances"].items())
+        + "; ".join(
+            f"{k}: logits {v['logits']:g}, probabilities {v['probs']:g}" for k, v in report["tolerances"].items()
+        )
         + ".",
         "",
         "## Outputs",
@@ -224,7 +248,9 @@ def render_markdown(report: dict[str, Any]) -> str:
     lines.append("|---|" + "---|" * len(batches))
     for backend, entry in report["backends"].items():
         if entry["available"]:
-            lines.append(f"| {backend} | " + " | ".join(f"{entry['latency'][b]['median_ms']:.2f}" for b in batches) + " |")
+            lines.append(
+                f"| {backend} | " + " | ".join(f"{entry['latency'][b]['median_ms']:.2f}" for b in batches) + " |"
+            )
     settings = [(b, e["settings"]) for b, e in report["backends"].items() if e.get("settings")]
     if settings:
         lines += ["", "## Backend settings", ""] + [f"- {b}: {text}" for b, text in settings]

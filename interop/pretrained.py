@@ -55,8 +55,11 @@ def _model_directory(staging: Path) -> Path:
         except InferenceModelError:
             continue
     if len(found) != 1:
-        raise InferenceModelError("the archive holds no inference model (inference.json or inference.pdmodel "
-                                  "with inference.pdiparams)" if not found else "the archive holds several models")
+        raise InferenceModelError(
+            "the archive holds no inference model (inference.json or inference.pdmodel with inference.pdiparams)"
+            if not found
+            else "the archive holds several models"
+        )
     return found[0]
 
 
@@ -73,9 +76,11 @@ def download_inference_model(
     if need be. Raises :class:`DownloadError` naming the URL and what to do instead."""
     entry = get_pretrained(name)
     if entry.inference_url is None:
-        raise DownloadError(f"PaddleClas publishes no inference model for {name}; export one from its weights: "
-                            f"python -m interop download {name} && python -m interop export "
-                            f"<the printed .pdparams> OUT_DIR")
+        raise DownloadError(
+            f"PaddleClas publishes no inference model for {name}; export one from its weights: "
+            f"python -m interop download {name} && python -m interop export "
+            f"<the printed .pdparams> OUT_DIR"
+        )
     url = resolve_url(entry.inference_url)
 
     def unpack(archive: Path, staging: Path) -> Path:
@@ -87,14 +92,24 @@ def download_inference_model(
     dest = inference_model_path(name, cache_dir)
     dest.parent.mkdir(parents=True, exist_ok=True)
     try:
-        return fetch_cached_archive(url, dest, unpack=unpack, sha256=entry.inference_sha256, quiet=quiet,
-                                    timeout=timeout, retries=retries, backoff=backoff)
+        return fetch_cached_archive(
+            url,
+            dest,
+            unpack=unpack,
+            sha256=entry.inference_sha256,
+            quiet=quiet,
+            timeout=timeout,
+            retries=retries,
+            backoff=backoff,
+        )
     except OfflineError:
         raise
     except DownloadError as e:
-        raise type(e)(f"{e}. To work around it, download {url} by hand, unpack it and use "
-                      f"interop.load_inference_model(DIR); or set VITJAX_WEIGHTS_URL to a mirror that serves "
-                      f"{url.rsplit('/', 1)[-1]}") from None
+        raise type(e)(
+            f"{e}. To work around it, download {url} by hand, unpack it and use "
+            f"interop.load_inference_model(DIR); or set VITJAX_WEIGHTS_URL to a mirror that serves "
+            f"{url.rsplit('/', 1)[-1]}"
+        ) from None
 
 
 def load_pretrained_inference_model(

@@ -54,8 +54,12 @@ class TensorRTSettings:
         self.cache_dir.mkdir(parents=True, exist_ok=True)
         precision = inference.PrecisionType.Half if self.precision == "fp16" else inference.PrecisionType.Float32
         config.enable_tensorrt_engine(
-            workspace_size=self.workspace_bytes, max_batch_size=self.max_batch, min_subgraph_size=self.min_subgraph_size,
-            precision_mode=precision, use_static=True, use_calib_mode=False,
+            workspace_size=self.workspace_bytes,
+            max_batch_size=self.max_batch,
+            min_subgraph_size=self.min_subgraph_size,
+            precision_mode=precision,
+            use_static=True,
+            use_calib_mode=False,
         )
         config.set_optim_cache_dir(str(self.cache_dir))
         config.set_trt_dynamic_shape_info(*self.shapes())
@@ -73,7 +77,9 @@ def tensorrt_settings(model_dir: str | Path, precision: str, img_size: int, max_
         raise ValueError(f"max_batch must be >= 1, got {max_batch}")
     half = precision == "fp16"
     return TensorRTSettings(
-        precision=precision, img_size=int(img_size), max_batch=int(max_batch),
+        precision=precision,
+        img_size=int(img_size),
+        max_batch=int(max_batch),
         cache_dir=Path(model_dir) / CACHE_DIR_NAME,
         ops_kept_out=("layer_norm",) if half else (),
         passes_deleted=LAYERNORM_FUSE_PASSES if half else (),

@@ -38,8 +38,20 @@ SEED = 2024
 NUM_CLASSES = 10  # a small head keeps the fixtures small
 
 # Test-size architectures of vitjax/models/registry.py, restated (this interpreter has no JAX).
-DEIT_TEST = dict(img_size=32, patch_size=8, embed_dim=64, depth=2, num_heads=4, mlp_ratio=4.0, qkv_bias=True, epsilon=1e-6)
-TNT_TEST = dict(img_size=32, patch_size=16, embed_dim=64, in_dim=4, depth=2, num_heads=4, in_num_head=2, qkv_bias=False, first_stride=4)
+DEIT_TEST = dict(
+    img_size=32, patch_size=8, embed_dim=64, depth=2, num_heads=4, mlp_ratio=4.0, qkv_bias=True, epsilon=1e-6
+)
+TNT_TEST = dict(
+    img_size=32,
+    patch_size=16,
+    embed_dim=64,
+    in_dim=4,
+    depth=2,
+    num_heads=4,
+    in_num_head=2,
+    qkv_bias=False,
+    first_stride=4,
+)
 
 
 def load_model_zoo(module: str) -> types.ModuleType:
@@ -48,7 +60,14 @@ def load_model_zoo(module: str) -> types.ModuleType:
     if spec is None:
         raise SystemExit("paddleclas is not installed in this interpreter (pip install --no-deps paddleclas==2.6.0)")
     root = Path(list(spec.submodule_search_locations)[0]) / "ppcls"
-    for name in ["ppcls", "ppcls.arch", "ppcls.arch.backbone", "ppcls.arch.backbone.base", "ppcls.arch.backbone.model_zoo", "ppcls.utils"]:
+    for name in [
+        "ppcls",
+        "ppcls.arch",
+        "ppcls.arch.backbone",
+        "ppcls.arch.backbone.base",
+        "ppcls.arch.backbone.model_zoo",
+        "ppcls.utils",
+    ]:
         if name not in sys.modules:
             package = types.ModuleType(name)
             package.__path__ = [str(root.joinpath(*name.split(".")[1:]))]
@@ -98,8 +117,12 @@ def make_fixture(model_name: str) -> Path:
         probs = wrapper(paddle.to_tensor(images)).numpy()
     state = {key: value.numpy().astype(np.float64) for key, value in model.state_dict().items()}
     np.savez(
-        target / "expected.npz", images=images, logits=logits, probs=probs,
-        weight_keys=np.array(list(state)), weight_sums=np.array([[v.sum(), (v * v).sum()] for v in state.values()]),
+        target / "expected.npz",
+        images=images,
+        logits=logits,
+        probs=probs,
+        weight_keys=np.array(list(state)),
+        weight_sums=np.array([[v.sum(), (v * v).sum()] for v in state.values()]),
     )
     return target
 

@@ -14,7 +14,14 @@ import sys
 import types
 from pathlib import Path
 
-_PACKAGES = ["ppcls", "ppcls.arch", "ppcls.arch.backbone", "ppcls.arch.backbone.base", "ppcls.arch.backbone.model_zoo", "ppcls.utils"]
+_PACKAGES = [
+    "ppcls",
+    "ppcls.arch",
+    "ppcls.arch.backbone",
+    "ppcls.arch.backbone.base",
+    "ppcls.arch.backbone.model_zoo",
+    "ppcls.utils",
+]
 
 
 def _ppcls_root() -> Path:
@@ -68,16 +75,29 @@ def build_from_arch(spec, num_classes: int = 1000):
     if spec.family == "tnt":
         tnt = load_model_zoo("tnt")
         model = tnt.TNT(
-            img_size=arch.img_size, patch_size=arch.patch_size, embed_dim=arch.embed_dim, in_dim=arch.in_dim,
-            depth=arch.depth, num_heads=arch.num_heads, in_num_head=arch.in_num_heads, qkv_bias=arch.qkv_bias,
-            first_stride=arch.first_stride, class_num=num_classes,
+            img_size=arch.img_size,
+            patch_size=arch.patch_size,
+            embed_dim=arch.embed_dim,
+            in_dim=arch.in_dim,
+            depth=arch.depth,
+            num_heads=arch.num_heads,
+            in_num_head=arch.in_num_heads,
+            qkv_bias=arch.qkv_bias,
+            first_stride=arch.first_stride,
+            class_num=num_classes,
         )
     else:
         dvt = load_model_zoo("distilled_vision_transformer")
         cls = dvt.DistilledVisionTransformer if arch.distilled else dvt.VisionTransformer
         model = cls(
-            img_size=arch.img_size, patch_size=arch.patch_size, embed_dim=arch.embed_dim, depth=arch.depth,
-            num_heads=arch.num_heads, mlp_ratio=arch.mlp_ratio, qkv_bias=arch.qkv_bias, epsilon=arch.epsilon,
+            img_size=arch.img_size,
+            patch_size=arch.patch_size,
+            embed_dim=arch.embed_dim,
+            depth=arch.depth,
+            num_heads=arch.num_heads,
+            mlp_ratio=arch.mlp_ratio,
+            qkv_bias=arch.qkv_bias,
+            epsilon=arch.epsilon,
             class_num=num_classes,
         )
     model.eval()
@@ -87,7 +107,11 @@ def build_from_arch(spec, num_classes: int = 1000):
 def load_deploy_preprocess() -> types.ModuleType:
     """PaddleClas's deploy-time preprocessing ops (``deploy/python/preprocess.py``)."""
     package_root = _ppcls_root().parent
-    for name, sub in (("paddleclas", ""), ("paddleclas.deploy", "deploy"), ("paddleclas.deploy.python", "deploy/python")):
+    for name, sub in (
+        ("paddleclas", ""),
+        ("paddleclas.deploy", "deploy"),
+        ("paddleclas.deploy.python", "deploy/python"),
+    ):
         if name not in sys.modules:
             sys.modules[name] = _package(name, package_root / sub)
     name = "paddleclas.deploy.python.preprocess"

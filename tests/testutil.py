@@ -7,7 +7,7 @@ import vitjax
 
 # Full-size models checked in the fast suite; every other full-size model is `slow`.
 FAST_FULL_SIZE = ("TNT_small", "DeiT_tiny_patch16_224", "DeiT_small_distilled_patch16_224")
-TEST_SIZE = tuple(vitjax.list_models(include_test=True)[len(vitjax.list_models()):])
+TEST_SIZE = tuple(vitjax.list_models(include_test=True)[len(vitjax.list_models()) :])
 
 
 def random_images(model_name: str, batch: int = 2, seed: int = 0, img_size: int | None = None) -> np.ndarray:
@@ -22,9 +22,7 @@ def nhwc(images: np.ndarray) -> np.ndarray:
 
 def model_params(names, slow_unless=FAST_FULL_SIZE):
     """pytest params for model names, marking full-size models outside `slow_unless` as slow."""
-    return [
-        pytest.param(n, marks=() if (n in slow_unless or n in TEST_SIZE) else pytest.mark.slow) for n in names
-    ]
+    return [pytest.param(n, marks=() if (n in slow_unless or n in TEST_SIZE) else pytest.mark.slow) for n in names]
 
 
 def skip_module_unless_onednn_kernel_builds() -> None:

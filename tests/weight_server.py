@@ -62,7 +62,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             return
         start = 0
         if range_header and self.server.range_support and range_header.startswith("bytes="):
-            start = int(range_header[len("bytes="):].split("-")[0])
+            start = int(range_header[len("bytes=") :].split("-")[0])
         if start >= len(body) and start:
             self.server.record(path, range_header, 416)
             self.send_response(416)
@@ -90,7 +90,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         slices = 20 if self.server.seconds_per_body else 1
         step = -(-len(payload) // slices)
         for i in range(0, len(payload), step):
-            self.wfile.write(payload[i:i + step])
+            self.wfile.write(payload[i : i + step])
             self.wfile.flush()
             if self.server.seconds_per_body:
                 time.sleep(self.server.seconds_per_body / slices)

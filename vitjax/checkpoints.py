@@ -101,7 +101,9 @@ def restore_latest_state(manager: ocp.CheckpointManager, abstract_state: Any, sh
     if latest is None:
         return None
     target = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract_state, shardings)
-    return manager.restore(latest, args=ocp.args.Composite(**{STATE_ITEM: ocp.args.StandardRestore(target)}))[STATE_ITEM]
+    return manager.restore(latest, args=ocp.args.Composite(**{STATE_ITEM: ocp.args.StandardRestore(target)}))[
+        STATE_ITEM
+    ]
 
 
 def save_state(manager: ocp.CheckpointManager, step: int, state: Any) -> None:

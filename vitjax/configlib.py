@@ -137,12 +137,28 @@ def deit_recipe(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     """PaddleClas's DeiT recipe (ppcls/configs/ImageNet/DeiT): 300 epochs, AdamW."""
     c.model.drop_path_rate = 0.1
     c.optimizer.update(
-        name="adamw", base_lr=5e-4, lr_batch_base=512, weight_decay=0.05, no_decay=DEIT_NO_DECAY,
-        decay_one_dim=False, schedule="cosine", warmup_epochs=5.0, warmup_start_lr=2e-6, min_lr=2e-5,
+        name="adamw",
+        base_lr=5e-4,
+        lr_batch_base=512,
+        weight_decay=0.05,
+        no_decay=DEIT_NO_DECAY,
+        decay_one_dim=False,
+        schedule="cosine",
+        warmup_epochs=5.0,
+        warmup_start_lr=2e-6,
+        min_lr=2e-5,
     )
     c.augment.update(
-        random_resized_crop=True, interpolation="bicubic", hflip=True, randaugment="rand-m9-mstd0.5-inc1",
-        random_erasing=0.25, mixup_alpha=0.8, cutmix_alpha=1.0, mix_prob=1.0, switch_prob=0.5, label_smoothing=0.1,
+        random_resized_crop=True,
+        interpolation="bicubic",
+        hflip=True,
+        randaugment="rand-m9-mstd0.5-inc1",
+        random_erasing=0.25,
+        mixup_alpha=0.8,
+        cutmix_alpha=1.0,
+        mix_prob=1.0,
+        switch_prob=0.5,
+        label_smoothing=0.1,
     )
     c.batch_size = 1024
     c.num_epochs = 300.0
@@ -154,13 +170,27 @@ def tnt_recipe(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     L2 1e-4, piecewise decay at epochs 30/60/90, lr 0.1 at a global batch of 512."""
     c.model.drop_path_rate = 0.0
     c.optimizer.update(
-        name="momentum", base_lr=0.1, lr_batch_base=512, weight_decay=1e-4, no_decay=(), decay_one_dim=True,
+        name="momentum",
+        base_lr=0.1,
+        lr_batch_base=512,
+        weight_decay=1e-4,
+        no_decay=(),
+        decay_one_dim=True,
         momentum=0.9,
-        schedule="piecewise", warmup_epochs=0.0, piecewise_epochs=(30, 60, 90), piecewise_scales=(0.1, 0.01, 0.001),
+        schedule="piecewise",
+        warmup_epochs=0.0,
+        piecewise_epochs=(30, 60, 90),
+        piecewise_scales=(0.1, 0.01, 0.001),
     )
     c.augment.update(
-        random_resized_crop=True, interpolation="bicubic", hflip=True, randaugment="", random_erasing=0.0,
-        mixup_alpha=0.0, cutmix_alpha=0.0, label_smoothing=0.0,
+        random_resized_crop=True,
+        interpolation="bicubic",
+        hflip=True,
+        randaugment="",
+        random_erasing=0.0,
+        mixup_alpha=0.0,
+        cutmix_alpha=0.0,
+        label_smoothing=0.0,
     )
     c.batch_size = 512
     c.num_epochs = 120.0

@@ -26,8 +26,12 @@ def eval_metrics(exp: Experiment, params: Any, loader: EvalLoader | None = None)
         for key, value in exp.eval_step(params, images, labels, mask).items():
             totals[key] += float(to_host(value))
     count = max(totals["count"], 1.0)
-    return {"top1": totals["top1"] / count, "top5": totals["top5"] / count,
-            "loss": totals["loss"] / count, "count": totals["count"]}
+    return {
+        "top1": totals["top1"] / count,
+        "top5": totals["top5"] / count,
+        "loss": totals["loss"] / count,
+        "count": totals["count"],
+    }
 
 
 def evaluate(config, workdir: str | Path) -> dict[str, float]:
@@ -38,7 +42,9 @@ def evaluate(config, workdir: str | Path) -> dict[str, float]:
     Path(workdir).mkdir(parents=True, exist_ok=True)
     reporting.MetricsWriter(Path(workdir).absolute()).write(0, "eval", results)
     if reporting.is_chief():
-        print(f"{config.model.name}: top1 {results['top1']:.4f}  top5 {results['top5']:.4f}  ({int(results['count'])} images)")
+        print(
+            f"{config.model.name}: top1 {results['top1']:.4f}  top5 {results['top5']:.4f}  ({int(results['count'])} images)"
+        )
     return results
 
 

@@ -68,8 +68,9 @@ class Experiment:
         """Fresh parameters (``config.seed``) with init.pdparams / init.pretrained /
         init.checkpoint laid over them, in the sharded layout."""
         c = self.config
-        init = jax.jit(lambda key: self.model.init(key, jnp.zeros((1, *self.shape)))["params"],
-                       out_shardings=self.param_shardings)
+        init = jax.jit(
+            lambda key: self.model.init(key, jnp.zeros((1, *self.shape)))["params"], out_shardings=self.param_shardings
+        )
         fresh = init(jax.random.key(c.seed))
         loaded = load_weights(c.model, c.init.pdparams, c.init.checkpoint, c.init.head, c.seed, c.init.pretrained)
         if loaded is None:
@@ -103,8 +104,13 @@ class Experiment:
         return TrainLoader(
             source,
             lambda image, rng: train_transform(image, rng, size=size, mean=t.mean, std=t.std, augment=c.augment),
-            c.batch_size, seed=c.seed, process_index=jax.process_index(), process_count=jax.process_count(),
-            on_bad_image=c.data.on_bad_image, num_workers=c.data.num_workers, worker_kind=c.data.worker_kind,
+            c.batch_size,
+            seed=c.seed,
+            process_index=jax.process_index(),
+            process_count=jax.process_count(),
+            on_bad_image=c.data.on_bad_image,
+            num_workers=c.data.num_workers,
+            worker_kind=c.data.worker_kind,
         )
 
     def eval_transform(self) -> EvalTransform:
@@ -116,18 +122,25 @@ class Experiment:
         if size != spec.img_size:  # a new resolution keeps the family's resize/crop ratio
             t = EvalTransform(round(t.resize_short * size / t.crop_size), size, t.interpolation, t.mean, t.std)
         d = self.config.data
-        return EvalTransform(d.eval_resize_short or t.resize_short, d.eval_crop_size or t.crop_size,
-                             t.interpolation, t.mean, t.std)
+        return EvalTransform(
+            d.eval_resize_short or t.resize_short, d.eval_crop_size or t.crop_size, t.interpolation, t.mean, t.std
+        )
 
     @functools.cached_property
     def eval_loader(self) -> EvalLoader:
         """The evaluation set, every example once; built on first use and reused."""
         c, t = self.config, self.eval_transform()
         source = make_source(c.data, train=False, img_size=self.shape[0])
-        return EvalLoader(source, lambda image, rng: preprocess_eval(image, t), c.eval_batch_size,
-                          process_index=jax.process_index(), process_count=jax.process_count(),
-                          on_bad_image=c.data.on_bad_image, num_workers=c.data.num_workers,
-                          worker_kind=c.data.worker_kind)
+        return EvalLoader(
+            source,
+            lambda image, rng: preprocess_eval(image, t),
+            c.eval_batch_size,
+            process_index=jax.process_index(),
+            process_count=jax.process_count(),
+            on_bad_image=c.data.on_bad_image,
+            num_workers=c.data.num_workers,
+            worker_kind=c.data.worker_kind,
+        )
 
     # Steps --------------------------------------------------------------------------------
 

@@ -15,8 +15,10 @@ import ctypes.util
 from pathlib import Path
 
 _KNOWN = ("tcmalloc", "jemalloc", "mimalloc")
-TCMALLOC_HINT = ("on CPU, XLA page-faults its per-step temporary buffer under glibc malloc; "
-                 "LD_PRELOAD={lib} made the training step 1.2-1.3x faster at batch 32 (docs/performance.md)")
+TCMALLOC_HINT = (
+    "on CPU, XLA page-faults its per-step temporary buffer under glibc malloc; "
+    "LD_PRELOAD={lib} made the training step 1.2-1.3x faster at batch 32 (docs/performance.md)"
+)
 
 
 def host_allocator(maps: str | None = None) -> str:

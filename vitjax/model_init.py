@@ -36,7 +36,9 @@ def resolve_matmul(choice: str, num_devices: int | None = None, dtype: Any = jnp
     if choice == "xla" or (choice == "auto" and not (on_one_cpu and jnp.dtype(dtype) == jnp.float32)):
         return "xla"
     if num_devices != 1:
-        raise ValueError(f"model.matmul='onednn' runs on one CPU device; this run has {num_devices} devices (use auto or xla)")
+        raise ValueError(
+            f"model.matmul='onednn' runs on one CPU device; this run has {num_devices} devices (use auto or xla)"
+        )
     from vitjax.kernels import onednn
 
     reason = onednn.unavailable_reason()
@@ -46,8 +48,10 @@ def resolve_matmul(choice: str, num_devices: int | None = None, dtype: Any = jnp
         raise onednn.KernelUnavailable(f"model.matmul='onednn': {reason}")
     if not _said_unavailable:
         _said_unavailable.append(reason)
-        log.info("dense layers use XLA's matmul (the oneDNN kernel, faster for training on the CPU, is unavailable: %s)",
-                 reason.splitlines()[0])
+        log.info(
+            "dense layers use XLA's matmul (the oneDNN kernel, faster for training on the CPU, is unavailable: %s)",
+            reason.splitlines()[0],
+        )
     return "xla"
 
 
@@ -74,8 +78,9 @@ def image_shape(model: nn.Module) -> tuple[int, int, int]:
     return (model.arch.img_size, model.arch.img_size, model.arch.in_chans)
 
 
-def load_weights(model_config, pdparams: str, checkpoint: str, head: str, seed: int,
-                 pretrained: bool = False) -> dict | None:
+def load_weights(
+    model_config, pdparams: str, checkpoint: str, head: str, seed: int, pretrained: bool = False
+) -> dict | None:
     """Parameters from a ``.pdparams`` file, PaddleClas's published weights for the model
     (``pretrained``, downloaded into the cache) or an orbax checkpoint/workdir (numpy arrays);
     ``None`` when none is set. Setting more than one is a ``ValueError``."""
@@ -88,8 +93,14 @@ def load_weights(model_config, pdparams: str, checkpoint: str, head: str, seed: 
     if pdparams:
         from vitjax.weights.convert import load_pdparams  # no Paddle import: a restricted unpickler
 
-        variables = load_pdparams(pdparams, model_config.name, num_classes=model_config.num_classes,
-                                  img_size=model_config.img_size or None, head=head, seed=seed)
+        variables = load_pdparams(
+            pdparams,
+            model_config.name,
+            num_classes=model_config.num_classes,
+            img_size=model_config.img_size or None,
+            head=head,
+            seed=seed,
+        )
         return dict(variables["params"])
     if checkpoint:
         return dict(checkpoints.load_variables(checkpoint)["params"])

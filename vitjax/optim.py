@@ -59,13 +59,22 @@ def make_optimizer(opt_config, schedule: optax.Schedule, params: Any) -> optax.G
     mask = decay_mask(params, tuple(opt_config.no_decay), opt_config.decay_one_dim)
     clip = [optax.clip_by_global_norm(opt_config.grad_clip)] if opt_config.grad_clip > 0 else []
     if opt_config.name == "adamw":
-        main = optax.adamw(schedule, b1=opt_config.b1, b2=opt_config.b2, eps=opt_config.eps,
-                           weight_decay=opt_config.weight_decay, mask=mask)
+        main = optax.adamw(
+            schedule,
+            b1=opt_config.b1,
+            b2=opt_config.b2,
+            eps=opt_config.eps,
+            weight_decay=opt_config.weight_decay,
+            mask=mask,
+        )
         return optax.chain(*clip, main)
     if opt_config.name == "momentum":
         # Paddle's Momentum with L2Decay adds the decay to the gradient before momentum.
-        return optax.chain(*clip, optax.add_decayed_weights(opt_config.weight_decay, mask),
-                           optax.sgd(schedule, momentum=opt_config.momentum))
+        return optax.chain(
+            *clip,
+            optax.add_decayed_weights(opt_config.weight_decay, mask),
+            optax.sgd(schedule, momentum=opt_config.momentum),
+        )
     raise ValueError(f"unknown optimizer.name {opt_config.name!r}: expected adamw or momentum")
 
 

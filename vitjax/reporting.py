@@ -58,7 +58,9 @@ class MetricsWriter:
     ``workdir/tensorboard``. On processes other than 0 it writes nothing."""
 
     def __init__(self, workdir: Path):
-        self._writers = [JsonlWriter(workdir / METRICS_FILE), TensorBoardWriter(workdir / "tensorboard")] if is_chief() else []
+        self._writers = (
+            [JsonlWriter(workdir / METRICS_FILE), TensorBoardWriter(workdir / "tensorboard")] if is_chief() else []
+        )
 
     def write(self, step: int, kind: str, values: dict[str, float]) -> None:
         for writer in self._writers:

@@ -53,7 +53,9 @@ def make_mesh(data: int = -1, model: int = 1, devices: Sequence[jax.Device] | No
 def _fit(spec: tuple, shape: tuple, mesh: Mesh) -> list:
     """``spec`` padded to the array's rank, dropping axes the dimension can't be split over."""
     spec = list(spec) + [None] * (len(shape) - len(spec))
-    return [axis if axis is None or shape[i] % mesh.shape[axis] == 0 else None for i, axis in enumerate(spec[: len(shape)])]
+    return [
+        axis if axis is None or shape[i] % mesh.shape[axis] == 0 else None for i, axis in enumerate(spec[: len(shape)])
+    ]
 
 
 def param_spec(path: str, shape: tuple, mesh: Mesh, strategy: str, extra_rules: Sequence = ()) -> P:
@@ -83,8 +85,9 @@ def param_specs(params: Any, mesh: Mesh, strategy: str, extra_rules: Sequence = 
     )
 
 
-def state_shardings(abstract_state: Any, tx: optax.GradientTransformation, mesh: Mesh, strategy: str,
-                    extra_rules: Sequence = ()) -> Any:
+def state_shardings(
+    abstract_state: Any, tx: optax.GradientTransformation, mesh: Mesh, strategy: str, extra_rules: Sequence = ()
+) -> Any:
     """``NamedSharding`` for every leaf of a train state (``step``, ``params``, ``opt_state``).
 
     Each parameter gets its rule's sharding; optax says which optimizer-state leaves belong to
@@ -92,10 +95,14 @@ def state_shardings(abstract_state: Any, tx: optax.GradientTransformation, mesh:
     share their parameter's sharding. Everything else (step counters) is replicated.
     """
     replicated = NamedSharding(mesh, P())
-    params = jax.tree.map(lambda spec: NamedSharding(mesh, spec), param_specs(abstract_state.params, mesh, strategy, extra_rules),
-                          is_leaf=lambda x: isinstance(x, P))
-    opt_state = optax.tree_map_params(tx, lambda _, sharding: sharding, abstract_state.opt_state, params,
-                                      transform_non_params=lambda _: replicated)
+    params = jax.tree.map(
+        lambda spec: NamedSharding(mesh, spec),
+        param_specs(abstract_state.params, mesh, strategy, extra_rules),
+        is_leaf=lambda x: isinstance(x, P),
+    )
+    opt_state = optax.tree_map_params(
+        tx, lambda _, sharding: sharding, abstract_state.opt_state, params, transform_non_params=lambda _: replicated
+    )
     return abstract_state.replace(step=replicated, params=params, opt_state=opt_state)
 
 

@@ -26,8 +26,9 @@ class TrainState:
     opt_state: Any
 
 
-def make_train_step(model: nn.Module, tx: optax.GradientTransformation, schedule: optax.Schedule, config,
-                    teacher: Teacher | None) -> Callable:
+def make_train_step(
+    model: nn.Module, tx: optax.GradientTransformation, schedule: optax.Schedule, config, teacher: Teacher | None
+) -> Callable:
     """``train_step(state, images, labels) -> (state, {"loss", "lr", "grad_norm"})``.
 
     The step's randomness (mixing, dropout) is ``fold_in(key(config.seed), state.step)``, so

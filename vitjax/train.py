@@ -45,9 +45,26 @@ from vitjax.preemption import Preempted, PreemptionWatch
 from vitjax.steps import TrainState, make_eval_step, make_train_step
 
 __all__ = [
-    "Experiment", "Preempted", "TrainState", "build_model", "checkpoint_manager", "class_names", "evaluate",
-    "image_shape", "initial_state", "jitted_train_step", "load_weights", "make_eval_step", "make_teacher",
-    "make_train_step", "merge_loaded", "mix_batch", "predict", "to_global", "to_host", "train_and_evaluate",
+    "Experiment",
+    "Preempted",
+    "TrainState",
+    "build_model",
+    "checkpoint_manager",
+    "class_names",
+    "evaluate",
+    "image_shape",
+    "initial_state",
+    "jitted_train_step",
+    "load_weights",
+    "make_eval_step",
+    "make_teacher",
+    "make_train_step",
+    "merge_loaded",
+    "mix_batch",
+    "predict",
+    "to_global",
+    "to_host",
+    "train_and_evaluate",
     "train_state_layout",
 ]
 
@@ -81,8 +98,16 @@ def train_and_evaluate(config, workdir: str | Path) -> dict[str, float]:
     train_step = jitted_train_step(exp, tx, schedule, state_shardings)
     if advice := allocator_advice(jax.default_backend()):
         log.info("host memory: %s", advice)
-    log.info("training %s on %s: %d steps of %d images, mesh %s, strategy %s, dense matmuls: %s", c.model.name, c.data.source,
-             total_steps, c.batch_size, dict(exp.mesh.shape), c.sharding.strategy, exp.model.matmul)
+    log.info(
+        "training %s on %s: %d steps of %d images, mesh %s, strategy %s, dense matmuls: %s",
+        c.model.name,
+        c.data.source,
+        total_steps,
+        c.batch_size,
+        dict(exp.mesh.shape),
+        c.sharding.strategy,
+        exp.model.matmul,
+    )
     writer = reporting.MetricsWriter(workdir)
     state, step = run_steps(exp, state, train_step, loader, manager, writer, total_steps)
     manager.wait_until_finished()
@@ -94,8 +119,10 @@ def train_and_evaluate(config, workdir: str | Path) -> dict[str, float]:
     writer.write(step, "eval", results)
     writer.close()
     if reporting.is_chief():
-        print(f"eval at step {step}: top1 {results['top1']:.4f}  top5 {results['top5']:.4f}  ({int(results['count'])} images)",
-              flush=True)
+        print(
+            f"eval at step {step}: top1 {results['top1']:.4f}  top5 {results['top5']:.4f}  ({int(results['count'])} images)",
+            flush=True,
+        )
         if c.plot:
             reporting.plot_curves(workdir)
     return results
@@ -108,8 +135,9 @@ def train_state_layout(exp: Experiment, tx: optax.GradientTransformation) -> tup
     return abstract_state, sharding.state_shardings(abstract_state, tx, exp.mesh, c.sharding.strategy, exp.rules)
 
 
-def jitted_train_step(exp: Experiment, tx: optax.GradientTransformation, schedule: optax.Schedule,
-                      state_shardings: TrainState) -> Callable:
+def jitted_train_step(
+    exp: Experiment, tx: optax.GradientTransformation, schedule: optax.Schedule, state_shardings: TrainState
+) -> Callable:
     """The loop's update: ``make_train_step`` jitted over the mesh, the state donated."""
     return jax.jit(
         make_train_step(exp.model, tx, schedule, exp.config, make_teacher(exp.config, exp.mesh.size)),
@@ -126,9 +154,15 @@ def initial_state(exp: Experiment, tx: optax.GradientTransformation, state_shard
     return TrainState(jax.device_put(jnp.zeros((), jnp.int32), exp.replicated), params, opt_state)
 
 
-def run_steps(exp: Experiment, state: TrainState, train_step: Callable, loader: TrainLoader,
-              manager: ocp.CheckpointManager, writer: reporting.MetricsWriter,
-              total_steps: int) -> tuple[TrainState, int]:
+def run_steps(
+    exp: Experiment,
+    state: TrainState,
+    train_step: Callable,
+    loader: TrainLoader,
+    manager: ocp.CheckpointManager,
+    writer: reporting.MetricsWriter,
+    total_steps: int,
+) -> tuple[TrainState, int]:
     """Trains from ``state.step`` to ``total_steps`` and returns the last state and step.
 
     Logs on the first step, every ``log_every`` steps and the last; evaluates every
@@ -167,8 +201,14 @@ def run_steps(exp: Experiment, state: TrainState, train_step: Callable, loader: 
     return state, step
 
 
-def log_train_step(writer: reporting.MetricsWriter, progress: reporting.Progress, step: int, loss: float,
-                   metrics: dict[str, jax.Array], data_wait: float) -> None:
+def log_train_step(
+    writer: reporting.MetricsWriter,
+    progress: reporting.Progress,
+    step: int,
+    loss: float,
+    metrics: dict[str, jax.Array],
+    data_wait: float,
+) -> None:
     """One ``train`` record (loss, lr, grad_norm, data_wait) and, on process 0, a progress line."""
     lr = float(to_host(metrics["lr"]))
     grad_norm = float(to_host(metrics["grad_norm"]))

@@ -19,8 +19,8 @@ from __future__ import annotations
 import contextlib
 import math
 import os
+from collections.abc import Iterator, Mapping
 from pathlib import Path
-from typing import Iterator, Mapping
 
 import numpy as np
 
@@ -29,7 +29,13 @@ from interop.errors import InferenceModelError
 from interop.inference.files import INPUT_NAME, MODEL_PREFIX, PROGRAM_FILES, Format, locate_inference_model
 from vitjax.files import atomic_directory
 from vitjax.models.registry import get_spec
-from vitjax.weights.convert import Variables, guess_model, infer_num_classes, state_dict_to_variables, variables_to_state_dict
+from vitjax.weights.convert import (
+    Variables,
+    guess_model,
+    infer_num_classes,
+    state_dict_to_variables,
+    variables_to_state_dict,
+)
 from vitjax.weights.pdparams import read_pdparams
 
 
@@ -64,7 +70,9 @@ def _check_target(out_dir: Path, overwrite: bool) -> None:
     """Refuses an existing ``out_dir`` unless ``overwrite``, and a missing parent directory."""
     out_dir = out_dir.absolute()
     if out_dir.exists() and not overwrite:
-        raise InferenceModelError(f"{out_dir}: already exists; refusing to overwrite (pass overwrite=True / --overwrite)")
+        raise InferenceModelError(
+            f"{out_dir}: already exists; refusing to overwrite (pass overwrite=True / --overwrite)"
+        )
     if not out_dir.parent.is_dir():
         raise InferenceModelError(f"{out_dir}: parent directory {out_dir.parent} does not exist")
 

@@ -57,11 +57,15 @@ def _candidate_states(loaded: LoadedProgram, model_name: str | None, img_size: i
         n = len(loaded.parameters)
         if model_name:
             raise InferenceModelError(f"{source}: its {n} parameters do not fit {model_name}: {reasons[model_name]}")
-        raise InferenceModelError(f"{source}: its {n} parameters fit no registered DeiT/TNT model (unknown architecture)")
+        raise InferenceModelError(
+            f"{source}: its {n} parameters fit no registered DeiT/TNT model (unknown architecture)"
+        )
     return fits
 
 
-def _check_outputs(loaded: LoadedProgram, name: str, variables: Variables, img_size: int, num_classes: int, seed: int = 0):
+def _check_outputs(
+    loaded: LoadedProgram, name: str, variables: Variables, img_size: int, num_classes: int, seed: int = 0
+):
     """Runs the file's program and our model on one random batch: ``(softmax?, max |diff|)``."""
     images = np.random.RandomState(seed).standard_normal((2, 3, img_size, img_size)).astype(np.float32)
     theirs = loaded.run(images)
@@ -71,11 +75,17 @@ def _check_outputs(loaded: LoadedProgram, name: str, variables: Variables, img_s
         return None, math.inf
     probs = np.asarray(jax.nn.softmax(logits, axis=-1))
     diffs = {False: float(np.abs(theirs - logits).max()), True: float(np.abs(theirs - probs).max())}
-    softmax = loaded.output_op == "softmax" if diffs[True] <= IMPORT_ATOL and diffs[False] <= IMPORT_ATOL else diffs[True] < diffs[False]
+    softmax = (
+        loaded.output_op == "softmax"
+        if diffs[True] <= IMPORT_ATOL and diffs[False] <= IMPORT_ATOL
+        else diffs[True] < diffs[False]
+    )
     return softmax, diffs[softmax]
 
 
-def read_inference_model(model_dir: str | os.PathLike, model_name: str | None = None, *, verify: bool = True) -> ImportedModel:
+def read_inference_model(
+    model_dir: str | os.PathLike, model_name: str | None = None, *, verify: bool = True
+) -> ImportedModel:
     """Recovers the model and Flax variables an inference model directory computes.
 
     Works on PaddleClas's exports and ours, PIR or legacy, with or without softmax,
@@ -98,7 +108,9 @@ def read_inference_model(model_dir: str | os.PathLike, model_name: str | None = 
             failures.append(str(e))
             continue
         if not verify:
-            results.append(ImportedModel(name, variables, loaded.output_op == "softmax", files.format, img_size, num_classes, None))
+            results.append(
+                ImportedModel(name, variables, loaded.output_op == "softmax", files.format, img_size, num_classes, None)
+            )
             continue
         softmax, diff = _check_outputs(loaded, name, variables, img_size, num_classes)
         if diff <= IMPORT_ATOL:
@@ -108,10 +120,16 @@ def read_inference_model(model_dir: str | os.PathLike, model_name: str | None = 
     if len(results) == 1:
         return results[0]
     if not results:
-        raise InferenceModelError(f"{files.directory}: no registered model reproduces this graph ({'; '.join(failures)})")
-    raise InferenceModelError(f"{files.directory}: fits several models ({', '.join(r.model_name for r in results)}); pass the model name")
+        raise InferenceModelError(
+            f"{files.directory}: no registered model reproduces this graph ({'; '.join(failures)})"
+        )
+    raise InferenceModelError(
+        f"{files.directory}: fits several models ({', '.join(r.model_name for r in results)}); pass the model name"
+    )
 
 
-def load_inference_model(model_dir: str | os.PathLike, model_name: str | None = None, *, verify: bool = True) -> Variables:
+def load_inference_model(
+    model_dir: str | os.PathLike, model_name: str | None = None, *, verify: bool = True
+) -> Variables:
     """Flax variables for the model a Paddle inference model directory holds (see :func:`read_inference_model`)."""
     return read_inference_model(model_dir, model_name, verify=verify).variables

@@ -13,8 +13,8 @@ from __future__ import annotations
 
 import functools
 import re
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Mapping
 
 import jax
 import jax.numpy as jnp
@@ -38,7 +38,7 @@ def _layer_type(rule: KeyRule, rules_by_module: dict[str, list[KeyRule]]) -> str
     return "conv2d" if "conv" in kinds else "layer_norm" if "scale" in leaves else "linear"
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _paddle_shapes(model_name: str, num_classes: int, img_size: int) -> dict[str, tuple[int, ...]]:
     """PaddleClas key -> the shape Paddle stores it in, for one configuration of a model."""
     model = create_model(model_name, num_classes=num_classes, img_size=img_size)
@@ -63,7 +63,9 @@ def _units_by_creation(parameters: Mapping[str, np.ndarray]) -> dict[str, list[d
     for name in parameters:
         match = _INTERNAL_NAME.match(name)
         if match is None:
-            raise InferenceModelError(f"parameter {name!r} has no Paddle-generated name; cannot tell which layer it belongs to")
+            raise InferenceModelError(
+                f"parameter {name!r} has no Paddle-generated name; cannot tell which layer it belongs to"
+            )
         layer, index, role, slot = match["layer"], int(match["index"]), match["role"], int(match["slot"])
         if layer in _LAYER_TYPES:
             layers.setdefault(layer, {}).setdefault((index,), {})[role] = name
@@ -77,7 +79,9 @@ def _units_by_table(model_name: str, has_head: bool) -> dict[str, list[dict[str,
     table = key_table(model_name, has_head=has_head)
     by_module: dict[str, list[KeyRule]] = {}
     for rule in table:
-        by_module.setdefault(rule.paddle_key.rsplit(".", 1)[0] if "." in rule.paddle_key else rule.paddle_key, []).append(rule)
+        by_module.setdefault(
+            rule.paddle_key.rsplit(".", 1)[0] if "." in rule.paddle_key else rule.paddle_key, []
+        ).append(rule)
     units: dict[str, dict[str, dict[str, str]]] = {}
     for rule in table:
         kind = _layer_type(rule, by_module)
@@ -121,7 +125,9 @@ def structured_state_by_order(
                 for role, key in table_unit.items():
                     array = parameters[file_unit[role]]
                     if tuple(array.shape) != shapes[key]:
-                        raise LayerOrderMismatch(f"{file_unit[role]} {list(array.shape)} cannot be {key} {list(shapes[key])}")
+                        raise LayerOrderMismatch(
+                            f"{file_unit[role]} {list(array.shape)} cannot be {key} {list(shapes[key])}"
+                        )
                     state[key] = array
             continue
         free = [unit["w"] for unit in file_units]

@@ -22,8 +22,20 @@ from interop.errors import InferenceModelError
 from vitjax.weights.safe_pickle import PLAIN_DATA, SafePickleError, safe_loads
 
 # Paddle's VarType enum -> numpy dtype, for the types a parameters file can hold.
-_PADDLE_DTYPES = {0: np.bool_, 1: np.int16, 2: np.int32, 3: np.int64, 4: np.float16, 5: np.float32, 6: np.float64,
-                  20: np.uint8, 21: np.int8, 22: np.uint16, 23: np.complex64, 24: np.complex128}
+_PADDLE_DTYPES = {
+    0: np.bool_,
+    1: np.int16,
+    2: np.int32,
+    3: np.int64,
+    4: np.float16,
+    5: np.float32,
+    6: np.float64,
+    20: np.uint8,
+    21: np.int8,
+    22: np.uint16,
+    23: np.complex64,
+    24: np.complex128,
+}
 
 
 MAX_DIMS = 32  # far more than any tensor has; bounds the work per description
@@ -109,7 +121,9 @@ def scan_params_file(path: str | os.PathLike) -> list[tuple[np.dtype, tuple[int,
             (lod_levels,) = struct.unpack_from("<Q", data, pos + 4)
             pos += 12
             if lod_levels > (len(data) - pos) // 8:
-                raise ValueError(f"tensor #{index}: {lod_levels} LoD levels cannot fit in the {len(data) - pos} bytes left")
+                raise ValueError(
+                    f"tensor #{index}: {lod_levels} LoD levels cannot fit in the {len(data) - pos} bytes left"
+                )
             for _ in range(lod_levels):
                 (size,) = struct.unpack_from("<Q", data, pos)
                 if size > len(data) - pos - 8:

@@ -47,14 +47,22 @@ def load_program(files: InferenceModelFiles) -> LoadedProgram:
             executor = paddle.static.Executor(paddle.CPUPlace())
             with paddle.static.scope_guard(scope):
                 try:
-                    program, feeds, fetches = paddle.static.load_inference_model(str(files.directory / MODEL_PREFIX), executor)
+                    program, feeds, fetches = paddle.static.load_inference_model(
+                        str(files.directory / MODEL_PREFIX), executor
+                    )
                 except Exception as e:  # Paddle raises many types; all mean "not loadable"
-                    raise InferenceModelError(f"{files.program}: Paddle cannot load this inference model ({first_line(e)})") from None
+                    raise InferenceModelError(
+                        f"{files.program}: Paddle cannot load this inference model ({first_line(e)})"
+                    ) from None
             if len(feeds) != 1 or len(fetches) != 1:
-                raise InferenceModelError(f"{files.program}: {len(feeds)} inputs and {len(fetches)} outputs; an image classifier has one of each")
+                raise InferenceModelError(
+                    f"{files.program}: {len(feeds)} inputs and {len(fetches)} outputs; an image classifier has one of each"
+                )
             names = _persistable_names(program, files.format)
             if len(names) != len(records):
-                raise InferenceModelError(f"{files.params}: holds {len(records)} tensors but {files.program.name} declares {len(names)} parameters")
+                raise InferenceModelError(
+                    f"{files.params}: holds {len(records)} tensors but {files.program.name} declares {len(names)} parameters"
+                )
             parameters = {name: np.array(scope.find_var(name).get_tensor()) for name in names}
             input_shape, output_op = _signature(program, feeds[0], fetches[0], files.format)
         finally:

@@ -45,8 +45,12 @@ from interop.serving.model import ServedModel, top_k
 
 log = logging.getLogger("interop.serving")
 
-ARRIVED_WHILE_DRAINING = "vitjax.arrived_while_draining"  # ASGI scope key: was the server draining when the request came in
-CUT_BY_GUARD = "vitjax.cut_by_guard"  # ASGI scope key: the error kind for which the connection guard cut this request (a 408)
+ARRIVED_WHILE_DRAINING = (
+    "vitjax.arrived_while_draining"  # ASGI scope key: was the server draining when the request came in
+)
+CUT_BY_GUARD = (
+    "vitjax.cut_by_guard"  # ASGI scope key: the error kind for which the connection guard cut this request (a 408)
+)
 
 
 class ServingState:
@@ -56,10 +60,15 @@ class ServingState:
         self.model, self.config = model, config
         self.metrics = ServerMetrics(config.max_batch_size)
         self.batcher = DynamicBatcher(
-            model.predict_probs, max_batch_size=config.max_batch_size, max_wait_ms=config.max_wait_ms,
-            max_queue_images=config.max_queue_images, metrics=self.metrics,
+            model.predict_probs,
+            max_batch_size=config.max_batch_size,
+            max_wait_ms=config.max_wait_ms,
+            max_queue_images=config.max_queue_images,
+            metrics=self.metrics,
         )
-        self.decoder = concurrent.futures.ThreadPoolExecutor(max_workers=config.decode_threads, thread_name_prefix="decode")
+        self.decoder = concurrent.futures.ThreadPoolExecutor(
+            max_workers=config.decode_threads, thread_name_prefix="decode"
+        )
         self.ready = False
         self.draining = False  # set on SIGTERM: new requests are refused, in-flight ones finish
         self.warm_up_error: str | None = None
@@ -95,7 +104,9 @@ class ServingState:
         """Decodes and transforms every image on the decode threads; the first bad one fails the request."""
         loop = asyncio.get_running_loop()
         jobs = [
-            loop.run_in_executor(self.decoder, _preprocess_one, data, self.model.transform, self.config.max_pixels, name)
+            loop.run_in_executor(
+                self.decoder, _preprocess_one, data, self.model.transform, self.config.max_pixels, name
+            )
             for name, data in blobs
         ]
         results = await asyncio.gather(*jobs, return_exceptions=True)
@@ -109,7 +120,7 @@ class ServingState:
         timeout = self.config.request_timeout_s
         try:
             return await asyncio.wait_for(self.batcher.submit(images), timeout)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             raise RequestTimeout(f"not classified within {timeout:g} s (server overloaded)") from None
 
     def parse_top_k(self, value: str | None) -> int:
@@ -246,7 +257,9 @@ class RequestMetrics:
                 status["code"] = self._ended_without_response(scope, disconnected)
         except asyncio.CancelledError:
             if status["code"] is None:  # no response yet: the graceful-shutdown timeout cut it
-                response = error_response(self.state, 503, "shutting_down", "server shut down before this request finished; retry")
+                response = error_response(
+                    self.state, 503, "shutting_down", "server shut down before this request finished; retry"
+                )
                 response.headers["Connection"] = "close"
                 with contextlib.suppress(Exception):
                     await response(scope, receive, send_and_record)
@@ -287,7 +300,9 @@ def create_app(model: ServedModel, config: ServeConfig) -> FastAPI:
             await state.batcher.stop()
             state.decoder.shutdown(wait=False)
 
-    app = FastAPI(title=f"vitjax: {model.name}", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None, debug=False)
+    app = FastAPI(
+        title=f"vitjax: {model.name}", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None, debug=False
+    )
     app.state.serving = state
 
     @app.exception_handler(ServeError)
@@ -316,7 +331,11 @@ def create_app(model: ServedModel, config: ServeConfig) -> FastAPI:
         k = state.parse_top_k(request.query_params.get("top_k"))
         blobs = await read_images(request, config.max_images_per_request)
         probs = await state.classify(await state.preprocess_all(blobs))
-        return {"model": model.name, "backend": model.backend, "predictions": [{"top_k": row} for row in top_k(probs, model.labels, k)]}
+        return {
+            "model": model.name,
+            "backend": model.backend,
+            "predictions": [{"top_k": row} for row in top_k(probs, model.labels, k)],
+        }
 
     @app.get("/health")
     async def health() -> dict[str, str]:
@@ -328,7 +347,12 @@ def create_app(model: ServedModel, config: ServeConfig) -> FastAPI:
             return JSONResponse({"status": "shutting down"}, status_code=503)
         if not state.ready:
             return JSONResponse({"status": state.warm_up_error or "warming up"}, status_code=503)
-        return {"status": "ready", "model": model.name, "backend": model.backend, "max_batch_size": config.max_batch_size}
+        return {
+            "status": "ready",
+            "model": model.name,
+            "backend": model.backend,
+            "max_batch_size": config.max_batch_size,
+        }
 
     @app.get("/labels")
     async def labels() -> dict[str, Any]:

@@ -14,7 +14,7 @@ import concurrent.futures
 import dataclasses
 import logging
 import time
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 
@@ -43,7 +43,11 @@ class DynamicBatcher:
         metrics: ServerMetrics,
     ):
         self._run_batch = run_batch
-        self.max_batch_size, self.max_wait_s, self.max_queue_images = max_batch_size, max_wait_ms / 1e3, max_queue_images
+        self.max_batch_size, self.max_wait_s, self.max_queue_images = (
+            max_batch_size,
+            max_wait_ms / 1e3,
+            max_queue_images,
+        )
         self._metrics = metrics
         self._queue: asyncio.Queue[_Item] | None = None
         self._task: asyncio.Task | None = None
@@ -70,7 +74,9 @@ class DynamicBatcher:
         while self._queue is not None and not self._queue.empty():
             item = self._queue.get_nowait()
             if not item.future.done():
-                item.future.set_exception(InferenceFailed("server stopped before this image ran", status=503, kind="shutting_down"))
+                item.future.set_exception(
+                    InferenceFailed("server stopped before this image ran", status=503, kind="shutting_down")
+                )
         self._executor.shutdown(wait=True)
 
     def run_now(self, images: np.ndarray) -> np.ndarray:
@@ -81,7 +87,9 @@ class DynamicBatcher:
         """Queues ``images`` (NCHW) and waits for their rows; raises :class:`QueueFull` when the queue is full."""
         assert self._queue is not None, "DynamicBatcher.start() was not called"
         if self._queue.qsize() + len(images) > self.max_queue_images:
-            raise QueueFull(f"server busy: {self._queue.qsize()} images queued (limit {self.max_queue_images}); retry later")
+            raise QueueFull(
+                f"server busy: {self._queue.qsize()} images queued (limit {self.max_queue_images}); retry later"
+            )
         loop = asyncio.get_running_loop()
         items = [_Item(image, loop.create_future()) for image in images]
         for item in items:
@@ -107,7 +115,7 @@ class DynamicBatcher:
                 break
             try:
                 batch.append(await asyncio.wait_for(self._queue.get(), remaining))
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 break
         return [item for item in batch if not item.future.done()]
 

@@ -22,7 +22,9 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.set_defaults(run=run)
     p.add_argument("source", help="inference model dir, .pdparams file, orbax variables checkpoint or training workdir")
     p.add_argument("--backend", choices=BACKENDS, default="paddle-cpu")
-    p.add_argument("--model", help="registered model name (needed for an orbax checkpoint or workdir; inferred otherwise)")
+    p.add_argument(
+        "--model", help="registered model name (needed for an orbax checkpoint or workdir; inferred otherwise)"
+    )
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
     p.add_argument("--port", type=int, default=8080, help="0 picks a free port (printed on start)")
     p.add_argument("--labels", help="class names, one per line (default: ImageNet's for 1000 classes)")
@@ -33,15 +35,36 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--timeout", type=float, default=30.0, help="seconds a request may wait for its result (then 504)")
     p.add_argument("--max-body-mb", type=float, default=16.0, help="request body limit (then 413)")
     p.add_argument("--max-images", type=int, default=32, help="images per request")
-    p.add_argument("--max-pixels", type=int, default=40_000_000, help="pixels per decoded image (decompression-bomb limit)")
     p.add_argument(
-        "--max-concurrency", type=int, default=128,
+        "--max-pixels", type=int, default=40_000_000, help="pixels per decoded image (decompression-bomb limit)"
+    )
+    p.add_argument(
+        "--max-concurrency",
+        type=int,
+        default=128,
         help="open connections; beyond it the longest-idle one is closed, or, when none is idle, the newcomer gets 503 + Retry-After",
     )
-    p.add_argument("--header-timeout", type=float, default=10.0, help="seconds a request head may take to arrive (then closed, or 408)")
-    p.add_argument("--body-timeout", type=float, default=60.0, help="seconds a request body may take to arrive after its head (then 408)")
-    p.add_argument("--keep-alive-timeout", type=float, default=5.0, help="seconds an idle kept-alive connection stays open")
-    p.add_argument("--min-body-rate", type=float, default=1024.0, help="bytes/s a request body must keep up over each rate window (then 408; 0: off)")
+    p.add_argument(
+        "--header-timeout",
+        type=float,
+        default=10.0,
+        help="seconds a request head may take to arrive (then closed, or 408)",
+    )
+    p.add_argument(
+        "--body-timeout",
+        type=float,
+        default=60.0,
+        help="seconds a request body may take to arrive after its head (then 408)",
+    )
+    p.add_argument(
+        "--keep-alive-timeout", type=float, default=5.0, help="seconds an idle kept-alive connection stays open"
+    )
+    p.add_argument(
+        "--min-body-rate",
+        type=float,
+        default=1024.0,
+        help="bytes/s a request body must keep up over each rate window (then 408; 0: off)",
+    )
     p.add_argument("--body-rate-window", type=float, default=5.0, help="seconds over which --min-body-rate is measured")
     p.add_argument("--graceful-timeout", type=float, default=30.0, help="seconds in-flight requests get after SIGTERM")
     p.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
@@ -50,29 +73,52 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 
 def run(args) -> int:
     try:
-        import uvicorn
+        import uvicorn  # noqa: F401  (only whether the serve extra is installed)
     except ImportError:
-        raise SystemExit("serve needs the serve extra: pip install 'vitjax[serve]' (fastapi, uvicorn, python-multipart, prometheus-client)")
+        raise SystemExit(
+            "serve needs the serve extra: pip install 'vitjax[serve]' (fastapi, uvicorn, python-multipart, prometheus-client)"
+        ) from None
     from interop.serving import ServeConfig, create_app, load_served_model
 
     # force: a dependency (absl, logging from orbax at import) has already put a handler on the root logger,
     # which would make basicConfig a no-op and leave our lines at absl's WARNING.
-    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s", force=True)
+    logging.basicConfig(
+        level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s", force=True
+    )
     config = ServeConfig(
-        max_batch_size=args.max_batch_size, max_wait_ms=args.max_wait_ms, max_queue_images=args.max_queue,
-        request_timeout_s=args.timeout, max_body_bytes=int(args.max_body_mb * 1024 * 1024),
-        max_images_per_request=args.max_images, max_pixels=args.max_pixels, max_connections=args.max_concurrency,
-        header_timeout_s=args.header_timeout, body_timeout_s=args.body_timeout, keep_alive_timeout_s=args.keep_alive_timeout,
-        min_body_rate=args.min_body_rate, body_rate_window_s=args.body_rate_window,
+        max_batch_size=args.max_batch_size,
+        max_wait_ms=args.max_wait_ms,
+        max_queue_images=args.max_queue,
+        request_timeout_s=args.timeout,
+        max_body_bytes=int(args.max_body_mb * 1024 * 1024),
+        max_images_per_request=args.max_images,
+        max_pixels=args.max_pixels,
+        max_connections=args.max_concurrency,
+        header_timeout_s=args.header_timeout,
+        body_timeout_s=args.body_timeout,
+        keep_alive_timeout_s=args.keep_alive_timeout,
+        min_body_rate=args.min_body_rate,
+        body_rate_window_s=args.body_rate_window,
     )
     model = load_served_model(
-        args.source, args.backend, model_name=args.model, labels=args.labels, threads=args.threads, max_batch_size=args.max_batch_size,
+        args.source,
+        args.backend,
+        model_name=args.model,
+        labels=args.labels,
+        threads=args.threads,
+        max_batch_size=args.max_batch_size,
     )
     from interop.serving.connections import uvicorn_config
 
     app = create_app(model, config)
     server = GracefulServer(
-        uvicorn_config(app, host=args.host, port=args.port, log_level=args.log_level, timeout_graceful_shutdown=args.graceful_timeout),
+        uvicorn_config(
+            app,
+            host=args.host,
+            port=args.port,
+            log_level=args.log_level,
+            timeout_graceful_shutdown=args.graceful_timeout,
+        ),
         on_exit=lambda: setattr(app.state.serving, "draining", True),
     )
     try:
@@ -106,7 +152,9 @@ def _server_class():
             with super().capture_signals():
                 yield
                 if self._captured_signals:
-                    logging.getLogger("interop.serving").info("shut down gracefully after signal %s", self._captured_signals[-1])
+                    logging.getLogger("interop.serving").info(
+                        "shut down gracefully after signal %s", self._captured_signals[-1]
+                    )
                     self._captured_signals.clear()
 
         async def startup(self, sockets=None) -> None:

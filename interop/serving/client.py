@@ -9,7 +9,8 @@ import base64
 import http.client
 import json
 import uuid
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 from urllib.parse import urlsplit
 
 
@@ -47,7 +48,14 @@ class Client:
         self.host, self.port, self.timeout = parts.hostname, parts.port, timeout
         self._conn: http.client.HTTPConnection | None = None
 
-    def request(self, method: str, path: str, body: bytes | None = None, content_type: str | None = None, headers: dict | None = None) -> Response:
+    def request(
+        self,
+        method: str,
+        path: str,
+        body: bytes | None = None,
+        content_type: str | None = None,
+        headers: dict | None = None,
+    ) -> Response:
         headers = dict(headers or {})
         if content_type is not None:
             headers["Content-Type"] = content_type

@@ -45,7 +45,16 @@ class ServeConfig:
     body_rate_window_s: float = 5.0
 
     def __post_init__(self) -> None:
-        for field in ("max_batch_size", "max_queue_images", "max_body_bytes", "max_images_per_request", "max_pixels", "default_top_k", "decode_threads", "max_connections"):
+        for field in (
+            "max_batch_size",
+            "max_queue_images",
+            "max_body_bytes",
+            "max_images_per_request",
+            "max_pixels",
+            "default_top_k",
+            "decode_threads",
+            "max_connections",
+        ):
             if getattr(self, field) < 1:
                 raise ValueError(f"ServeConfig.{field} must be >= 1, got {getattr(self, field)}")
         if self.max_wait_ms < 0 or self.request_timeout_s <= 0:

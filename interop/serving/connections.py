@@ -50,7 +50,12 @@ LINGER_S = 2.0  # after an early answer, how long the rest of the client's uploa
 def error_bytes(status: int, reason: str, headers: dict[str, str] | None = None) -> bytes:
     """A whole HTTP/1.1 response ``{"error": reason}`` that closes the connection."""
     body = json.dumps({"error": " ".join(reason.split())}).encode()
-    lines = [f"HTTP/1.1 {status} {http.HTTPStatus(status).phrase}", "content-type: application/json", f"content-length: {len(body)}", "connection: close"]
+    lines = [
+        f"HTTP/1.1 {status} {http.HTTPStatus(status).phrase}",
+        "content-type: application/json",
+        f"content-length: {len(body)}",
+        "connection: close",
+    ]
     lines += [f"{name}: {value}" for name, value in (headers or {}).items()]
     return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + body
 
@@ -106,7 +111,9 @@ def guarded_protocol(config: ServeConfig, metrics: ServerMetrics, refuse_app: An
 
         def send_400_response(self, msg: str) -> None:
             metrics.connections_closed.labels("malformed_http").inc()
-            self._answer_and_close(error_bytes(400, "malformed HTTP request (not HTTP/1.1, or a bad request line or header)"))
+            self._answer_and_close(
+                error_bytes(400, "malformed HTTP request (not HTTP/1.1, or a bad request line or header)")
+            )
 
         # --- the phases
 
@@ -150,7 +157,9 @@ def guarded_protocol(config: ServeConfig, metrics: ServerMetrics, refuse_app: An
                 elif now - self._window_since >= window:
                     rate = self._window_bytes / (now - self._window_since)
                     if rate < floor:
-                        return self._cut("slow_body", f"request body arriving at {rate:.0f} B/s, under the minimum of {floor:g} B/s")
+                        return self._cut(
+                            "slow_body", f"request body arriving at {rate:.0f} B/s, under the minimum of {floor:g} B/s"
+                        )
                     self._window_since, self._window_bytes = now, 0
                 self._arm(min(self._window_since + window, self._body_since + config.body_timeout_s) - now)
 
@@ -160,7 +169,11 @@ def guarded_protocol(config: ServeConfig, metrics: ServerMetrics, refuse_app: An
 
         def _idle(self) -> bool:
             """Waiting for a request head (or kept alive): closing it loses no request."""
-            return self.admitted and self.conn.their_state is h11.IDLE and (self.cycle is None or self.cycle.response_complete)
+            return (
+                self.admitted
+                and self.conn.their_state is h11.IDLE
+                and (self.cycle is None or self.cycle.response_complete)
+            )
 
         def _make_room(self) -> None:
             admitted = [c for c in self.connections if getattr(c, "admitted", False)]
@@ -232,7 +245,11 @@ def uvicorn_config(app, **kwargs) -> uvicorn.Config:
     state = app.state.serving
     config = state.config
     options = dict(
-        http=guarded_protocol(config, state.metrics, state.refuse_app), limit_concurrency=None,
-        timeout_keep_alive=config.keep_alive_timeout_s, lifespan="on", access_log=False, server_header=False,
+        http=guarded_protocol(config, state.metrics, state.refuse_app),
+        limit_concurrency=None,
+        timeout_keep_alive=config.keep_alive_timeout_s,
+        lifespan="on",
+        access_log=False,
+        server_header=False,
     )
     return uvicorn.Config(app, **{**options, **kwargs})

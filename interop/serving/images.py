@@ -51,7 +51,12 @@ def decode_image(data: bytes, *, max_pixels: int, name: str = "image") -> np.nda
         raise ImageTooLarge(f"{name}: exceeds the decompression-bomb limit of {max_pixels} pixels ({e})") from None
     except Image.UnidentifiedImageError:
         raise BadImage(f"{name}: not an image PIL can identify ({len(data)} bytes)") from None
-    except (OSError, SyntaxError, ValueError, EOFError) as e:  # truncated or corrupt data, or a mode with no 8-bit scale
+    except (
+        OSError,
+        SyntaxError,
+        ValueError,
+        EOFError,
+    ) as e:  # truncated or corrupt data, or a mode with no 8-bit scale
         raise BadImage(f"{name}: cannot decode image ({e})") from None
 
 
@@ -61,7 +66,9 @@ def check_resized_size(image: np.ndarray, transform: EvalTransform, max_pixels: 
     scale = transform.resize_short / min(height, width)
     resized = round(height * scale) * round(width * scale)
     if resized > max_pixels:
-        raise ImageTooLarge(f"{name}: {width}x{height} image would be resized to {resized} pixels (limit {max_pixels}); aspect ratio too extreme")
+        raise ImageTooLarge(
+            f"{name}: {width}x{height} image would be resized to {resized} pixels (limit {max_pixels}); aspect ratio too extreme"
+        )
 
 
 def preprocess(data: bytes, transform: EvalTransform, *, max_pixels: int, name: str = "image") -> np.ndarray:
@@ -70,7 +77,9 @@ def preprocess(data: bytes, transform: EvalTransform, *, max_pixels: int, name: 
     return preprocess_array(image, transform, max_pixels=max_pixels, name=name)
 
 
-def preprocess_array(image: np.ndarray, transform: EvalTransform, *, max_pixels: int, name: str = "image") -> np.ndarray:
+def preprocess_array(
+    image: np.ndarray, transform: EvalTransform, *, max_pixels: int, name: str = "image"
+) -> np.ndarray:
     """RGB HWC uint8 array -> CHW float32 through the eval transform."""
     check_resized_size(image, transform, max_pixels, name)
     return np.ascontiguousarray(preprocess_eval(image, transform).transpose(2, 0, 1), dtype=np.float32)

@@ -73,7 +73,9 @@ async def _read_multipart(request: Request, max_images: int) -> list[tuple[str, 
     try:
         uploads = [(key, value) for key, value in form.multi_items() if isinstance(value, UploadFile)]
         check_count(len(uploads), max_images)
-        return [(f"image {i} ({upload.filename or key})", await upload.read()) for i, (key, upload) in enumerate(uploads)]
+        return [
+            (f"image {i} ({upload.filename or key})", await upload.read()) for i, (key, upload) in enumerate(uploads)
+        ]
     finally:
         await form.close()
 

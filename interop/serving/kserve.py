@@ -65,7 +65,9 @@ def split_binary(body: bytes, header_length: str | None) -> tuple[Any, memoryvie
     if header_length is None:
         return parse_json(body), memoryview(b"")
     if not header_length.strip().isdigit() or int(header_length) > len(body):
-        raise MalformedRequest(f"Inference-Header-Content-Length {header_length!r} is not a length within the {len(body)}-byte body")
+        raise MalformedRequest(
+            f"Inference-Header-Content-Length {header_length!r} is not a length within the {len(body)}-byte body"
+        )
     n = int(header_length)
     return parse_json(body[:n]), memoryview(body)[n:]
 
@@ -97,7 +99,9 @@ def _flat(data: Any, shape: list[int], dtype, name: str, raw: memoryview | None 
         else:
             array = np.asarray(data, dtype=dtype).reshape(-1)
     except (TypeError, ValueError, OverflowError) as e:
-        raise MalformedRequest(f"input {name}: data is not {np.dtype(dtype).name} numbers ({str(e).splitlines()[0]})") from None
+        raise MalformedRequest(
+            f"input {name}: data is not {np.dtype(dtype).name} numbers ({str(e).splitlines()[0]})"
+        ) from None
     if array.size != math.prod(shape):
         raise MalformedRequest(f"input {name}: {array.size} values for shape {shape}")
     return array.reshape(shape)
@@ -133,7 +137,9 @@ def add_kserve_routes(app: FastAPI, state) -> None:
         check_version(version)
         s = model.img_size
         return {
-            "name": model.name, "versions": ["1"], "platform": f"vitjax-{model.backend}",
+            "name": model.name,
+            "versions": ["1"],
+            "platform": f"vitjax-{model.backend}",
             "inputs": [{"name": INPUT_NAME, "datatype": "FP32", "shape": [-1, 3, s, s]}],
             "outputs": [{"name": OUTPUT_NAME, "datatype": "FP32", "shape": [-1, model.num_classes]}],
         }
@@ -149,7 +155,9 @@ def add_kserve_routes(app: FastAPI, state) -> None:
         check_version(version)
         state.check_accepting(request)
         if media_type(request) not in ("application/json", "application/octet-stream", ""):
-            raise UnsupportedMediaType(f"content type {media_type(request)!r}: send application/json (or octet-stream with the binary extension)")
+            raise UnsupportedMediaType(
+                f"content type {media_type(request)!r}: send application/json (or octet-stream with the binary extension)"
+            )
         body = decompress(await request.body(), request.headers.get("content-encoding", ""), config.max_body_bytes)
         payload, binary = split_binary(body, request.headers.get("inference-header-content-length"))
         inputs = payload.get("inputs") if isinstance(payload, dict) else None
@@ -176,7 +184,11 @@ def add_kserve_routes(app: FastAPI, state) -> None:
         data = np.ascontiguousarray(probs, dtype="<f4").tobytes()
         output["parameters"] = {"binary_data_size": len(data)}
         header = json.dumps(response).encode()
-        return Response(header + data, media_type="application/octet-stream", headers={"Inference-Header-Content-Length": str(len(header))})
+        return Response(
+            header + data,
+            media_type="application/octet-stream",
+            headers={"Inference-Header-Content-Length": str(len(header))},
+        )
 
     for prefix in ("/v2/models/{name}", "/v2/models/{name}/versions/{version}"):
         app.add_api_route(prefix, model_metadata, methods=["GET"])
@@ -195,11 +207,18 @@ def add_kserve_routes(app: FastAPI, state) -> None:
         if size is None:
             return None
         if not isinstance(size, int) or size < 0 or size != len(binary):
-            raise MalformedRequest(f"input {tensor.get('name')}: binary_data_size {size!r} but {len(binary)} bytes of binary data follow the header")
+            raise MalformedRequest(
+                f"input {tensor.get('name')}: binary_data_size {size!r} but {len(binary)} bytes of binary data follow the header"
+            )
         return binary
 
     async def _images(tensor: dict, raw: memoryview | None) -> np.ndarray:
-        name, datatype, shape, data = tensor.get("name"), tensor.get("datatype"), tensor.get("shape"), tensor.get("data")
+        name, datatype, shape, data = (
+            tensor.get("name"),
+            tensor.get("datatype"),
+            tensor.get("shape"),
+            tensor.get("data"),
+        )
         if name not in INPUTS:
             raise MalformedRequest(f"unknown input {name!r}; this model takes {EXPECTED_INPUTS}")
         if datatype != INPUTS[name]:
@@ -210,7 +229,9 @@ def add_kserve_routes(app: FastAPI, state) -> None:
         s = model.img_size
         if datatype == "FP32":
             if shape[1:] != [3, s, s]:
-                raise MalformedRequest(f"input {name}: FP32 shape {shape} does not fit the model input [N, 3, {s}, {s}]")
+                raise MalformedRequest(
+                    f"input {name}: FP32 shape {shape} does not fit the model input [N, 3, {s}, {s}]"
+                )
             x = _flat(data, shape, np.float32, name, raw)
             if not np.isfinite(x).all():
                 raise MalformedRequest(f"input {name}: NaN or infinite values (the model takes normalized pixels)")
@@ -223,7 +244,10 @@ def add_kserve_routes(app: FastAPI, state) -> None:
                 return await state.preprocess_all(blobs)
             if not isinstance(data, list) or len(data) != shape[0]:
                 raise MalformedRequest(f"input {name}: BYTES shape must be [N] or [N, 1] with N base64 strings")
-            blobs = [(f"{name}[{i}]", decode_base64(item[0] if isinstance(item, list) and item else item, f"{name}[{i}]")) for i, item in enumerate(data)]
+            blobs = [
+                (f"{name}[{i}]", decode_base64(item[0] if isinstance(item, list) and item else item, f"{name}[{i}]"))
+                for i, item in enumerate(data)
+            ]
             return await state.preprocess_all(blobs)
         if datatype == "UINT8":
             if len(shape) != 4 or shape[3] != 3:
@@ -231,5 +255,10 @@ def add_kserve_routes(app: FastAPI, state) -> None:
             if math.prod(shape) > config.max_pixels * 3 * config.max_images_per_request:
                 raise MalformedRequest(f"input {name}: shape {shape} too large")
             pixels = _flat(data, shape, np.uint8, name, raw)
-            return np.stack([preprocess_array(p, model.transform, max_pixels=config.max_pixels, name=f"{name}[{i}]") for i, p in enumerate(pixels)])
+            return np.stack(
+                [
+                    preprocess_array(p, model.transform, max_pixels=config.max_pixels, name=f"{name}[{i}]")
+                    for i, p in enumerate(pixels)
+                ]
+            )
         raise AssertionError(datatype)  # INPUTS names every datatype handled above

@@ -12,8 +12,8 @@ from __future__ import annotations
 import dataclasses
 import os
 import tempfile
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 
@@ -164,8 +164,15 @@ def load_served_model(
     num_classes = int(np.asarray(predictor.predict(np.zeros((1, 3, img_size, img_size), np.float32))).shape[-1])
     names = read_labels(labels, num_classes) if labels else default_labels(num_classes)
     return ServedModel(
-        name=name, backend=backend, predictor=predictor, transform=transform_for(name, img_size), labels=names,
-        outputs_probabilities=softmax_out, source=str(path), pad_to_buckets=backend == "jax", _workdir=workdir,
+        name=name,
+        backend=backend,
+        predictor=predictor,
+        transform=transform_for(name, img_size),
+        labels=names,
+        outputs_probabilities=softmax_out,
+        source=str(path),
+        pad_to_buckets=backend == "jax",
+        _workdir=workdir,
     )
 
 
@@ -173,4 +180,6 @@ def top_k(probs: np.ndarray, labels: Sequence[str], k: int) -> list[list[dict]]:
     """Per row: the k most probable classes as ``{"id", "name", "probability"}``, best first."""
     k = min(k, probs.shape[-1])
     order = np.argsort(-probs, axis=-1, kind="stable")[:, :k]
-    return [[{"id": int(i), "name": labels[i], "probability": float(row[i])} for i in idx] for row, idx in zip(probs, order)]
+    return [
+        [{"id": int(i), "name": labels[i], "probability": float(row[i])} for i in idx] for row, idx in zip(probs, order)
+    ]

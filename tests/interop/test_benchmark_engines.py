@@ -42,7 +42,10 @@ def test_prepare_records_export_times_and_complexity(work):
 
 @pytest.mark.parametrize(
     "engine, backend, options",
-    [("paddle-inference", "paddle-cpu", {"model_dir": "paddle"}), ("onnxruntime", "onnxruntime", {"onnx_path": "model.onnx"})],
+    [
+        ("paddle-inference", "paddle-cpu", {"model_dir": "paddle"}),
+        ("onnxruntime", "onnxruntime", {"onnx_path": "model.onnx"}),
+    ],
 )
 def test_engines_are_the_parity_reports_predictors_with_its_options(work, engine, backend, options):
     predictor = deploy_predictor(engine, MODEL, work, "cpu", threads=2)
@@ -84,7 +87,9 @@ def test_jax_engine_runs_the_predictor_s_default_matmuls_and_jax_xla_runs_xla_s(
 
 
 def test_every_inference_engine_checks_against_the_exported_models(work):
-    engines = {name: make_engine(name, MODEL, work, "cpu", threads=2) for name in ("jax", "paddle-inference", "onnxruntime")}
+    engines = {
+        name: make_engine(name, MODEL, work, "cpu", threads=2) for name in ("jax", "paddle-inference", "onnxruntime")
+    }
     assert all(isinstance(e, PredictorEngine) for e in engines.values())
     outputs = {name: np.asarray(e.check(2)) for name, e in engines.items()}
     assert outputs["jax"].shape == (2, 1000)
@@ -101,7 +106,11 @@ def test_unknown_engine_is_a_clear_error(work):
 def test_worker_serves_an_engine_over_its_json_protocol(work):
     proc = subprocess.Popen(
         [sys.executable, "-m", "benchmarks.worker", "serve", "onnxruntime", MODEL, str(work), "cpu", "1"],
-        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, cwd=ROOT,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+        cwd=ROOT,
     )
 
     def ask(**msg):

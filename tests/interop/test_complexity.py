@@ -29,7 +29,9 @@ def test_flop_counter_agrees_with_paddle_flops_rules_on_the_mirror(name):
     size = vitjax.get_spec(name).img_size
     with paddle.no_grad():
         layer(paddle.zeros([1, 3, size, size]))
-    leaf_params = sum(int(np.prod(p.shape)) for sub in layer.sublayers() if not list(sub.children()) for p in sub.parameters())
+    leaf_params = sum(
+        int(np.prod(p.shape)) for sub in layer.sublayers() if not list(sub.children()) for p in sub.parameters()
+    )
     c = count(name)
     assert c.flops_paddle == sum(int(sub.total_ops) for sub in counted)
     assert c.params_paddle == leaf_params

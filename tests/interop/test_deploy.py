@@ -57,7 +57,9 @@ def test_onnx_runtime_and_paddle_inference_give_the_jax_logits(deployed, name):
         images = random_images(name, batch=batch, seed=20 + batch)
         expected = reference.predict(images)
         for predictor in backends:
-            np.testing.assert_allclose(predictor.predict(images), expected, rtol=0, atol=ATOL, err_msg=predictor.backend)
+            np.testing.assert_allclose(
+                predictor.predict(images), expected, rtol=0, atol=ATOL, err_msg=predictor.backend
+            )
 
 
 @pytest.mark.slow
@@ -198,8 +200,21 @@ def test_parity_command_checks_every_backend_and_writes_markdown_and_json(weight
 
 
 def test_parity_command_exits_non_zero_when_a_backend_is_out_of_tolerance(weights_file, tmp_path):
-    result = run_cli("parity", str(weights_file), "--out", str(tmp_path), "--backends", "jax", "paddle-cpu",
-                     "--runs", "1", "--atol-logits", "1e-12", "--atol-probs", "1e-12")
+    result = run_cli(
+        "parity",
+        str(weights_file),
+        "--out",
+        str(tmp_path),
+        "--backends",
+        "jax",
+        "paddle-cpu",
+        "--runs",
+        "1",
+        "--atol-logits",
+        "1e-12",
+        "--atol-probs",
+        "1e-12",
+    )
     assert result.returncode == 1, result.stdout + result.stderr[-2000:]
     assert "paddle-cpu       FAILED" in result.stdout
     assert json.loads((tmp_path / "parity.json").read_text())["passed"] is False

@@ -11,8 +11,9 @@ from interop.errors import InteropError, LayerOrderMismatch, first_line
 from interop.inference import InferenceModelError, structured_state_by_order
 
 
-@pytest.mark.parametrize("error", [InferenceModelError, LayerOrderMismatch, BackendUnavailable, InputShapeError,
-                                   PaddleImportOrderError])
+@pytest.mark.parametrize(
+    "error", [InferenceModelError, LayerOrderMismatch, BackendUnavailable, InputShapeError, PaddleImportOrderError]
+)
 def test_every_interop_error_is_an_interop_error(error):
     assert issubclass(error, InteropError)
 

@@ -14,11 +14,11 @@ from pathlib import Path
 import jax
 import numpy as np
 import paddle
+import paddleclas_reference
 import pytest
 from testutil import TEST_SIZE, nhwc, random_images
 
 import interop
-import paddleclas_reference
 import vitjax
 from interop.deploy import PaddleInferencePredictor
 from interop.inference import InferenceModelError, read_inference_model
@@ -45,7 +45,9 @@ def softmax(x: np.ndarray) -> np.ndarray:
 
 def leaves_equal(a, b) -> bool:
     flat_a, flat_b = jax.tree_util.tree_flatten_with_path(a)[0], jax.tree_util.tree_flatten_with_path(b)[0]
-    return [p for p, _ in flat_a] == [p for p, _ in flat_b] and all(np.array_equal(x, y) for (_, x), (_, y) in zip(flat_a, flat_b))
+    return [p for p, _ in flat_a] == [p for p, _ in flat_b] and all(
+        np.array_equal(x, y) for (_, x), (_, y) in zip(flat_a, flat_b)
+    )
 
 
 @pytest.fixture(scope="module")
@@ -129,7 +131,9 @@ def test_a_model_exported_by_paddleclas_code_imports_back_with_identical_outputs
     paddle.jit.save(static, str(tmp_path / "inference"))  # Paddle 3.3: inference.json + .pdiparams
 
     variables = interop.load_inference_model(tmp_path)
-    assert leaves_equal(variables, interop.state_dict_to_variables({k: v.numpy() for k, v in model.state_dict().items()}, name))
+    assert leaves_equal(
+        variables, interop.state_dict_to_variables({k: v.numpy() for k, v in model.state_dict().items()}, name)
+    )
     images = random_images(name, batch=3, seed=4)
     with paddle.no_grad():
         reference = model(paddle.to_tensor(images)).numpy()
@@ -153,7 +157,9 @@ def test_legacy_models_exported_by_paddleclas_with_paddle_2_6_import_with_identi
     np.testing.assert_allclose(sums, expected["weight_sums"], rtol=1e-12, atol=1e-12)
     logits = jax_logits(name, imported.variables, expected["images"], num_classes=10)
     np.testing.assert_allclose(logits, expected["logits"], rtol=0, atol=ATOL)
-    np.testing.assert_allclose(PaddleInferencePredictor(model_dir).predict(expected["images"]), expected["probs"], rtol=0, atol=ATOL)
+    np.testing.assert_allclose(
+        PaddleInferencePredictor(model_dir).predict(expected["images"]), expected["probs"], rtol=0, atol=ATOL
+    )
 
 
 def test_legacy_export_runs_under_paddleclas_deploy_settings_with_pir_switched_off(exported, tmp_path):
@@ -166,20 +172,22 @@ def test_legacy_export_runs_under_paddleclas_deploy_settings_with_pir_switched_o
     script = f"""
 import numpy as np
 from paddle import inference
-config = inference.Config({str(dirs['legacy'])!r}, "inference")
+config = inference.Config({str(dirs["legacy"])!r}, "inference")
 config.disable_gpu(); config.set_mkldnn_cache_capacity(10); config.enable_mkldnn()
 config.set_cpu_math_library_num_threads(2); config.disable_glog_info(); config.switch_ir_optim(True)
 config.enable_memory_optim(); config.switch_use_feed_fetch_ops(False)
 predictor = inference.create_predictor(config)
-x = np.load({str(tmp_path / 'images.npy')!r})
+x = np.load({str(tmp_path / "images.npy")!r})
 handle = predictor.get_input_handle(predictor.get_input_names()[0]); handle.reshape(x.shape); handle.copy_from_cpu(x)
 predictor.run()
-np.save({str(tmp_path / 'out.npy')!r}, predictor.get_output_handle(predictor.get_output_names()[0]).copy_to_cpu())
+np.save({str(tmp_path / "out.npy")!r}, predictor.get_output_handle(predictor.get_output_names()[0]).copy_to_cpu())
 """
     env = {**os.environ, "FLAGS_enable_pir_api": "0"}
     result = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-2000:]
-    np.testing.assert_allclose(np.load(tmp_path / "out.npy"), softmax(jax_logits(name, variables, images)), rtol=0, atol=ATOL)
+    np.testing.assert_allclose(
+        np.load(tmp_path / "out.npy"), softmax(jax_logits(name, variables, images)), rtol=0, atol=ATOL
+    )
 
 
 def test_exports_take_pdparams_files_and_refuse_to_overwrite(exported, tmp_path):
@@ -235,7 +243,10 @@ def test_a_directory_of_another_architecture_is_refused(exported):
 def test_an_unknown_graph_is_refused_rather_than_mapped_to_a_wrong_model(tmp_path):
     net = paddle.nn.Sequential(paddle.nn.Conv2D(3, 8, 3), paddle.nn.Flatten(), paddle.nn.Linear(8 * 30 * 30, 10))
     net.eval()
-    paddle.jit.save(paddle.jit.to_static(net, input_spec=[paddle.static.InputSpec([None, 3, 32, 32], "float32", "x")]), str(tmp_path / "inference"))
+    paddle.jit.save(
+        paddle.jit.to_static(net, input_spec=[paddle.static.InputSpec([None, 3, 32, 32], "float32", "x")]),
+        str(tmp_path / "inference"),
+    )
     with pytest.raises(InferenceModelError, match="fit no registered DeiT/TNT model"):
         interop.load_inference_model(tmp_path)
 

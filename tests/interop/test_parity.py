@@ -47,7 +47,10 @@ def _paddleclas_model(name: str, num_classes: int = 1000):
     return paddleclas_reference.build(name, class_num=num_classes)
 
 
-@pytest.mark.parametrize("name", model_params(vitjax.list_models(include_test=True), slow_unless=("TNT_small", "DeiT_tiny_distilled_patch16_224")))
+@pytest.mark.parametrize(
+    "name",
+    model_params(vitjax.list_models(include_test=True), slow_unless=("TNT_small", "DeiT_tiny_distilled_patch16_224")),
+)
 def test_pdparams_saved_by_paddleclas_load_with_identical_logits(name, tmp_path):
     model = _paddleclas_model(name)
     path = tmp_path / f"{name}_pretrained.pdparams"
@@ -57,7 +60,9 @@ def test_pdparams_saved_by_paddleclas_load_with_identical_logits(name, tmp_path)
     np.testing.assert_allclose(ours, paddle_logits(model, images), rtol=0, atol=ATOL)
 
 
-@pytest.mark.parametrize("name", model_params(vitjax.list_models(include_test=True), slow_unless=("TNT_small", "DeiT_tiny_patch16_224")))
+@pytest.mark.parametrize(
+    "name", model_params(vitjax.list_models(include_test=True), slow_unless=("TNT_small", "DeiT_tiny_patch16_224"))
+)
 def test_pdparams_we_save_load_strictly_into_paddleclas(name, tmp_path):
     model = vitjax.create_model(name, num_classes=10)
     size = vitjax.get_spec(name).img_size
@@ -70,7 +75,9 @@ def test_pdparams_we_save_load_strictly_into_paddleclas(name, tmp_path):
     assert (missing, unexpected) == ([], [])
     assert list(paddle.load(str(path))) == list(reference.state_dict())
     images = random_images(name, batch=2, seed=2)
-    np.testing.assert_allclose(flax_logits(name, variables, images, num_classes=10), paddle_logits(reference, images), rtol=0, atol=ATOL)
+    np.testing.assert_allclose(
+        flax_logits(name, variables, images, num_classes=10), paddle_logits(reference, images), rtol=0, atol=ATOL
+    )
 
 
 @pytest.mark.parametrize("name", ["DeiT_test_distilled_patch8_32", "TNT_test_patch16_32"])
@@ -98,5 +105,7 @@ def test_deit_base_224_weights_run_at_384():
     layer = build_paddle_model("DeiT_base_patch16_224")
     variables = interop.state_dict_to_variables(state_dict_numpy(layer), "DeiT_base_patch16_224", img_size=384)
     assert variables["params"]["pos_embed"].shape == (1, 1 + 24 * 24, 768)
-    logits = flax_logits("DeiT_base_patch16_224", variables, random_images("DeiT_base_patch16_224", 1, img_size=384), img_size=384)
+    logits = flax_logits(
+        "DeiT_base_patch16_224", variables, random_images("DeiT_base_patch16_224", 1, img_size=384), img_size=384
+    )
     assert np.isfinite(logits).all()

@@ -11,7 +11,7 @@ import paddle
 import pytest
 
 import interop
-from interop.paddle_models import build_paddle_model, state_dict_numpy
+from interop.paddle_models import build_paddle_model
 from vitjax.weights.pdparams import PdparamsError, read_pdparams
 
 DEIT = "DeiT_test_distilled_patch8_32"
@@ -110,7 +110,10 @@ def test_wrong_model_lists_missing_unexpected_and_misshaped_keys(paddle_file):
 
 def test_new_head_for_fine_tuning(paddle_file):
     path = paddle_file(DEIT)
-    with pytest.raises(interop.WeightMismatchError, match=r"mis-shaped keys: head.weight \(64, 1000\) \(expected \(64, 10\)\).*head='reinit'"):
+    with pytest.raises(
+        interop.WeightMismatchError,
+        match=r"mis-shaped keys: head.weight \(64, 1000\) \(expected \(64, 10\)\).*head='reinit'",
+    ):
         interop.load_pdparams(path, DEIT, num_classes=10)
     reinit = interop.load_pdparams(path, DEIT, num_classes=10, head="reinit", seed=5)["params"]
     assert reinit["head"]["kernel"].shape == (64, 10) and reinit["head_dist"]["kernel"].shape == (64, 10)
@@ -118,7 +121,9 @@ def test_new_head_for_fine_tuning(paddle_file):
     skipped = interop.load_pdparams(path, DEIT, num_classes=10, head="skip")["params"]
     assert "head" not in skipped and "head_dist" not in skipped
     loaded = interop.load_pdparams(path, DEIT)["params"]
-    np.testing.assert_array_equal(skipped["blocks_0"]["attn"]["qkv"]["kernel"], loaded["blocks_0"]["attn"]["qkv"]["kernel"])
+    np.testing.assert_array_equal(
+        skipped["blocks_0"]["attn"]["qkv"]["kernel"], loaded["blocks_0"]["attn"]["qkv"]["kernel"]
+    )
 
 
 def test_save_never_leaves_a_half_written_file(paddle_file, tmp_path):

@@ -73,7 +73,9 @@ finally:
         pickle.dump(records, f)
 '''
 
-LINE = re.compile(r"^(?P<file>\S+):\s+class id\(s\): \[(?P<ids>[^\]]*)\], score\(s\): \[(?P<scores>[^\]]*)\], label_name\(s\): ")
+LINE = re.compile(
+    r"^(?P<file>\S+):\s+class id\(s\): \[(?P<ids>[^\]]*)\], score\(s\): \[(?P<scores>[^\]]*)\], label_name\(s\): "
+)
 
 
 def paddleclas_dir() -> Path:
@@ -134,8 +136,11 @@ def init_variables(name: str, seed: int):
     return {**variables, "params": params}
 
 
-@pytest.mark.parametrize(("name", "mkldnn"), [("TNT_test_patch16_32", True), ("DeiT_test_patch8_32", False)],
-                         ids=["TNT-onednn", "DeiT-no-onednn"])
+@pytest.mark.parametrize(
+    ("name", "mkldnn"),
+    [("TNT_test_patch16_32", True), ("DeiT_test_patch8_32", False)],
+    ids=["TNT-onednn", "DeiT-no-onednn"],
+)
 def test_paddleclas_predict_cls_script_prints_the_jax_top5_for_our_export(name, mkldnn, tmp_path):
     variables = init_variables(name, seed=3)
     model_dir = interop.export_inference_model(variables, name, tmp_path / "model", softmax=True, format="legacy")
@@ -143,13 +148,23 @@ def test_paddleclas_predict_cls_script_prints_the_jax_top5_for_our_export(name, 
     (tmp_path / "launch_predict_cls.py").write_text(LAUNCHER)
     deploy = paddleclas_dir() / "deploy"
     command = [
-        sys.executable, str(tmp_path / "launch_predict_cls.py"), str(paddleclas_dir()), str(tmp_path / "records.pkl"),
-        "python/predict_cls.py", "-c", "configs/inference_cls.yaml",
-        "-o", f"Global.inference_model_dir={model_dir}",
-        "-o", f"Global.infer_imgs={tmp_path / 'photos'}",
-        "-o", "Global.use_gpu=False",
-        "-o", f"Global.enable_mkldnn={mkldnn}",
-        "-o", "Global.cpu_num_threads=2",
+        sys.executable,
+        str(tmp_path / "launch_predict_cls.py"),
+        str(paddleclas_dir()),
+        str(tmp_path / "records.pkl"),
+        "python/predict_cls.py",
+        "-c",
+        "configs/inference_cls.yaml",
+        "-o",
+        f"Global.inference_model_dir={model_dir}",
+        "-o",
+        f"Global.infer_imgs={tmp_path / 'photos'}",
+        "-o",
+        "Global.use_gpu=False",
+        "-o",
+        f"Global.enable_mkldnn={mkldnn}",
+        "-o",
+        "Global.cpu_num_threads=2",
         *[arg for override in preprocess_overrides(name) for arg in ("-o", override)],
     ]
     env = {**os.environ, "FLAGS_enable_pir_api": "0"}
@@ -164,7 +179,7 @@ def test_paddleclas_predict_cls_script_prints_the_jax_top5_for_our_export(name, 
     probs = np.asarray(jax.nn.softmax(logits, -1))
     expected_ids = np.argsort(-probs, axis=-1)[:, :TOPK]
     # Exact id equality is meaningful only if no two of the top 6 logits are within fp32 noise.
-    gaps = -np.diff(np.take_along_axis(logits, np.argsort(-logits, -1)[:, :TOPK + 1], -1), axis=-1)
+    gaps = -np.diff(np.take_along_axis(logits, np.argsort(-logits, -1)[:, : TOPK + 1], -1), axis=-1)
     assert gaps.min() > 1e-3, f"top-{TOPK} too close to call (logit gap {gaps.min():.2e})"
 
     # 1. What the script printed: file names in order, class ids exactly, 2-decimal scores.

@@ -62,7 +62,9 @@ def jpeg(image: np.ndarray) -> bytes:
 
 def offline_top5(variables, name: str, photos) -> tuple[np.ndarray, np.ndarray]:
     """The offline reference: the eval transform + our JAX model with softmax, top-5 ids and probabilities."""
-    probs = create_predictor("jax", variables=variables, model_name=name, softmax=True).predict(photo_batch(photos, name))
+    probs = create_predictor("jax", variables=variables, model_name=name, softmax=True).predict(
+        photo_batch(photos, name)
+    )
     ids = np.argsort(-probs, axis=-1, kind="stable")[:, :5]
     return ids, np.take_along_axis(probs, ids, axis=-1)
 
@@ -135,7 +137,9 @@ def photos():
 
 
 # Limits small enough to hit cheaply in the fault tests.
-LIMITS = ServeConfig(max_batch_size=8, max_wait_ms=20, max_images_per_request=4, max_body_bytes=1 << 20, max_pixels=4_000_000)
+LIMITS = ServeConfig(
+    max_batch_size=8, max_wait_ms=20, max_images_per_request=4, max_body_bytes=1 << 20, max_pixels=4_000_000
+)
 
 
 @pytest.fixture(scope="module")
@@ -160,7 +164,10 @@ def test_server_top5_on_photos_equals_the_offline_jax_path(exported, photos, bac
             np.testing.assert_array_equal(ids[0], expected[0][i])
         labels = client.get("/labels").json()
         assert labels["num_classes"] == 1000 and labels["labels"][0] == "tench, Tinca tinca"
-        assert client.classify(encoded[:1], top_k=3).json()["predictions"][0]["top_k"][0]["name"] == labels["labels"][expected[0][0][0]]
+        assert (
+            client.classify(encoded[:1], top_k=3).json()["predictions"][0]["top_k"][0]["name"]
+            == labels["labels"][expected[0][0][0]]
+        )
 
 
 @pytest.mark.slow
@@ -172,7 +179,9 @@ def test_full_size_model_from_pdparams_serves_the_offline_jax_top5(tmp_path, pho
     weights = tmp_path / "w.pdparams"
     interop.save_pdparams(variables, name, weights)
     expected = offline_top5(variables, name, photos)
-    with serving(load_served_model(weights, backend, threads=2, max_batch_size=4), ServeConfig(max_batch_size=4)) as url:
+    with serving(
+        load_served_model(weights, backend, threads=2, max_batch_size=4), ServeConfig(max_batch_size=4)
+    ) as url:
         assert_same_top5(Client(url).classify([png(image) for _, image in photos]), expected)
 
 
@@ -196,7 +205,9 @@ def test_a_request_that_arrived_before_sigterm_is_served_though_its_body_ends_af
 
     variables, model_dir = exported
     data, expected = png(photos[3][1]), offline_top5(variables, NAME, photos[3:4])
-    with TestClient(create_app(load_served_model(model_dir, "onnxruntime", threads=1), ServeConfig(max_batch_size=2))) as client:
+    with TestClient(
+        create_app(load_served_model(model_dir, "onnxruntime", threads=1), ServeConfig(max_batch_size=2))
+    ) as client:
         state, deadline = client.app.state.serving, time.monotonic() + 120
         while client.get("/ready").status_code != 200:
             assert time.monotonic() < deadline, "never became ready"
@@ -206,8 +217,12 @@ def test_a_request_that_arrived_before_sigterm_is_served_though_its_body_ends_af
             state.draining = True  # what the server's SIGTERM handler sets
             yield data
 
-        arrived_before = client.post("/classify", content=body_during_which_sigterm_lands(), headers={"content-type": "image/png"})
-        assert_same_top5(Response(arrived_before.status_code, dict(arrived_before.headers), arrived_before.content), expected)
+        arrived_before = client.post(
+            "/classify", content=body_during_which_sigterm_lands(), headers={"content-type": "image/png"}
+        )
+        assert_same_top5(
+            Response(arrived_before.status_code, dict(arrived_before.headers), arrived_before.content), expected
+        )
         arrived_after = client.post("/classify", content=data, headers={"content-type": "image/png"})
         assert arrived_after.status_code == 503 and arrived_after.json() == {"error": "server is shutting down"}
 
@@ -216,7 +231,10 @@ def test_kserve_v2_infer_gives_the_predictor_probabilities(server, exported, pho
     variables, _ = exported
     client = Client(server)
     images = photo_batch(photos[:2], NAME)
-    request = {"id": "r1", "inputs": [{"name": "x", "datatype": "FP32", "shape": list(images.shape), "data": images.reshape(-1).tolist()}]}
+    request = {
+        "id": "r1",
+        "inputs": [{"name": "x", "datatype": "FP32", "shape": list(images.shape), "data": images.reshape(-1).tolist()}],
+    }
     reply = client.request("POST", f"/v2/models/{NAME}/infer", json.dumps(request).encode(), "application/json")
     assert reply.status == 200, reply.text
     out = reply.json()
@@ -226,7 +244,9 @@ def test_kserve_v2_infer_gives_the_predictor_probabilities(server, exported, pho
     body, _ = json_body([png(image) for _, image in photos[:2]])
     request = {"inputs": [{"name": "images", "datatype": "BYTES", "shape": [2], "data": json.loads(body)["images"]}]}
     reply = client.request("POST", f"/v2/models/{NAME}/infer", json.dumps(request).encode(), "application/json")
-    np.testing.assert_allclose(np.array(reply.json()["outputs"][0]["data"]).reshape(2, 1000), expected, rtol=0, atol=ATOL)
+    np.testing.assert_allclose(
+        np.array(reply.json()["outputs"][0]["data"]).reshape(2, 1000), expected, rtol=0, atol=ATOL
+    )
     assert client.get("/v2/health/ready").json() == {"ready": True}
     assert client.get(f"/v2/models/{NAME}").json()["inputs"][0]["shape"] == [-1, 3, 32, 32]
 
@@ -237,13 +257,19 @@ def test_kserve_v2_uint8_pixels_go_through_the_eval_transform(server, exported):
 
     variables, _ = exported
     pixels = np.random.default_rng(7).integers(0, 256, (2, 40, 52, 3), np.uint8)
-    request = {"inputs": [{"name": "pixels", "datatype": "UINT8", "shape": list(pixels.shape), "data": pixels.reshape(-1).tolist()}]}
+    request = {
+        "inputs": [
+            {"name": "pixels", "datatype": "UINT8", "shape": list(pixels.shape), "data": pixels.reshape(-1).tolist()}
+        ]
+    }
     reply = Client(server).request("POST", f"/v2/models/{NAME}/infer", json.dumps(request).encode(), "application/json")
     assert reply.status == 200, reply.text
     transform = vitjax.get_spec(NAME).eval_transform
     images = np.stack([preprocess_eval(p, transform).transpose(2, 0, 1) for p in pixels]).astype(np.float32)
     expected = create_predictor("jax", variables=variables, model_name=NAME).predict(images)
-    np.testing.assert_allclose(np.array(reply.json()["outputs"][0]["data"]).reshape(2, 1000), expected, rtol=0, atol=ATOL)
+    np.testing.assert_allclose(
+        np.array(reply.json()["outputs"][0]["data"]).reshape(2, 1000), expected, rtol=0, atol=ATOL
+    )
 
 
 def test_metrics_are_prometheus_text_with_requests_errors_latency_batches_and_queue(server, photos):
@@ -258,7 +284,11 @@ def test_metrics_are_prometheus_text_with_requests_errors_latency_batches_and_qu
     assert float(samples['vitjax_serve_errors_total{kind="empty_input"}']) >= 1
     assert float(samples['vitjax_serve_request_seconds_count{endpoint="/classify"}']) >= 2
     assert 'vitjax_serve_request_seconds_bucket{endpoint="/classify",le="0.005"}' in samples
-    assert float(samples['vitjax_serve_batch_size_bucket{le="8.0"}']) == float(samples["vitjax_serve_batch_size_count"]) >= 1
+    assert (
+        float(samples['vitjax_serve_batch_size_bucket{le="8.0"}'])
+        == float(samples["vitjax_serve_batch_size_count"])
+        >= 1
+    )
     assert float(samples["vitjax_serve_images_total"]) >= 1
     assert float(samples["vitjax_serve_queue_depth"]) == 0  # nothing waiting once the answers are in
     assert float(samples["vitjax_serve_in_flight_requests"]) == 1  # this very /metrics request
@@ -273,7 +303,9 @@ def test_serve_command_defaults_are_safe_for_a_service():
     assert args.host == "127.0.0.1" and args.backend == "paddle-cpu" and args.port == 8080
     assert args.max_body_mb == 16 and args.max_images == 32 and args.max_pixels == 40_000_000
     assert args.max_queue == 256 and args.max_concurrency == 128 and args.timeout == 30
-    assert args.header_timeout == 10 and args.body_timeout == 60 and args.keep_alive_timeout == 5  # slow or silent clients cut
+    assert (
+        args.header_timeout == 10 and args.body_timeout == 60 and args.keep_alive_timeout == 5
+    )  # slow or silent clients cut
     assert args.min_body_rate == 1024 and args.body_rate_window == 5
     with pytest.raises(ValueError, match="max_batch_size must be >= 1"):
         ServeConfig(max_batch_size=0)
@@ -285,20 +317,37 @@ def bad_requests(photo: np.ndarray) -> list[tuple[str, int, str, dict]]:
     big = np.zeros((2100, 2100, 3), np.uint8)  # 4.4 MP > LIMITS.max_pixels, a tiny PNG
     strip = np.zeros((1, 4000, 3), np.uint8)  # 4000 x 1: resized to 144000 x 36 = 5.2 MP > LIMITS.max_pixels
     many, many_type = multipart_body([good] * 5)
-    no_files = b"--b\r\nContent-Disposition: form-data; name=\"text\"\r\n\r\nhello\r\n--b--\r\n"
-    raw = lambda data, ctype="application/octet-stream": dict(method="POST", path="/classify", body=data, content_type=ctype)  # noqa: E731
-    v2 = lambda payload: dict(method="POST", path=f"/v2/models/{NAME}/infer", body=json.dumps(payload).encode(), content_type="application/json")  # noqa: E731
+    no_files = b'--b\r\nContent-Disposition: form-data; name="text"\r\n\r\nhello\r\n--b--\r\n'
+    raw = lambda data, ctype="application/octet-stream": dict(
+        method="POST", path="/classify", body=data, content_type=ctype
+    )  # noqa: E731
+    v2 = lambda payload: dict(
+        method="POST",
+        path=f"/v2/models/{NAME}/infer",
+        body=json.dumps(payload).encode(),
+        content_type="application/json",
+    )  # noqa: E731
     return [
         ("not an image", 400, "bad_image", raw(b"this is not an image" * 10, "image/jpeg")),
         ("truncated JPEG", 400, "bad_image", raw(good[: len(good) // 2], "image/jpeg")),
         ("zero-byte body", 400, "empty_input", raw(b"", "image/jpeg")),
-        ("zero-byte file", 400, "empty_input", dict(zip(("body", "content_type"), multipart_body([b""])), method="POST", path="/classify")),
+        (
+            "zero-byte file",
+            400,
+            "empty_input",
+            dict(zip(("body", "content_type"), multipart_body([b""])), method="POST", path="/classify"),
+        ),
         ("decompression bomb", 400, "image_too_large", raw(png(big))),
         ("extreme aspect ratio", 400, "image_too_large", raw(png(strip))),
         ("too many images (multipart)", 400, "too_many_images", raw(many, many_type)),
         ("too many images (JSON)", 400, "too_many_images", raw(json_body([good] * 5)[0], "application/json")),
         ("body over the limit", 413, "body_too_large", raw(b"\xff" * (LIMITS.max_body_bytes + 1), "image/jpeg")),
-        ("chunked body over the limit", 413, "body_too_large", dict(raw(b"", "image/jpeg"), chunks=[b"\xff" * 65536] * 17)),
+        (
+            "chunked body over the limit",
+            413,
+            "body_too_large",
+            dict(raw(b"", "image/jpeg"), chunks=[b"\xff" * 65536] * 17),
+        ),
         ("wrong content type", 415, "unsupported_media_type", raw(good, "text/plain")),
         ("no content type", 415, "unsupported_media_type", raw(good, None)),
         ("malformed JSON", 400, "malformed_request", raw(b'{"images": [', "application/json")),
@@ -307,12 +356,32 @@ def bad_requests(photo: np.ndarray) -> list[tuple[str, int, str, dict]]:
         ("multipart without files", 400, "empty_input", raw(no_files, "multipart/form-data; boundary=b")),
         ("multipart without a boundary", 400, "malformed_request", raw(b"garbage", "multipart/form-data")),
         ("bad top_k", 400, "malformed_request", dict(raw(good, "image/jpeg"), path="/classify?top_k=0")),
-        ("GET on classify", 405, "method_not_allowed", dict(method="GET", path="/classify", body=None, content_type=None)),
+        (
+            "GET on classify",
+            405,
+            "method_not_allowed",
+            dict(method="GET", path="/classify", body=None, content_type=None),
+        ),
         ("unknown path", 404, "not_found", dict(method="GET", path="/../../etc/passwd", body=None, content_type=None)),
         ("v2 unknown model", 404, "unknown_model", dict(v2({"inputs": []}), path="/v2/models/nope/infer")),
-        ("v2 wrong input shape", 400, "malformed_request", v2({"inputs": [{"name": "x", "datatype": "FP32", "shape": [1, 3, 8, 8], "data": [0.0] * 192}]})),
-        ("v2 unsupported datatype", 400, "malformed_request", v2({"inputs": [{"name": "x", "datatype": "INT64", "shape": [1], "data": [1]}]})),
-        ("v2 data of the wrong size", 400, "malformed_request", v2({"inputs": [{"name": "x", "datatype": "FP32", "shape": [1, 3, 32, 32], "data": [0.0]}]})),
+        (
+            "v2 wrong input shape",
+            400,
+            "malformed_request",
+            v2({"inputs": [{"name": "x", "datatype": "FP32", "shape": [1, 3, 8, 8], "data": [0.0] * 192}]}),
+        ),
+        (
+            "v2 unsupported datatype",
+            400,
+            "malformed_request",
+            v2({"inputs": [{"name": "x", "datatype": "INT64", "shape": [1], "data": [1]}]}),
+        ),
+        (
+            "v2 data of the wrong size",
+            400,
+            "malformed_request",
+            v2({"inputs": [{"name": "x", "datatype": "FP32", "shape": [1, 3, 32, 32], "data": [0.0]}]}),
+        ),
     ]
 
 
@@ -354,7 +423,7 @@ def test_every_bad_input_gets_a_one_line_4xx_while_valid_requests_stay_right(ser
         for _ in range(3):
             pool.submit(valid_traffic)
         try:
-            for what, status, kind, request in cases:
+            for what, status, _kind, request in cases:
                 got, body = send(server, **request)
                 assert got == status, f"{what}: {got} {body[:200]!r}"
                 error = json.loads(body)["error"]
@@ -402,7 +471,9 @@ def test_short_load_every_request_answered_right_none_lost_and_batched(server, e
     batches = metric(server, "vitjax_serve_batch_size_count") - batches_before
     singles = metric(server, "vitjax_serve_batch_size_bucket", 'le="1.0"') - singles_before
     assert batches < 96 and singles < batches  # dynamic batching: some batches held more than one image
-    assert metric(server, "vitjax_serve_batch_size_bucket", 'le="8.0"') == metric(server, "vitjax_serve_batch_size_count")
+    assert metric(server, "vitjax_serve_batch_size_bucket", 'le="8.0"') == metric(
+        server, "vitjax_serve_batch_size_count"
+    )
 
 
 def test_request_past_its_timeout_gets_504_and_a_full_queue_503(exported, photos):
@@ -430,9 +501,33 @@ def test_labels_file_must_match_the_model(exported, tmp_path):
 def test_sigterm_finishes_in_flight_requests_and_refuses_new_ones(exported, photos):
     variables, model_dir = exported
     data, expected = png(photos[3][1]), offline_top5(variables, NAME, photos[3:4])
-    command = [sys.executable, "-m", "interop", "serve", str(model_dir), "--backend", "onnxruntime", "--port", "0",
-               "--threads", "1", "--max-batch-size", "16", "--max-wait-ms", "3000", "--log-level", "warning"]
-    proc = subprocess.Popen(command, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    command = [
+        sys.executable,
+        "-m",
+        "interop",
+        "serve",
+        str(model_dir),
+        "--backend",
+        "onnxruntime",
+        "--port",
+        "0",
+        "--threads",
+        "1",
+        "--max-batch-size",
+        "16",
+        "--max-wait-ms",
+        "3000",
+        "--log-level",
+        "warning",
+    ]
+    proc = subprocess.Popen(
+        command,
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
     try:
         line = proc.stdout.readline()
         assert line.startswith("serving on http://127.0.0.1:"), line + proc.stderr.read()
@@ -484,7 +579,9 @@ def test_kserve_v2_refuses_non_finite_values_and_names_the_expected_tensors(serv
         status, body = infer({"inputs": [{**x, "data": [bad] + good[1:]}]})
         assert status == 400 and "NaN or infinite" in body["error"], body
     status, body = infer({"inputs": [{**x, "name": "input_1"}]})
-    assert status == 400 and "'input_1'" in body["error"] and "'x'" in body["error"] and "'images'" in body["error"], body
+    assert status == 400 and "'input_1'" in body["error"] and "'x'" in body["error"] and "'images'" in body["error"], (
+        body
+    )
     status, body = infer({"inputs": [{**x, "name": "images"}]})  # a known name with another tensor's datatype
     assert status == 400 and "BYTES" in body["error"], body
     status, body = infer({"inputs": [x], "outputs": [{"name": "logits"}]})

@@ -13,7 +13,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
-
 from test_serving import exported  # noqa: F401  (a fixture: the exported test-size model)
 from test_serving_connections import serve_command
 
@@ -48,6 +47,8 @@ def test_the_documented_json_curl_example_works_for_a_photo_larger_than_an_argum
     assert (tmp_path / "cat.jpg").stat().st_size > 300_000
     with serve_command(model_dir, "--log-level", "warning") as (proc, url):
         script = block.group(1).replace("http://127.0.0.1:8080", url)
-        done = subprocess.run(["bash", "-euo", "pipefail", "-c", script], cwd=tmp_path, capture_output=True, text=True, timeout=60)
+        done = subprocess.run(
+            ["bash", "-euo", "pipefail", "-c", script], cwd=tmp_path, capture_output=True, text=True, timeout=60
+        )
     assert done.returncode == 0, done.stderr
     assert '"predictions"' in done.stdout and '"top_k"' in done.stdout, done.stdout[:500]

@@ -41,8 +41,13 @@ class _TinyPredictor:
 
 def tiny_model() -> ServedModel:
     return ServedModel(
-        name="tiny", backend="numpy", predictor=_TinyPredictor(), transform=vitjax.get_spec("DeiT_test_patch8_32").eval_transform,
-        labels=[f"class {i}" for i in range(10)], outputs_probabilities=True, source="-",
+        name="tiny",
+        backend="numpy",
+        predictor=_TinyPredictor(),
+        transform=vitjax.get_spec("DeiT_test_patch8_32").eval_transform,
+        labels=[f"class {i}" for i in range(10)],
+        outputs_probabilities=True,
+        source="-",
     )
 
 
@@ -58,15 +63,23 @@ def png_bytes() -> bytes:
 
 # Small limits, so that every timeout fires within a second or two.
 QUICK = ServeConfig(
-    max_batch_size=4, max_wait_ms=1, max_connections=4, header_timeout_s=1.0, body_timeout_s=3.0,
-    keep_alive_timeout_s=1.0, min_body_rate=200.0, body_rate_window_s=0.5,
+    max_batch_size=4,
+    max_wait_ms=1,
+    max_connections=4,
+    header_timeout_s=1.0,
+    body_timeout_s=3.0,
+    keep_alive_timeout_s=1.0,
+    min_body_rate=200.0,
+    body_rate_window_s=0.5,
 )
 
 
 @contextlib.contextmanager
 def serving(config: ServeConfig = QUICK):
     """Our app under uvicorn with our connection guard, in a thread; yields ``(url, port)`` once ready."""
-    server = uvicorn.Server(uvicorn_config(create_app(tiny_model(), config), host="127.0.0.1", port=0, log_level="warning"))
+    server = uvicorn.Server(
+        uvicorn_config(create_app(tiny_model(), config), host="127.0.0.1", port=0, log_level="warning")
+    )
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     try:
@@ -102,7 +115,7 @@ def read_until_closed(sock: socket.socket, limit_s: float = 10.0) -> bytes:
             chunk = sock.recv(65536)
         except ConnectionResetError:
             return data
-        except socket.timeout:
+        except TimeoutError:
             continue
         if not chunk:
             return data
@@ -263,7 +276,9 @@ def test_malformed_http_gets_a_json_400():
         sock.sendall(b"NOT HTTP AT ALL\r\n\r\n")
         assert_json_error(read_until_closed(sock), 400, "HTTP")
         sock = connect(port)
-        sock.sendall(b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Big: " + b"a" * 20000)  # an unfinished head over h11's 16 KiB
+        sock.sendall(
+            b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Big: " + b"a" * 20000
+        )  # an unfinished head over h11's 16 KiB
         assert_json_error(read_until_closed(sock), 400, "HTTP")
         assert metric(url, "vitjax_serve_connections_closed_total", 'reason="malformed_http"') == 2
 
@@ -295,9 +310,29 @@ def serve_command(model_dir, *flags: str):
     import sys
     from pathlib import Path
 
-    command = [sys.executable, "-m", "interop", "serve", str(model_dir), "--backend", "onnxruntime", "--port", "0", "--threads", "1", *flags]
+    command = [
+        sys.executable,
+        "-m",
+        "interop",
+        "serve",
+        str(model_dir),
+        "--backend",
+        "onnxruntime",
+        "--port",
+        "0",
+        "--threads",
+        "1",
+        *flags,
+    ]
     repo = Path(__file__).resolve().parents[2]
-    proc = subprocess.Popen(command, cwd=repo, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    proc = subprocess.Popen(
+        command,
+        cwd=repo,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
     try:
         line = proc.stdout.readline()
         assert line.startswith("serving on http://127.0.0.1:"), line + proc.stderr.read()
@@ -317,7 +352,18 @@ def serve_command(model_dir, *flags: str):
 def test_serve_command_outlasts_more_silent_and_slow_connections_than_its_limit(exported):
     """16 connections against ``--max-concurrency 8``: 8 silent, 8 dripping their body; a valid client gets in."""
     _, model_dir = exported
-    flags = ["--max-concurrency", "8", "--header-timeout", "2", "--min-body-rate", "1000", "--body-rate-window", "1", "--log-level", "warning"]
+    flags = [
+        "--max-concurrency",
+        "8",
+        "--header-timeout",
+        "2",
+        "--min-body-rate",
+        "1000",
+        "--body-rate-window",
+        "1",
+        "--log-level",
+        "warning",
+    ]
     with serve_command(model_dir, *flags) as (proc, url):
         port = int(url.rsplit(":", 1)[1])
         stop, socks, drippers = threading.Event(), [], []
@@ -335,7 +381,9 @@ def test_serve_command_outlasts_more_silent_and_slow_connections_than_its_limit(
                 replies.append(client.classify([png_bytes()]))
                 if replies[-1].status != 503:
                     break
-                assert replies[-1].json()["error"] and int(replies[-1].headers["retry-after"]) >= 1  # JSON, with Retry-After
+                assert (
+                    replies[-1].json()["error"] and int(replies[-1].headers["retry-after"]) >= 1
+                )  # JSON, with Retry-After
                 time.sleep(0.5)
             assert replies[-1].status == 200, replies[-1].text
             assert time.monotonic() - start < 10

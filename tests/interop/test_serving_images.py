@@ -14,11 +14,11 @@ import io
 import numpy as np
 import pytest
 from PIL import Image
+from test_serving import NAME, assert_same_top5, exported, offline_top5, serving  # noqa: F401  (exported: a fixture)
 
 from interop.serving import ServeConfig
 from interop.serving.client import Client
 from interop.serving.images import decode_image
-from test_serving import NAME, assert_same_top5, exported, offline_top5, serving  # noqa: F401  (exported: a fixture)
 from vitjax.data.transforms import load_rgb
 
 cv2 = pytest.importorskip("cv2")
@@ -58,16 +58,41 @@ def la_png() -> bytes:
 
 # (name, encoded bytes, the RGB pixels a decoder must give, lossless so that OpenCV must agree exactly)
 CASES = [
-    ("16-bit gray PNG", encode(Image.fromarray(GRAY16), "PNG"), np.repeat((GRAY16 >> 8).astype(np.uint8)[..., None], 3, -1), True),
+    (
+        "16-bit gray PNG",
+        encode(Image.fromarray(GRAY16), "PNG"),
+        np.repeat((GRAY16 >> 8).astype(np.uint8)[..., None], 3, -1),
+        True,
+    ),
     ("16-bit RGB PNG", rgb16_png(), (RGB16 >> 8).astype(np.uint8), True),
     ("16-bit gray TIFF (I;16B)", encode(Image.fromarray(GRAY16.astype(">u2")), "TIFF"), None, False),
     ("palette PNG", palette_png(False), np.asarray(Image.fromarray(RGB).quantize(16).convert("RGB")), True),
-    ("palette PNG with transparency", palette_png(True), np.asarray(Image.fromarray(RGB).quantize(16).convert("RGB")), True),
+    (
+        "palette PNG with transparency",
+        palette_png(True),
+        np.asarray(Image.fromarray(RGB).quantize(16).convert("RGB")),
+        True,
+    ),
     ("LA PNG", la_png(), np.repeat(RGB[..., :1], 3, -1), True),
     ("CMYK JPEG", encode(Image.fromarray(RGB).convert("CMYK"), "JPEG", quality=95), None, False),
-    ("JPEG, EXIF orientation 6 (rotate 90 clockwise)", encode(Image.fromarray(RGB), "JPEG", quality=95, exif=exif(6)), "rot6", False),
-    ("JPEG, EXIF orientation 3 (rotate 180)", encode(Image.fromarray(RGB), "JPEG", quality=95, exif=exif(3)), "rot3", False),
-    ("JPEG, EXIF orientation 8 (rotate 90 counter-clockwise)", encode(Image.fromarray(RGB), "JPEG", quality=95, exif=exif(8)), "rot8", False),
+    (
+        "JPEG, EXIF orientation 6 (rotate 90 clockwise)",
+        encode(Image.fromarray(RGB), "JPEG", quality=95, exif=exif(6)),
+        "rot6",
+        False,
+    ),
+    (
+        "JPEG, EXIF orientation 3 (rotate 180)",
+        encode(Image.fromarray(RGB), "JPEG", quality=95, exif=exif(3)),
+        "rot3",
+        False,
+    ),
+    (
+        "JPEG, EXIF orientation 8 (rotate 90 counter-clockwise)",
+        encode(Image.fromarray(RGB), "JPEG", quality=95, exif=exif(8)),
+        "rot8",
+        False,
+    ),
 ]
 ROTATIONS = {"rot6": -1, "rot3": 2, "rot8": 1}  # np.rot90's k for each EXIF orientation
 
@@ -100,7 +125,10 @@ def test_decoding_scales_rotates_and_converts_like_paddleclas_opencv(tmp_path, n
 def test_32_bit_and_float_images_are_refused_with_a_reason():
     from interop.serving.errors import BadImage
 
-    for image in (Image.fromarray(GRAY16.astype(np.int32) * 4096, "I"), Image.fromarray(GRAY16.astype(np.float32), "F")):
+    for image in (
+        Image.fromarray(GRAY16.astype(np.int32) * 4096, "I"),
+        Image.fromarray(GRAY16.astype(np.float32), "F"),
+    ):
         with pytest.raises(BadImage, match="no agreed 8-bit scale"):
             decode_image(encode(image, "TIFF"), max_pixels=10**6)
 
@@ -114,9 +142,11 @@ def test_the_server_answers_each_kind_of_image_as_the_offline_path_does(exported
         (tmp_path / f"{i}").write_bytes(data)
         photos.append((name, load_rgb(tmp_path / f"{i}")))
     expected = offline_top5(variables, NAME, photos)
-    with serving(load_served_model(model_dir, "onnxruntime", threads=1), ServeConfig(max_batch_size=4, max_images_per_request=16)) as url:
+    with serving(
+        load_served_model(model_dir, "onnxruntime", threads=1), ServeConfig(max_batch_size=4, max_images_per_request=16)
+    ) as url:
         client = Client(url)
         assert_same_top5(client.classify([data for _, data, _, _ in CASES]), expected)
-        for i, (name, data, _, _) in enumerate(CASES):
+        for i, (_name, data, _, _) in enumerate(CASES):
             reply = client.classify([data], encoding="raw")
             assert_same_top5(reply, (expected[0][i : i + 1], expected[1][i : i + 1]))

@@ -9,17 +9,19 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from test_serving import ATOL, NAME, exported, photos, png, server  # noqa: F401  (fixtures)
 
 from interop.deploy import create_predictor
 from interop.parity import photo_batch
-from test_serving import ATOL, NAME, exported, photos, png, server  # noqa: F401  (fixtures)
 
 httpclient = pytest.importorskip("tritonclient.http")
 
 
 @pytest.mark.parametrize("binary", [True, False], ids=["binary", "json"])
 @pytest.mark.parametrize("compression", [None, "gzip", "deflate"])
-def test_tritonclient_fp32_and_bytes_inputs_give_the_predictor_probabilities(server, exported, photos, binary, compression):
+def test_tritonclient_fp32_and_bytes_inputs_give_the_predictor_probabilities(
+    server, exported, photos, binary, compression
+):
     variables, _ = exported
     images = photo_batch(photos[:2], NAME)
     expected = create_predictor("jax", variables=variables, model_name=NAME).predict(images)
@@ -32,7 +34,9 @@ def test_tritonclient_fp32_and_bytes_inputs_give_the_predictor_probabilities(ser
         np.testing.assert_allclose(result.as_numpy("probabilities"), expected, rtol=0, atol=ATOL)
         if binary:  # encoded images; no outputs named: tritonclient asks for binary outputs (binary_data_output)
             blobs = httpclient.InferInput("images", [2], "BYTES")
-            blobs.set_data_from_numpy(np.array([png(image) for _, image in photos[:2]], dtype=np.object_), binary_data=True)
+            blobs.set_data_from_numpy(
+                np.array([png(image) for _, image in photos[:2]], dtype=np.object_), binary_data=True
+            )
             result = client.infer(NAME, [blobs], model_version="1", request_compression_algorithm=compression)
             np.testing.assert_allclose(result.as_numpy("probabilities"), expected, rtol=0, atol=ATOL)
         else:  # (in JSON, tritonclient sends BYTES as UTF-8 text; this server takes base64 strings there)
@@ -44,7 +48,13 @@ def test_tritonclient_fp32_and_bytes_inputs_give_the_predictor_probabilities(ser
 def test_a_bad_binary_header_length_is_a_json_400(server):
     from interop.serving.client import Client
 
-    reply = Client(server).request("POST", f"/v2/models/{NAME}/infer", b'{"inputs": []}', "application/octet-stream", {"Inference-Header-Content-Length": "999"})
+    reply = Client(server).request(
+        "POST",
+        f"/v2/models/{NAME}/infer",
+        b'{"inputs": []}',
+        "application/octet-stream",
+        {"Inference-Header-Content-Length": "999"},
+    )
     assert reply.status == 400 and "Inference-Header-Content-Length" in reply.json()["error"]
     reply = Client(server).request("POST", f"/v2/models/{NAME}/versions/7/infer", b"{}", "application/json")
     assert reply.status == 404 and "version" in reply.json()["error"]

@@ -11,8 +11,12 @@ import skimage.data
 import vitjax
 from vitjax.data.transforms import preprocess_eval
 
-PHOTOS = {"astronaut": skimage.data.astronaut(), "chelsea": skimage.data.chelsea(), "coffee": skimage.data.coffee(),
-          "rocket": skimage.data.rocket()}
+PHOTOS = {
+    "astronaut": skimage.data.astronaut(),
+    "chelsea": skimage.data.chelsea(),
+    "coffee": skimage.data.coffee(),
+    "rocket": skimage.data.rocket(),
+}
 
 
 @pytest.mark.parametrize("model_name", ["DeiT_base_patch16_224", "DeiT_base_patch16_384", "TNT_small"])

@@ -11,10 +11,12 @@ class VitjaxTestShapes(tfds.core.GeneratorBasedBuilder):
 
     def _info(self):
         return self.dataset_info_from_configs(
-            features=tfds.features.FeaturesDict({
-                "image": tfds.features.Image(shape=(24, 24, 3)),
-                "label": tfds.features.ClassLabel(names=["squares", "stripes", "noise"]),
-            }),
+            features=tfds.features.FeaturesDict(
+                {
+                    "image": tfds.features.Image(shape=(24, 24, 3)),
+                    "label": tfds.features.ClassLabel(names=["squares", "stripes", "noise"]),
+                }
+            ),
             supervised_keys=("image", "label"),
         )
 

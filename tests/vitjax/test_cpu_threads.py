@@ -26,7 +26,12 @@ def _run_a_computation():
 
 
 def test_workers_are_read_by_thread_name(tmp_path):
-    for tid, name in ((10, "python"), (12, XLA_WORKER_THREAD_NAME), (11, XLA_WORKER_THREAD_NAME), (13, "tf_XLACompile")):
+    for tid, name in (
+        (10, "python"),
+        (12, XLA_WORKER_THREAD_NAME),
+        (11, XLA_WORKER_THREAD_NAME),
+        (13, "tf_XLACompile"),
+    ):
         (tmp_path / str(tid)).mkdir()
         (tmp_path / str(tid) / "comm").write_text(name + "\n")
     assert xla_worker_threads(tmp_path) == [11, 12]

@@ -17,8 +17,12 @@ from vitjax.data.pipeline import EvalLoader, TrainLoader
 from vitjax.data.sources import DataError, DigitsSource, FileListSource, ImageFolderSource, TfdsSource, make_source
 from vitjax.data.transforms import ImageError, preprocess_eval
 
-PHOTOS = {"astronaut": skimage.data.astronaut(), "chelsea": skimage.data.chelsea(), "coffee": skimage.data.coffee(),
-          "rocket": skimage.data.rocket()}
+PHOTOS = {
+    "astronaut": skimage.data.astronaut(),
+    "chelsea": skimage.data.chelsea(),
+    "coffee": skimage.data.coffee(),
+    "rocket": skimage.data.rocket(),
+}
 
 
 def write_images(root, count=12, size=(40, 30), classes=3):
@@ -108,14 +112,29 @@ def test_batches_are_a_pure_function_of_the_step_and_hosts_read_disjoint_slices(
 def test_train_augmentation_is_deterministic_per_seed_and_stays_normalized():
     from ml_collections import ConfigDict
 
-    augment = ConfigDict(dict(random_resized_crop=True, crop_scale=(0.08, 1.0), interpolation="bicubic", hflip=True,
-                              randaugment="rand-m9-mstd0.5-inc1", random_erasing=0.25))
+    augment = ConfigDict(
+        dict(
+            random_resized_crop=True,
+            crop_scale=(0.08, 1.0),
+            interpolation="bicubic",
+            hflip=True,
+            randaugment="rand-m9-mstd0.5-inc1",
+            random_erasing=0.25,
+        )
+    )
     image = PHOTOS["chelsea"]
-    make = lambda seed: train_transform(image, np.random.default_rng(seed), size=64, mean=(0.5,) * 3, std=(0.5,) * 3, augment=augment)  # noqa: E731
+    make = lambda seed: train_transform(
+        image, np.random.default_rng(seed), size=64, mean=(0.5,) * 3, std=(0.5,) * 3, augment=augment
+    )  # noqa: E731
     a, b, c = make(1), make(1), make(2)
     np.testing.assert_array_equal(a, b)
     assert a.shape == (64, 64, 3) and not np.array_equal(a, c)
-    assert parse_randaugment("rand-m9-mstd0.5-inc1") == {"magnitude": 9.0, "magnitude_std": 0.5, "num_ops": 2, "prob": 0.5}
+    assert parse_randaugment("rand-m9-mstd0.5-inc1") == {
+        "magnitude": 9.0,
+        "magnitude_std": 0.5,
+        "num_ops": 2,
+        "prob": 0.5,
+    }
     with pytest.raises(ValueError, match="unknown RandAugment option"):
         parse_randaugment("rand-m9-x3")
     out = rand_augment(Image.fromarray(image), np.random.default_rng(0), magnitude=9, num_ops=4, prob=1.0)
@@ -142,16 +161,22 @@ def test_tfds_source_builds_and_reads_a_local_dataset(tmp_path, local_tfds_datas
 def test_training_runs_on_tfds_and_on_file_lists(tmp_path, local_tfds_dataset):
     from test_train import tiny_config
 
-    config = tiny_config(num_steps=2, eval_batch_size=8, **{"model.num_classes": 3, "data.source": "tfds:vitjax_test_shapes",
-                                                              "data.data_dir": str(tmp_path / "tfds")})
+    config = tiny_config(
+        num_steps=2,
+        eval_batch_size=8,
+        **{"model.num_classes": 3, "data.source": "tfds:vitjax_test_shapes", "data.data_dir": str(tmp_path / "tfds")},
+    )
     results = train.train_and_evaluate(config, tmp_path / "tfds_run")
     assert results["count"] == 12
 
     lines = write_images(tmp_path / "files", count=16)
     (tmp_path / "files" / "train_list.txt").write_text("\n".join(lines) + "\n")
     (tmp_path / "files" / "val_list.txt").write_text("\n".join(lines[:8]) + "\n")
-    config = tiny_config(num_steps=2, eval_batch_size=8, **{"model.num_classes": 3, "data.source": "filelist",
-                                                              "data.root": str(tmp_path / "files")})
+    config = tiny_config(
+        num_steps=2,
+        eval_batch_size=8,
+        **{"model.num_classes": 3, "data.source": "filelist", "data.root": str(tmp_path / "files")},
+    )
     assert train.train_and_evaluate(config, tmp_path / "files_run")["count"] == 8
 
 
@@ -174,7 +199,9 @@ def test_image_folder_source_takes_class_names_from_sorted_folder_names(tmp_path
     train_source = ImageFolderSource(tmp_path / "train")
     assert train_source.class_names == ("ant", "cat", "zebra") and train_source.num_classes == 3
     assert len(train_source) == 7 and list(train_source.labels) == [0, 0, 0, 1, 1, 2, 2]
-    assert train_source.describe(3).endswith("cat/img_0.jpg") and train_source.describe(4).endswith("cat/more/deeper/img_0.jpg")
+    assert train_source.describe(3).endswith("cat/img_0.jpg") and train_source.describe(4).endswith(
+        "cat/more/deeper/img_0.jpg"
+    )
     image, label = train_source.load(1)
     assert image.shape == (30, 40, 3) and image.dtype == np.uint8 and label == 0
     val = ImageFolderSource(tmp_path / "val", class_names=train_source.class_names)
@@ -222,12 +249,14 @@ def test_training_and_prediction_on_an_image_folder(tmp_path):
     write_folder(tmp_path / "data" / "train", classes)
     write_folder(tmp_path / "data" / "val", {"apple": 3, "cherry": 2})
     overrides = {"model.num_classes": 3, "data.source": "folder", "data.root": str(tmp_path / "data")}
-    results = train.train_and_evaluate(tiny_config(num_steps=2, batch_size=8, eval_batch_size=8, **overrides),
-                                       tmp_path / "run")
+    results = train.train_and_evaluate(
+        tiny_config(num_steps=2, batch_size=8, eval_batch_size=8, **overrides), tmp_path / "run"
+    )
     assert results["count"] == 5
     image = tmp_path / "data" / "val" / "apple" / "img_0.jpg"
-    predictions = train.predict(tiny_config(**overrides, **{"predict.images": str(image), "predict.topk": 3}),
-                                tmp_path / "run")
+    predictions = train.predict(
+        tiny_config(**overrides, **{"predict.images": str(image), "predict.topk": 3}), tmp_path / "run"
+    )
     assert sorted(name for name, _ in predictions[0]) == sorted(classes)
 
 
@@ -250,7 +279,9 @@ class PathFinderWithoutTensorFlow(importlib.machinery.PathFinder):
 sys.meta_path[:] = [PathFinderWithoutTensorFlow if f is importlib.machinery.PathFinder else f for f in sys.meta_path]
 """
 
-NO_TENSORFLOW_RUN = WITHOUT_TENSORFLOW + """
+NO_TENSORFLOW_RUN = (
+    WITHOUT_TENSORFLOW
+    + """
 import pathlib
 import pytest
 tests, root = sys.argv[1:3]
@@ -274,6 +305,7 @@ print(error.value)
 loaded = sorted(m for m in sys.modules if m.partition(".")[0] in ("tensorflow", "tensorflow_datasets"))
 assert not loaded, loaded
 """
+)
 
 
 def test_folder_training_and_digits_need_no_tensorflow_and_tfds_names_its_extra(tmp_path):

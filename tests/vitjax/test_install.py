@@ -18,12 +18,26 @@ pytestmark = pytest.mark.install
 
 REPO = Path(__file__).resolve().parents[2]
 # What a Colab runtime brings and a plain install must never replace.
-RUNTIME_PACKAGES = {"jax", "jaxlib", "libtpu", "libtpu-nightly", "jax-cuda12-plugin", "jax-cuda12-pjrt",
-                    "tensorflow", "tensorflow-cpu"}
+RUNTIME_PACKAGES = {
+    "jax",
+    "jaxlib",
+    "libtpu",
+    "libtpu-nightly",
+    "jax-cuda12-plugin",
+    "jax-cuda12-pjrt",
+    "tensorflow",
+    "tensorflow-cpu",
+}
 # A JAX release inside `jax>=0.10.2`, other than the one the locked environment runs.
 RUNTIME_JAX = "0.10.2"
 # Colab's JAX stack for that release: the versions requirements/py3.11.txt tests together.
-COLAB_STACK = (f"jax=={RUNTIME_JAX}", f"jaxlib=={RUNTIME_JAX}", "flax==0.12.8", "optax==0.2.8", "orbax-checkpoint==0.12.8")
+COLAB_STACK = (
+    f"jax=={RUNTIME_JAX}",
+    f"jaxlib=={RUNTIME_JAX}",
+    "flax==0.12.8",
+    "optax==0.2.8",
+    "orbax-checkpoint==0.12.8",
+)
 
 
 def run(*cmd: str | Path, cwd: Path | None = None) -> str:
@@ -35,7 +49,9 @@ def run(*cmd: str | Path, cwd: Path | None = None) -> str:
 def would_install(python: Path, *requirements: str) -> dict[str, str]:
     """{normalised name: version} of what ``pip install requirements...`` would install or change."""
     report = json.loads(run(python, "-m", "pip", "install", "--dry-run", "--quiet", "--report", "-", *requirements))
-    return {item["metadata"]["name"].lower().replace("_", "-"): item["metadata"]["version"] for item in report["install"]}
+    return {
+        item["metadata"]["name"].lower().replace("_", "-"): item["metadata"]["version"] for item in report["install"]
+    }
 
 
 @pytest.fixture(scope="module")

@@ -50,12 +50,12 @@ def test_matmul_reads_transposed_operands_in_place_and_equals_numpy(batch, m, k,
 def test_matmul_scales_its_result_as_a_multiply_after_it_would():
     rng = np.random.default_rng(1)
     a, b = rng.standard_normal((4, 30, 64), np.float32), rng.standard_normal((4, 30, 64), np.float32)
-    scale = 64 ** -0.5
+    scale = 64**-0.5
     scaled = jax.jit(lambda x, y: onednn.matmul(x, y, transpose_b=True, alpha=scale))(a, b)
     after = jax.jit(lambda x, y: onednn.matmul(x, y, transpose_b=True) * scale)(a, b)
     np.testing.assert_array_equal(scaled, after)
-    odd = jax.jit(lambda x, y: onednn.matmul(x, y, transpose_b=True, alpha=6 ** -0.5))(a, b)
-    assert rel_err(odd, np.matmul(a, b.swapaxes(1, 2)) * 6 ** -0.5) < 1e-6
+    odd = jax.jit(lambda x, y: onednn.matmul(x, y, transpose_b=True, alpha=6**-0.5))(a, b)
+    assert rel_err(odd, np.matmul(a, b.swapaxes(1, 2)) * 6**-0.5) < 1e-6
 
 
 @pytest.mark.skipif(not os.path.isdir("/proc/self/task"), reason="counts threads in /proc (Linux)")
@@ -117,8 +117,13 @@ def test_dense_dot_general_takes_empty_inputs():
     dims = (((1,), (0,)), ((), ()))
     no_features = jax.jit(lambda x, w: onednn.dense_dot_general(x, w, dims))(jnp.ones((13, 0)), jnp.ones((0, 9)))
     np.testing.assert_array_equal(no_features, np.zeros((13, 9), np.float32))  # an empty sum
-    assert jax.jit(lambda x, w: onednn.dense_dot_general(x, w, dims))(jnp.ones((0, 5)), jnp.ones((5, 3))).shape == (0, 3)
-    d_w = jax.grad(lambda x, w: onednn.dense_dot_general(x, w, dims).sum(), argnums=1)(jnp.ones((0, 5)), jnp.ones((5, 3)))
+    assert jax.jit(lambda x, w: onednn.dense_dot_general(x, w, dims))(jnp.ones((0, 5)), jnp.ones((5, 3))).shape == (
+        0,
+        3,
+    )
+    d_w = jax.grad(lambda x, w: onednn.dense_dot_general(x, w, dims).sum(), argnums=1)(
+        jnp.ones((0, 5)), jnp.ones((5, 3))
+    )
     np.testing.assert_array_equal(d_w, np.zeros((5, 3), np.float32))
 
 
@@ -133,12 +138,14 @@ def attention_reference(q, k, v, slots):
 
 # Tiles: heads x batch below the thread count cuts the query rows (1 x 3 heads, 37 tokens);
 # many short sequences group batch entries (40 x 16 tokens, TNT's inner attention); odd sizes.
-@pytest.mark.parametrize("batch, tokens, heads, head_dim", [(1, 37, 3, 8), (6, 37, 2, 8), (40, 16, 4, 6), (3, 5, 2, 4), (1, 1, 1, 1)])
+@pytest.mark.parametrize(
+    "batch, tokens, heads, head_dim", [(1, 37, 3, 8), (6, 37, 2, 8), (40, 16, 4, 6), (3, 5, 2, 4), (1, 1, 1, 1)]
+)
 def test_attention_takes_q_k_v_from_packed_projections_and_equals_softmax_attention(batch, tokens, heads, head_dim):
     rng = np.random.default_rng(4)
     qkv = rng.standard_normal((batch, tokens, 3, heads, head_dim), np.float32) * 2
     v_alone = rng.standard_normal((batch, tokens, 1, heads, head_dim), np.float32)
-    scale = head_dim ** -0.5
+    scale = head_dim**-0.5
     cases = {  # DeiT's one qkv array; TNT's qk and v; any slot order
         "qkv": ((qkv, qkv, qkv), (0, 1, 2)),
         "qk+v": ((qkv[:, :, :2], qkv[:, :, :2], v_alone), (0, 1, 0)),
@@ -261,19 +268,24 @@ def test_kernel_links_a_private_copy_of_onednn_so_paddles_can_load_beside_it(tmp
     library = onednn.build(tmp_path)
     needed = subprocess.run(["readelf", "-d", str(library)], capture_output=True, text=True, check=True).stdout
     assert f"[{onednn.PRIVATE_SONAME}]" in needed and "[libdnnl.so.3]" not in needed
-    private = subprocess.run(["readelf", "-d", str(library.parent / onednn.PRIVATE_SONAME)], capture_output=True, text=True,
-                             check=True).stdout
+    private = subprocess.run(
+        ["readelf", "-d", str(library.parent / onednn.PRIVATE_SONAME)], capture_output=True, text=True, check=True
+    ).stdout
     assert f"Library soname: [{onednn.PRIVATE_SONAME}]" in private
     # both load in one process, ours first, then a library of the public soname (as `import paddle` does)
-    script = (f"import ctypes; k = ctypes.CDLL({str(library)!r}); "
-              f"p = ctypes.CDLL({str(onednn.onednn_paths()[1])!r}); "
-              "print(k.VitjaxOnednnVersion(), p.dnnl_version is not None)")
+    script = (
+        f"import ctypes; k = ctypes.CDLL({str(library)!r}); "
+        f"p = ctypes.CDLL({str(onednn.onednn_paths()[1])!r}); "
+        "print(k.VitjaxOnednnVersion(), p.dnnl_version is not None)"
+    )
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
     assert done.stdout.split()[1] == "True"
 
 
 def test_missing_runtime_names_the_extra_to_install():
-    with pytest.raises(onednn.KernelUnavailable, match=r"not-a-onednn-dist is not installed: pip install 'vitjax\[cpu-kernels\]'"):
+    with pytest.raises(
+        onednn.KernelUnavailable, match=r"not-a-onednn-dist is not installed: pip install 'vitjax\[cpu-kernels\]'"
+    ):
         onednn._dist_file("not-a-onednn-dist", "libdnnl.so")
 
 

@@ -41,8 +41,9 @@ def assert_same_batches(streamed, computed):
 
 
 @pytest.mark.parametrize("worker_kind,num_workers", [("threads", 0), ("threads", 3), ("processes", 2)])
-def test_streamed_batches_equal_the_batches_of_their_steps_and_skips_are_counted_alike(tmp_path, worker_kind,
-                                                                                       num_workers):
+def test_streamed_batches_equal_the_batches_of_their_steps_and_skips_are_counted_alike(
+    tmp_path, worker_kind, num_workers
+):
     source = file_list_with_bad_images(tmp_path)  # 11 entries, 2 unreadable
     streaming = TrainLoader(source, noisy_eval_transform, 4, seed=5, num_workers=num_workers, worker_kind=worker_kind)
     batches = streaming.iterate(2)  # a run resumed at step 2
@@ -58,8 +59,9 @@ def test_streamed_batches_equal_the_batches_of_their_steps_and_skips_are_counted
 @pytest.mark.parametrize("worker_kind", ["threads", "processes"])
 def test_a_bad_image_stops_the_stream_naming_the_file_when_configured(tmp_path, worker_kind):
     source = file_list_with_bad_images(tmp_path)
-    loader = TrainLoader(source, noisy_eval_transform, 11, seed=0, num_workers=2, worker_kind=worker_kind,
-                         on_bad_image="fail")
+    loader = TrainLoader(
+        source, noisy_eval_transform, 11, seed=0, num_workers=2, worker_kind=worker_kind, on_bad_image="fail"
+    )
     with pytest.raises(ImageError, match=r"(img_3.jpg: cannot decode image|gone.jpg: no such file)"):
         next(loader.iterate(0))
 
@@ -86,6 +88,7 @@ def test_training_with_process_workers_takes_the_same_steps_as_with_threads(tmp_
     from vitjax import train
 
     for kind in ("threads", "processes"):
-        train.train_and_evaluate(tiny_config(num_steps=3, **{"data.worker_kind": kind, "data.num_workers": 2}),
-                                 tmp_path / kind)
+        train.train_and_evaluate(
+            tiny_config(num_steps=3, **{"data.worker_kind": kind, "data.num_workers": 2}), tmp_path / kind
+        )
     assert_params_close(final_params(tmp_path / "threads"), final_params(tmp_path / "processes"), atol=0.0)

@@ -47,9 +47,7 @@ def test_params_and_flops_reproduce_paddleclas_table(name):
 
 
 def test_model_table_command_prints_every_model():
-    out = subprocess.run(
-        [sys.executable, "-m", "vitjax.models"], check=True, capture_output=True, text=True
-    ).stdout
+    out = subprocess.run([sys.executable, "-m", "vitjax.models"], check=True, capture_output=True, text=True).stdout
     for name in PADDLECLAS_TABLE:
         assert f"| {name} |" in out
     assert "| DeiT_tiny_patch16_224 | 5.68 | 1.07 | 1.25 |" in out
@@ -108,8 +106,15 @@ def test_wrong_input_shape_is_a_clear_error():
 
 
 def test_every_model_carries_its_paddleclas_eval_transform():
-    deit, deit384, tnt = (vitjax.get_spec(n).eval_transform for n in ("DeiT_base_patch16_224", "DeiT_base_patch16_384", "TNT_small"))
-    assert (deit.resize_short, deit.crop_size, deit.interpolation, deit.mean) == (256, 224, "bicubic", (0.485, 0.456, 0.406))
+    deit, deit384, tnt = (
+        vitjax.get_spec(n).eval_transform for n in ("DeiT_base_patch16_224", "DeiT_base_patch16_384", "TNT_small")
+    )
+    assert (deit.resize_short, deit.crop_size, deit.interpolation, deit.mean) == (
+        256,
+        224,
+        "bicubic",
+        (0.485, 0.456, 0.406),
+    )
     assert (deit384.resize_short, deit384.crop_size) == (438, 384)
     assert (tnt.resize_short, tnt.crop_size, tnt.mean, tnt.std) == (248, 224, (0.5,) * 3, (0.5,) * 3)
 
@@ -145,8 +150,9 @@ def test_layer_norm_gradient_is_autodiff_of_paddles_two_pass_formula():
 
     x = jax.random.normal(jax.random.key(0), (4, 7, 48)) * 3 + 1
     norm = layer_norm(1e-6, "norm")
-    params = jax.tree.map(lambda a: a + 0.1 * jax.random.normal(jax.random.key(2), a.shape),
-                          norm.init(jax.random.key(1), x)["params"])
+    params = jax.tree.map(
+        lambda a: a + 0.1 * jax.random.normal(jax.random.key(2), a.shape), norm.init(jax.random.key(1), x)["params"]
+    )
     weights = jax.random.normal(jax.random.key(3), x.shape)
 
     def two_pass(p, x):
@@ -194,7 +200,8 @@ def test_attention_gradient_is_autodiff_of_the_softmax_formula(shape, matmul):
     np.testing.assert_allclose(_sum_over_queries_reduce(q, v), _sum_over_queries_matmul(q, v), atol=1e-5, rtol=1e-5)
     # bfloat16 inputs get bfloat16 gradients (the cotangent dtype must match the input's)
     low = jax.grad(lambda *a: jnp.sum(attention(*a).astype(jnp.float32)), argnums=(0, 1, 2))(
-        *(t.astype(jnp.bfloat16) for t in (q, k, v)))
+        *(t.astype(jnp.bfloat16) for t in (q, k, v))
+    )
     assert all(g.dtype == jnp.bfloat16 for g in low)
     lowered = jax.jit(attention).lower(*(t.astype(jnp.bfloat16) for t in (q, k, v))).as_text()
     assert "vitjax_onednn_matmul" not in lowered  # bfloat16 stays with XLA's matmuls

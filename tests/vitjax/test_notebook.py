@@ -20,7 +20,9 @@ def notebook_as_script() -> str:
         if cell["cell_type"] == "code":
             lines += [line.rstrip("\n") for line in cell["source"] if not line.lstrip().startswith("!")]
             lines.append("")
-    return "\n".join(lines).replace("from IPython.display import Image", "Image = lambda path: open(path, 'rb').read(4)")
+    return "\n".join(lines).replace(
+        "from IPython.display import Image", "Image = lambda path: open(path, 'rb').read(4)"
+    )
 
 
 @pytest.mark.slow
@@ -29,6 +31,8 @@ def test_colab_notebook_runs_on_cpu(tmp_path):
     script = tmp_path / "notebook.py"
     script.write_text(notebook_as_script() + "\nassert results['top1'] > 0.5, results\nprint('NOTEBOOK OK')\n")
     env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=8", "TF_CPP_MIN_LOG_LEVEL": "3"}
-    result = subprocess.run([sys.executable, str(script)], cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
+    result = subprocess.run(
+        [sys.executable, str(script)], cwd=REPO, env=env, capture_output=True, text=True, timeout=900
+    )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert "NOTEBOOK OK" in result.stdout and "devices: 8" in result.stdout and "same logits: True" in result.stdout

@@ -223,8 +223,13 @@ def test_two_processes_racing_for_one_file_end_with_one_good_copy(server, test_w
     barrier.mkdir()
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     racers = [
-        subprocess.Popen([sys.executable, "-c", _RACER, TEST_MODEL, server.base + PATH, str(barrier), str(i)],
-                         env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        subprocess.Popen(
+            [sys.executable, "-c", _RACER, TEST_MODEL, server.base + PATH, str(barrier), str(i)],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
         for i in range(2)
     ]
     results = [racer.communicate(timeout=120) for racer in racers]
@@ -257,8 +262,9 @@ def test_deit_tiny_by_name_through_a_mirror_base_url(deit_tiny, cache, monkeypat
         assert len(mirror.log) == 1
     params = tuned["params"]
     assert params["head"]["kernel"].shape == (192, 10) and params["pos_embed"].shape == (1, 1 + 16 * 16, 192)
-    np.testing.assert_array_equal(params["blocks_3"]["mlp"]["fc1"]["kernel"],
-                                  variables["params"]["blocks_3"]["mlp"]["fc1"]["kernel"])
+    np.testing.assert_array_equal(
+        params["blocks_3"]["mlp"]["fc1"]["kernel"], variables["params"]["blocks_3"]["mlp"]["fc1"]["kernel"]
+    )
     assert (cache / name).read_bytes() == body
 
 

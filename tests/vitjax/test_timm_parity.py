@@ -61,7 +61,9 @@ def test_every_mapped_model_converts_to_timm_keys_and_shapes():
 
     for name, timm_name in TIMM_NAMES.items():
         size = vitjax.get_spec(name).img_size
-        shapes = jax.eval_shape(vitjax.create_model(name).init, jax.random.key(0), np.zeros((1, size, size, 3), np.float32))
+        shapes = jax.eval_shape(
+            vitjax.create_model(name).init, jax.random.key(0), np.zeros((1, size, size, 3), np.float32)
+        )
         variables = jax.tree.map(lambda s: np.zeros(s.shape, s.dtype), shapes)
         state = variables_to_timm_state(variables, name)
         with torch.device("meta"):

@@ -29,8 +29,14 @@ def tiny_config(**overrides):
     """Digits, the test-size DeiT, a few steps: seconds per run."""
     c = base_config()
     c.model.update(name="DeiT_test_patch8_32", num_classes=10, drop_path_rate=0.1, matmul="xla")  # oneDNN: its own test
-    c.augment.update(random_resized_crop=True, crop_scale=(0.7, 1.0), hflip=False, label_smoothing=0.1,
-                     mixup_alpha=0.8, cutmix_alpha=1.0)
+    c.augment.update(
+        random_resized_crop=True,
+        crop_scale=(0.7, 1.0),
+        hflip=False,
+        label_smoothing=0.1,
+        mixup_alpha=0.8,
+        cutmix_alpha=1.0,
+    )
     c.optimizer.update(base_lr=1e-3, lr_batch_base=32, warmup_epochs=0.1, min_lr=1e-5)
     c.update(batch_size=32, eval_batch_size=360, num_steps=6, log_every=2, checkpoint_every=3, plot=False)
     c.data.num_workers = 1
@@ -62,7 +68,9 @@ def test_a_short_run_writes_metrics_tensorboard_config_plot_and_checkpoints(tmp_
     assert results["count"] == 360
     assert json.loads((tmp_path / "config.json").read_text())["model"]["name"] == "DeiT_test_patch8_32"
     assert (tmp_path / "training_curves.png").read_bytes()[:4] == b"\x89PNG"
-    assert tensorboard_scalars(tmp_path / "tensorboard", "train/loss") == [(r["step"], pytest.approx(r["loss"])) for r in train_records]
+    assert tensorboard_scalars(tmp_path / "tensorboard", "train/loss") == [
+        (r["step"], pytest.approx(r["loss"])) for r in train_records
+    ]
     assert checkpoints.latest_step(tmp_path) == 6
 
 
@@ -92,8 +100,14 @@ def test_sharded_training_matches_one_device(strategy, mesh, tmp_path):
     sharded = tiny_config(num_steps=3, **{"mesh.data": mesh[0], "mesh.model": mesh[1], "sharding.strategy": strategy})
     train.train_and_evaluate(sharded, tmp_path / "sharded")
     assert_params_close(final_params(tmp_path / "sharded"), final_params(tmp_path / "one"), atol=2e-5)
-    losses = {name: [json.loads(row)["loss"] for row in (tmp_path / name / "metrics.jsonl").read_text().splitlines()
-                     if '"train"' in row] for name in ("one", "sharded")}
+    losses = {
+        name: [
+            json.loads(row)["loss"]
+            for row in (tmp_path / name / "metrics.jsonl").read_text().splitlines()
+            if '"train"' in row
+        ]
+        for name in ("one", "sharded")
+    }
     np.testing.assert_allclose(losses["sharded"], losses["one"], rtol=1e-5)
 
 
@@ -104,15 +118,21 @@ def test_one_device_run_on_onednn_matmuls_trains_like_xla_and_auto_keeps_xla_on_
         pytest.skip(onednn.unavailable_reason())
     train.train_and_evaluate(tiny_config(num_steps=3, **{"mesh.data": 1, "model.matmul": "xla"}), tmp_path / "xla")
     with caplog.at_level(logging.INFO, logger="vitjax"):
-        train.train_and_evaluate(tiny_config(num_steps=3, **{"mesh.data": 1, "model.matmul": "auto"}), tmp_path / "onednn")
+        train.train_and_evaluate(
+            tiny_config(num_steps=3, **{"mesh.data": 1, "model.matmul": "auto"}), tmp_path / "onednn"
+        )
     assert "dense matmuls: onednn" in caplog.text  # auto, one CPU device, the kernel builds
     assert_params_close(final_params(tmp_path / "onednn"), final_params(tmp_path / "xla"), atol=2e-5)
     caplog.clear()
     with caplog.at_level(logging.INFO, logger="vitjax"):
-        train.train_and_evaluate(tiny_config(num_steps=1, **{"mesh.data": 8, "model.matmul": "auto"}), tmp_path / "mesh")
+        train.train_and_evaluate(
+            tiny_config(num_steps=1, **{"mesh.data": 8, "model.matmul": "auto"}), tmp_path / "mesh"
+        )
     assert "dense matmuls: xla" in caplog.text
     with pytest.raises(ValueError, match="runs on one CPU device; this run has 8 devices"):
-        train.train_and_evaluate(tiny_config(num_steps=1, **{"mesh.data": 8, "model.matmul": "onednn"}), tmp_path / "refused")
+        train.train_and_evaluate(
+            tiny_config(num_steps=1, **{"mesh.data": 8, "model.matmul": "onednn"}), tmp_path / "refused"
+        )
 
 
 def test_sharding_rules_place_parameters_as_the_strategy_says():
@@ -120,7 +140,9 @@ def test_sharding_rules_place_parameters_as_the_strategy_says():
 
     from vitjax import sharding
 
-    exp = train.Experiment(tiny_config(**{"mesh.data": 2, "mesh.model": 4, "sharding.strategy": "fsdp_tp"}), "/tmp/unused")
+    exp = train.Experiment(
+        tiny_config(**{"mesh.data": 2, "mesh.model": 4, "sharding.strategy": "fsdp_tp"}), "/tmp/unused"
+    )
     specs = jax.tree.map(lambda s: s.spec, exp.param_shardings)
     block = specs["blocks_0"]
     assert block["attn"]["qkv"]["kernel"] == P("data", "model")  # [64, 192]: columns over model, rows over data
@@ -140,7 +162,9 @@ def test_optimizer_state_is_sharded_like_its_parameters():
 
     from vitjax import sharding
 
-    exp = train.Experiment(tiny_config(**{"mesh.data": 2, "mesh.model": 4, "sharding.strategy": "fsdp_tp"}), "/tmp/unused")
+    exp = train.Experiment(
+        tiny_config(**{"mesh.data": 2, "mesh.model": 4, "sharding.strategy": "fsdp_tp"}), "/tmp/unused"
+    )
     tx = optax.chain(optax.clip_by_global_norm(1.0), optax.adamw(1e-3))
     abstract = jax.eval_shape(lambda p: train.TrainState(jnp.zeros((), jnp.int32), p, tx.init(p)), exp.abstract_params)
     shardings = sharding.state_shardings(abstract, tx, exp.mesh, "fsdp_tp")
@@ -176,9 +200,22 @@ def test_load_variables_reads_a_variables_checkpoint_and_rejects_other_directori
 
 
 def run_main(workdir, *overrides, wait=True):
-    cmd = [sys.executable, "-m", "vitjax.main", "--config", str(REPO / "configs" / "digits.py"), "--workdir", str(workdir),
-           "--config.model.num_classes=10", "--config.batch_size=32", "--config.eval_batch_size=360",
-           "--config.log_every=1", "--config.plot=False", "--config.data.num_workers=1", *overrides]
+    cmd = [
+        sys.executable,
+        "-m",
+        "vitjax.main",
+        "--config",
+        str(REPO / "configs" / "digits.py"),
+        "--workdir",
+        str(workdir),
+        "--config.model.num_classes=10",
+        "--config.batch_size=32",
+        "--config.eval_batch_size=360",
+        "--config.log_every=1",
+        "--config.plot=False",
+        "--config.data.num_workers=1",
+        *overrides,
+    ]
     if not wait:
         return subprocess.Popen(cmd, env=SUBPROCESS_ENV, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     return subprocess.run(cmd, env=SUBPROCESS_ENV, capture_output=True, text=True, timeout=600)
@@ -232,9 +269,14 @@ def test_the_nan_check_names_the_first_step_whose_loss_is_not_finite(tmp_path):
     """The loss is read one step late, so the host does not wait for the device every step;
     the error still names the step whose loss first went non-finite."""
     diverging = {"optimizer.base_lr": 1e12, "optimizer.warmup_epochs": 0.0}
-    train.train_and_evaluate(tiny_config(num_steps=8, log_every=1, nan_check=False, **diverging), tmp_path / "unchecked")
-    losses = {r["step"]: r["loss"] for r in map(json.loads, (tmp_path / "unchecked" / "metrics.jsonl").read_text().splitlines())
-              if r["kind"] == "train"}
+    train.train_and_evaluate(
+        tiny_config(num_steps=8, log_every=1, nan_check=False, **diverging), tmp_path / "unchecked"
+    )
+    losses = {
+        r["step"]: r["loss"]
+        for r in map(json.loads, (tmp_path / "unchecked" / "metrics.jsonl").read_text().splitlines())
+        if r["kind"] == "train"
+    }
     first_bad = min(step for step, loss in losses.items() if not math.isfinite(loss))
     assert 1 < first_bad < 8, losses  # between the synchronous first and last steps: the deferred check decides
     checked = tiny_config(num_steps=8, log_every=100, checkpoint_every=100, **diverging)
@@ -284,11 +326,14 @@ def test_data_wait_is_the_share_of_step_time_spent_getting_the_batch():
 
 def test_train_records_report_data_wait_between_0_and_1(tmp_path, capsys):
     train.train_and_evaluate(tiny_config(num_steps=4, log_every=2), tmp_path)
-    records = [r for r in map(json.loads, (tmp_path / "metrics.jsonl").read_text().splitlines()) if r["kind"] == "train"]
+    records = [
+        r for r in map(json.loads, (tmp_path / "metrics.jsonl").read_text().splitlines()) if r["kind"] == "train"
+    ]
     assert [r["step"] for r in records] == [1, 2, 4]
     assert all(0.0 <= r["data_wait"] <= 1.0 for r in records), records
     assert tensorboard_scalars(tmp_path / "tensorboard", "train/data_wait") == [
-        (r["step"], pytest.approx(r["data_wait"])) for r in records]
+        (r["step"], pytest.approx(r["data_wait"])) for r in records
+    ]
     assert re.search(r"step 4/4 .*  data_wait \d+%", capsys.readouterr().out)
 
 
@@ -311,7 +356,9 @@ def test_eval_and_predict_modes_from_pdparams(tmp_path):
 
     source_image = Image.fromarray(np.random.RandomState(0).randint(0, 255, (50, 40, 3), np.uint8))
     source_image.save(tmp_path / "a.png")
-    predictions = train.predict(tiny_config(**{"predict.images": str(tmp_path / "a.png"), "predict.topk": 3}), tmp_path / "run")
+    predictions = train.predict(
+        tiny_config(**{"predict.images": str(tmp_path / "a.png"), "predict.topk": 3}), tmp_path / "run"
+    )
     names, probs = zip(*predictions[0], strict=True)
     assert len(names) == 3 and set(names) <= {str(d) for d in range(10)}
     assert list(probs) == sorted(probs, reverse=True) and 0 < sum(probs) <= 1.0 + 1e-6
@@ -322,14 +369,20 @@ def test_distillation_head_learns_the_teachers_argmax(tmp_path):
     import jax.numpy as jnp
     import optax
 
-
     teacher_model = vitjax.create_model("DeiT_test_patch8_32", num_classes=10)
     teacher_vars = teacher_model.init(jax.random.key(7), jnp.zeros((1, 32, 32, 3)))
     vitjax.save_pdparams(teacher_vars, "DeiT_test_patch8_32", tmp_path / "teacher.pdparams")
-    config = tiny_config(**{"model.name": "DeiT_test_distilled_patch8_32", "model.drop_path_rate": 0.0,
-                            "augment.mixup_alpha": 0.0, "augment.cutmix_alpha": 0.0, "augment.label_smoothing": 0.0,
-                            "distill.teacher": "DeiT_test_patch8_32",
-                            "distill.teacher_pdparams": str(tmp_path / "teacher.pdparams")})
+    config = tiny_config(
+        **{
+            "model.name": "DeiT_test_distilled_patch8_32",
+            "model.drop_path_rate": 0.0,
+            "augment.mixup_alpha": 0.0,
+            "augment.cutmix_alpha": 0.0,
+            "augment.label_smoothing": 0.0,
+            "distill.teacher": "DeiT_test_patch8_32",
+            "distill.teacher_pdparams": str(tmp_path / "teacher.pdparams"),
+        }
+    )
     student = train.build_model(config.model)
     images = jax.random.normal(jax.random.key(1), (4, 32, 32, 3))
     labels = jnp.asarray([1, 2, 3, 4])
@@ -339,8 +392,10 @@ def test_distillation_head_learns_the_teachers_argmax(tmp_path):
     _, metrics = step(train.TrainState(jnp.zeros((), jnp.int32), params, tx.init(params)), images, labels)
     cls_logits, dist_logits = student.apply({"params": params}, images, train=True, rngs={"dropout": jax.random.key(0)})
     teacher_top = jnp.argmax(teacher_model.apply(teacher_vars, images), -1)
-    expected = 0.5 * optax.softmax_cross_entropy_with_integer_labels(cls_logits, labels).mean() + \
-        0.5 * optax.softmax_cross_entropy_with_integer_labels(dist_logits, teacher_top).mean()
+    expected = (
+        0.5 * optax.softmax_cross_entropy_with_integer_labels(cls_logits, labels).mean()
+        + 0.5 * optax.softmax_cross_entropy_with_integer_labels(dist_logits, teacher_top).mean()
+    )
     np.testing.assert_allclose(metrics["loss"], expected, rtol=1e-5)
     train.train_and_evaluate(config.copy_and_resolve_references(), tmp_path / "run")  # and a whole run works
 
@@ -349,8 +404,13 @@ def test_distillation_head_learns_the_teachers_argmax(tmp_path):
 def test_the_embedded_default_reaches_95_percent_on_held_out_digits(tmp_path):
     """The README's first command: `python -m vitjax.main --workdir DIR` with no config."""
     env = {k: v for k, v in SUBPROCESS_ENV.items() if k != "XLA_FLAGS"}  # one CPU device, as a user has
-    result = subprocess.run([sys.executable, "-m", "vitjax.main", "--workdir", str(tmp_path)], env=env,
-                            capture_output=True, text=True, timeout=900)
+    result = subprocess.run(
+        [sys.executable, "-m", "vitjax.main", "--workdir", str(tmp_path)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     assert "dense matmuls: xla" in result.stderr  # the default job's model.matmul: XLA's matmuls measured faster for it
     evals = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines() if '"eval"' in line]

@@ -13,7 +13,13 @@ def test_the_forms_are_the_blocks_matmuls_at_the_models_shapes():
     weight_grad = forms["fc1 weight grad x^T g"]
     assert (weight_grad.m, weight_grad.k, weight_grad.n, weight_grad.transposed_lhs) == (192, tokens, 768, True)
     attention = forms["attention P^T dO (backward)"]
-    assert (attention.batch, attention.m, attention.k, attention.n, attention.transposed_lhs) == (8 * 3, 197, 197, 64, True)
+    assert (attention.batch, attention.m, attention.k, attention.n, attention.transposed_lhs) == (
+        8 * 3,
+        197,
+        197,
+        64,
+        True,
+    )
     # forward, input gradient and weight gradient of a dense layer do the same work
     assert forms["fc2 forward x W"].flops == forms["fc2 input grad g W^T"].flops == forms["fc2 weight grad x^T g"].flops
 

@@ -54,8 +54,14 @@ def run_isolated(code: str, *, timeout: float = 60, memory_cap: int = 2 << 30) -
     """Runs ``code`` in a fresh interpreter under an address-space cap, so a hang or crash fails the test only."""
     prelude = f"import resource; resource.setrlimit(resource.RLIMIT_AS, ({memory_cap}, {memory_cap}))\n"
     env = dict(os.environ, OPENBLAS_NUM_THREADS="1", JAX_PLATFORMS="cpu")
-    return subprocess.run([sys.executable, "-c", prelude + textwrap.dedent(code)], capture_output=True, text=True,
-                          timeout=timeout, cwd=ROOT, env=env)
+    return subprocess.run(
+        [sys.executable, "-c", prelude + textwrap.dedent(code)],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        cwd=ROOT,
+        env=env,
+    )
 
 
 def traced_peak(fn) -> int:
@@ -72,8 +78,13 @@ def traced_peak(fn) -> int:
 @pytest.mark.parametrize("protocol", [2, 3, 4])
 def test_every_protocol_paddle_writes_loads_exactly(tmp_path, protocol):
     rng = np.random.default_rng(0)
-    state = {"w": rng.standard_normal((3, 4)).astype(np.float32), "b": np.zeros(0, np.float32),
-             "big_endian": np.arange(5, dtype=">f8"), "count": np.array(7, np.int64), "mask": np.array([True, False])}
+    state = {
+        "w": rng.standard_normal((3, 4)).astype(np.float32),
+        "b": np.zeros(0, np.float32),
+        "big_endian": np.arange(5, dtype=">f8"),
+        "count": np.array(7, np.int64),
+        "mask": np.array([True, False]),
+    }
     path = tmp_path / "x.pdparams"
     path.write_bytes(pickle.dumps({**state, "StructuredToParameterName@@": {"w": "linear_0.w_0"}}, protocol=protocol))
     loaded = read_pdparams(path)
@@ -101,8 +112,13 @@ def test_item2_huge_memo_index_costs_no_memory(tmp_path):
 def test_item2_object_array_through_ndarray_call_is_refused_before_allocating(tmp_path):
     path = tmp_path / "objects.pdparams"
     # {'w': numpy.ndarray((200_000_000,), numpy.dtype('O8', False, True))}: 1.6 GB of None under plain pickle
-    path.write_bytes(b"\x80\x02}(" + text("w") + b"cnumpy\nndarray\n(J\x00\xc2\xeb\x0b\x85cnumpy\ndtype\n("
-                     + text("O8") + b"\x89\x88tRtRu.")
+    path.write_bytes(
+        b"\x80\x02}("
+        + text("w")
+        + b"cnumpy\nndarray\n(J\x00\xc2\xeb\x0b\x85cnumpy\ndtype\n("
+        + text("O8")
+        + b"\x89\x88tRtRu."
+    )
     peak = traced_peak(lambda: refused(path, reason="refused to load: it calls numpy.ndarray"))
     assert peak < 1 << 20
 
@@ -131,13 +147,16 @@ def test_item3_zero_stride_arrays_cannot_declare_what_the_file_does_not_hold(tmp
 def test_item4_deeply_nested_keys_neither_crash_nor_recurse(tmp_path, depth):
     path = tmp_path / "deep.pdparams"
     path.write_bytes(b"\x80\x02}(" + b")" + b"\x85" * depth + b"K\x01u.")  # a key: a tuple `depth` deep
-    result = run_isolated(f"""
+    result = run_isolated(
+        f"""
         from vitjax.weights.pdparams import read_pdparams, PdparamsError
         try:
             read_pdparams({str(path)!r})
         except PdparamsError as e:
             print("TYPED", e)
-    """, timeout=120)
+    """,
+        timeout=120,
+    )
     assert result.returncode == 0, f"interpreter died ({result.returncode}): {result.stderr[-500:]}"
     assert "TYPED" in result.stdout and "nested more than" in result.stdout, result.stdout + result.stderr[-500:]
 
@@ -146,21 +165,35 @@ def test_item5_dtype_state_is_never_applied(tmp_path):
     before = (np.dtype("float32").itemsize, np.dtype("float32").alignment, np.dtype("float32").byteorder)
     path = tmp_path / "dtype.pdparams"
     # BUILD on numpy.dtype('f4') with a state numpy never writes for float32 (names, no fields, elsize 4)
-    path.write_bytes(b"\x80\x02}(" + text("w") + DTYPE_F4 + b"(K\x03" + text("<") + b"N(" + text("a") + b"tN"
-                     + int4(4) + b"K\x01K\x00tbu.")
+    path.write_bytes(
+        b"\x80\x02}("
+        + text("w")
+        + DTYPE_F4
+        + b"(K\x03"
+        + text("<")
+        + b"N("
+        + text("a")
+        + b"tN"
+        + int4(4)
+        + b"K\x01K\x00tbu."
+    )
     refused(path, reason="dtype 'f4' with a state numpy never writes")
-    path.write_bytes(b"\x80\x02}(" + text("w") + DTYPE_F4 + b"(K\x03" + text("|") + b"NNN" + int4(-2**31) + int4(-1)
-                     + b"K\x00tbu.")
+    path.write_bytes(
+        b"\x80\x02}(" + text("w") + DTYPE_F4 + b"(K\x03" + text("|") + b"NNN" + int4(-(2**31)) + int4(-1) + b"K\x00tbu."
+    )
     refused(path, reason="dtype 'f4' with a state numpy never writes")
     assert (np.dtype("float32").itemsize, np.dtype("float32").alignment, np.dtype("float32").byteorder) == before
 
 
-@pytest.mark.parametrize("value, reason", [
-    (np.array([None, "x"], dtype=object), "dtype 'O8'"),
-    (np.array([1 + 2j]), "arrays of dtype 'c16'"),
-    (np.array(["text"]), "dtype 'U4'"),
-    (np.array([b"bytes"]), "dtype 'S5'"),
-])
+@pytest.mark.parametrize(
+    "value, reason",
+    [
+        (np.array([None, "x"], dtype=object), "dtype 'O8'"),
+        (np.array([1 + 2j]), "arrays of dtype 'c16'"),
+        (np.array(["text"]), "dtype 'U4'"),
+        (np.array([b"bytes"]), "dtype 'S5'"),
+    ],
+)
 def test_item6_only_real_numeric_arrays_load(tmp_path, value, reason):
     path = tmp_path / "dtype.pdparams"
     path.write_bytes(pickle.dumps({"w": value}, protocol=4))
@@ -203,12 +236,19 @@ def _deit_state():
     return dict(variables_to_state_dict(jax.jit(model.init)(jax.random.key(0), np.zeros((1, 32, 32, 3))), DEIT))
 
 
-@pytest.mark.parametrize("key, value, reason", [
-    ("patch_embed.proj.weight", np.ones((), np.float32), "mis-shaped keys: patch_embed.proj.weight ()"),
-    ("patch_embed.proj.weight", np.ones(64 * 3 * 8 * 8, np.float32), "mis-shaped keys: patch_embed.proj.weight (12288,)"),
-    ("pos_embed", np.ones((1, 1, 64), np.float32), "mis-shaped keys: pos_embed (1, 1, 64)"),
-    ("pos_embed", np.ones((1, 0, 64), np.float32), "mis-shaped keys: pos_embed (1, 0, 64)"),
-])
+@pytest.mark.parametrize(
+    "key, value, reason",
+    [
+        ("patch_embed.proj.weight", np.ones((), np.float32), "mis-shaped keys: patch_embed.proj.weight ()"),
+        (
+            "patch_embed.proj.weight",
+            np.ones(64 * 3 * 8 * 8, np.float32),
+            "mis-shaped keys: patch_embed.proj.weight (12288,)",
+        ),
+        ("pos_embed", np.ones((1, 1, 64), np.float32), "mis-shaped keys: pos_embed (1, 1, 64)"),
+        ("pos_embed", np.ones((1, 0, 64), np.float32), "mis-shaped keys: pos_embed (1, 0, 64)"),
+    ],
+)
 def test_item7_misshaped_arrays_are_mismatch_errors_not_crashes(tmp_path, key, value, reason):
     state = _deit_state()
     state[key] = np.asarray(value, np.float32)
@@ -234,14 +274,17 @@ def _tar_bytes(members, mode="w:gz") -> bytes:
     return buffer.getvalue()
 
 
-@pytest.mark.parametrize("case, reason", [
-    ("truncated", "not a usable tar archive"),
-    ("garbage_gzip", "not a usable tar archive"),
-    ("file_then_dir", "collides with another member"),
-    ("file_under_file", "collides with another member"),
-    ("twice", "collides with another member"),
-    ("missing", "no such file"),
-])
+@pytest.mark.parametrize(
+    "case, reason",
+    [
+        ("truncated", "not a usable tar archive"),
+        ("garbage_gzip", "not a usable tar archive"),
+        ("file_then_dir", "collides with another member"),
+        ("file_under_file", "collides with another member"),
+        ("twice", "collides with another member"),
+        ("missing", "no such file"),
+    ],
+)
 def test_item7_archive_failures_are_typed_and_leave_nothing_behind(tmp_path, case, reason):
     good = _tar_bytes([("model/a.bin", b"a" * 5000), ("model/b.bin", b"b" * 5000)])
     data = {
@@ -272,8 +315,11 @@ def test_a_gnu_long_name_bomb_is_refused_without_reading_it(tmp_path):
         out.write(header.tobuf(format=tarfile.GNU_FORMAT))
         for _ in range(64):
             out.write(bytes(1 << 20))
-    peak = traced_peak(lambda: pytest.raises(UnsafeArchiveError, safe_extract_tar, tmp_path / "bomb.tar.gz",
-                                             tmp_path / "t", max_bytes=1 << 20))
+    peak = traced_peak(
+        lambda: pytest.raises(
+            UnsafeArchiveError, safe_extract_tar, tmp_path / "bomb.tar.gz", tmp_path / "t", max_bytes=1 << 20
+        )
+    )
     assert peak < 32 << 20, f"{peak} bytes traced"
 
 

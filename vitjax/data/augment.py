@@ -21,7 +21,12 @@ _FILL = (124, 116, 104)  # ImageNet mean pixel, for areas uncovered by geometric
 
 
 def random_resized_crop(
-    image: Image.Image, size: int, rng: np.random.Generator, scale=(0.08, 1.0), ratio=(3 / 4, 4 / 3), interpolation="bicubic"
+    image: Image.Image,
+    size: int,
+    rng: np.random.Generator,
+    scale=(0.08, 1.0),
+    ratio=(3 / 4, 4 / 3),
+    interpolation="bicubic",
 ) -> Image.Image:
     """A crop of random area (``scale`` of the image) and aspect ratio, resized to ``size``."""
     width, height = image.size
@@ -145,7 +150,9 @@ def rand_augment(image: Image.Image, rng: np.random.Generator, magnitude=9.0, ma
     return image
 
 
-def random_erasing(image: np.ndarray, rng: np.random.Generator, prob: float, area=(0.02, 1 / 3), min_aspect=0.3) -> np.ndarray:
+def random_erasing(
+    image: np.ndarray, rng: np.random.Generator, prob: float, area=(0.02, 1 / 3), min_aspect=0.3
+) -> np.ndarray:
     """Replaces a random rectangle of a normalized HWC image with per-pixel normal noise."""
     if prob <= 0 or rng.random() >= prob:
         return image

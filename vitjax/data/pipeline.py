@@ -203,8 +203,10 @@ def _assemble(examples: Sequence[_Example]) -> Batch:
     """Stacks examples into a :class:`Batch`; dropped ones become masked zero images."""
     good = next((e.image for e in examples if e.image is not None), None)
     if good is None:
-        raise DataError(f"no readable image in a batch of {len(examples)} examples: "
-                        + "; ".join(s for e in examples for s in e.skipped)[:2000])
+        raise DataError(
+            f"no readable image in a batch of {len(examples)} examples: "
+            + "; ".join(s for e in examples for s in e.skipped)[:2000]
+        )
     images = np.stack([e.image if e.image is not None else np.zeros_like(good) for e in examples])
     labels = np.asarray([e.label for e in examples], np.int32)
     mask = np.asarray([e.image is not None for e in examples])
@@ -223,7 +225,11 @@ class _HostPositions:
     positions ``[s * B + h * b, s * B + (h + 1) * b)`` of step ``s`` (``b = B / H``)."""
 
     def __init__(self, global_batch: int, host_slice: slice):
-        self.global_batch, self.first, self.per_host = global_batch, host_slice.start, host_slice.stop - host_slice.start
+        self.global_batch, self.first, self.per_host = (
+            global_batch,
+            host_slice.start,
+            host_slice.stop - host_slice.start,
+        )
 
     def __call__(self, j: int) -> int:
         step, offset = divmod(j, self.per_host)
@@ -249,9 +255,11 @@ class _Loader:
         grain = _grain()
         if self.worker_kind == "processes" and self.num_workers > 0:
             _absl_flags_parsed()
-            iter_dataset = self.batches[start:stop].to_iter_dataset(
-                grain.ReadOptions(num_threads=0, prefetch_buffer_size=0)
-            ).mp_prefetch(grain.MultiprocessingOptions(num_workers=self.num_workers, per_worker_buffer_size=1))
+            iter_dataset = (
+                self.batches[start:stop]
+                .to_iter_dataset(grain.ReadOptions(num_threads=0, prefetch_buffer_size=0))
+                .mp_prefetch(grain.MultiprocessingOptions(num_workers=self.num_workers, per_worker_buffer_size=1))
+            )
         else:
             examples = self.examples[start * self.per_host : stop * self.per_host]
             read_ahead = self.per_host if self.num_workers else 0
@@ -279,9 +287,19 @@ class TrainLoader:
     ``worker_kind="processes"``.
     """
 
-    def __init__(self, source: Source, transform: Transform, global_batch: int, *, seed: int,
-                 process_index: int = 0, process_count: int = 1, on_bad_image: str = "skip", num_workers: int = 2,
-                 worker_kind: str = "threads"):
+    def __init__(
+        self,
+        source: Source,
+        transform: Transform,
+        global_batch: int,
+        *,
+        seed: int,
+        process_index: int = 0,
+        process_count: int = 1,
+        on_bad_image: str = "skip",
+        num_workers: int = 2,
+        worker_kind: str = "threads",
+    ):
         grain = _grain()
         self.source, self.global_batch, self.seed = source, global_batch, seed
         self.bad_images = BadImageLog(on_bad_image)
@@ -316,8 +334,18 @@ class EvalLoader:
     """Every example once, in order; the last batch is padded and masked, and so are bad
     images (they are left out of the metrics, not replaced)."""
 
-    def __init__(self, source: Source, transform: Transform, global_batch: int, *, process_index: int = 0,
-                 process_count: int = 1, on_bad_image: str = "skip", num_workers: int = 2, worker_kind: str = "threads"):
+    def __init__(
+        self,
+        source: Source,
+        transform: Transform,
+        global_batch: int,
+        *,
+        process_index: int = 0,
+        process_count: int = 1,
+        on_bad_image: str = "skip",
+        num_workers: int = 2,
+        worker_kind: str = "threads",
+    ):
         grain = _grain()
         self.source, self.global_batch = source, global_batch
         self.bad_images = BadImageLog(on_bad_image)

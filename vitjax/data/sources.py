@@ -68,7 +68,9 @@ class DigitsSource:
 class FileListSource:
     """PaddleClas's file lists: ``<root>/<list>`` with one ``relative/path.jpg label`` per line."""
 
-    def __init__(self, root: str | os.PathLike, list_file: str, delimiter: str | None = None, num_classes: int | None = None):
+    def __init__(
+        self, root: str | os.PathLike, list_file: str, delimiter: str | None = None, num_classes: int | None = None
+    ):
         self.root = Path(root)
         list_path = Path(list_file) if Path(list_file).is_absolute() else self.root / list_file
         if not list_path.is_file():
@@ -135,8 +137,12 @@ class ImageFolderSource:
     folder, by suffix (``.jpg``, ``.png``, ...; hidden files are ignored), in sorted order.
     """
 
-    def __init__(self, split_dir: str | os.PathLike, class_names: Sequence[str] | None = None,
-                 classes_from: str = "the training classes"):
+    def __init__(
+        self,
+        split_dir: str | os.PathLike,
+        class_names: Sequence[str] | None = None,
+        classes_from: str = "the training classes",
+    ):
         self.root = Path(split_dir)
         present = set(folder_classes(self.root))
         defines_classes = class_names is None
@@ -146,7 +152,9 @@ class ImageFolderSource:
             unknown = sorted(set(present) - set(class_names))
             if unknown:
                 shown = ", ".join(unknown[:5]) + (f" and {len(unknown) - 5} more" if len(unknown) > 5 else "")
-                raise DataError(f"{self.root}: class folder(s) {shown} not among the {len(class_names)} classes of {classes_from}")
+                raise DataError(
+                    f"{self.root}: class folder(s) {shown} not among the {len(class_names)} classes of {classes_from}"
+                )
         self.class_names = tuple(class_names)
         self.num_classes = len(self.class_names)
         paths, labels = [], []
@@ -254,8 +262,9 @@ def make_source(data_config, *, train: bool, img_size: int = 32) -> Source:
         train_dir = root / data_config.train_folder
         if train:
             return ImageFolderSource(train_dir)
-        return ImageFolderSource(root / data_config.val_folder, class_names=folder_classes(train_dir),
-                                 classes_from=str(train_dir))
+        return ImageFolderSource(
+            root / data_config.val_folder, class_names=folder_classes(train_dir), classes_from=str(train_dir)
+        )
     if kind.startswith("tfds:"):
         return TfdsSource(kind[len("tfds:") :], split, data_config.data_dir, data_config.manual_dir)
     raise DataError(f"unknown data.source {kind!r}: expected digits, filelist, folder or tfds:<name>")

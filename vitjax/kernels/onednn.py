@@ -117,7 +117,9 @@ def private_onednn_copy(libdnnl: Path, out: Path) -> None:
     if len(private) != len(soname):
         raise ValueError(f"private soname {out.name!r} must be {len(soname) - 1} bytes long")
     if data.count(soname) != 1:
-        raise KernelUnavailable(f"{libdnnl}: expected its soname {PUBLIC_SONAME.decode()} once, found {data.count(soname)} times")
+        raise KernelUnavailable(
+            f"{libdnnl}: expected its soname {PUBLIC_SONAME.decode()} once, found {data.count(soname)} times"
+        )
     out.write_bytes(data.replace(soname, private))
 
 
@@ -143,14 +145,23 @@ def build(cache_dir: Path | None = None) -> Path:
         with atomic_directory(target) as tmp:
             private_onednn_copy(libdnnl, tmp / PRIVATE_SONAME)
             command = [
-                *compiler, *CXXFLAGS,
-                f"-I{jax.ffi.include_dir()}", f"-I{include_dir}", str(SOURCE),
-                f"-L{tmp}", f"-l:{PRIVATE_SONAME}", "-Wl,-rpath,$ORIGIN", "-o", str(tmp / LIBRARY_NAME),
+                *compiler,
+                *CXXFLAGS,
+                f"-I{jax.ffi.include_dir()}",
+                f"-I{include_dir}",
+                str(SOURCE),
+                f"-L{tmp}",
+                f"-l:{PRIVATE_SONAME}",
+                "-Wl,-rpath,$ORIGIN",
+                "-o",
+                str(tmp / LIBRARY_NAME),
             ]
             try:
                 done = subprocess.run(command, capture_output=True, text=True, timeout=COMPILE_TIMEOUT_S)
             except OSError as e:
-                raise KernelUnavailable(f"cannot run the C++ compiler {command[0]} ({e.strerror}) to build {SOURCE.name}: {EXTRA_HINT}") from None
+                raise KernelUnavailable(
+                    f"cannot run the C++ compiler {command[0]} ({e.strerror}) to build {SOURCE.name}: {EXTRA_HINT}"
+                ) from None
             except subprocess.TimeoutExpired:
                 raise KernelUnavailable(f"compiling {SOURCE} took over {COMPILE_TIMEOUT_S} s; gave up") from None
             if done.returncode != 0:
@@ -166,7 +177,7 @@ def _so_version() -> tuple[int, int]:
     versions = []
     for f in importlib.metadata.files(RUNTIME_DISTS[0]) or []:
         name = Path(str(f)).name
-        parts = name[len("libdnnl.so."):].split(".")
+        parts = name[len("libdnnl.so.") :].split(".")
         if name.startswith("libdnnl.so.") and all(p.isdigit() for p in parts):
             versions.append(tuple(int(p) for p in parts))
     longest = max(versions, key=len, default=())
@@ -186,8 +197,10 @@ def _load() -> Path:
     running = library.VitjaxOnednnVersion()
     expected = _so_version()
     if (running // 10000, running // 100 % 100) != expected:
-        raise KernelUnavailable(f"{path} runs oneDNN {running // 10000}.{running // 100 % 100}, not the installed "
-                                f"{expected[0]}.{expected[1]}: another oneDNN took its symbols in this process")
+        raise KernelUnavailable(
+            f"{path} runs oneDNN {running // 10000}.{running // 100 % 100}, not the installed "
+            f"{expected[0]}.{expected[1]}: another oneDNN took its symbols in this process"
+        )
     jax.ffi.register_ffi_target(TARGET, jax.ffi.pycapsule(library.VitjaxOnednnMatmul), platform="cpu")
     jax.ffi.register_ffi_target(ATTENTION_TARGET, jax.ffi.pycapsule(library.VitjaxOnednnAttention), platform="cpu")
     return path
@@ -227,22 +240,30 @@ def unavailable_reason() -> str | None:
     return None
 
 
-def matmul(a: jax.Array, b: jax.Array, transpose_a: bool = False, transpose_b: bool = False, alpha: float = 1.0) -> jax.Array:
+def matmul(
+    a: jax.Array, b: jax.Array, transpose_a: bool = False, transpose_b: bool = False, alpha: float = 1.0
+) -> jax.Array:
     """``alpha * (op(a[i]) @ op(b[i]))`` for float32 ``[batch, rows, cols]`` arrays, by oneDNN (CPU only);
     ``alpha`` scales the float32 result in the kernel's epilogue (as a multiply after it would)."""
     load()
     if a.ndim != 3 or b.ndim != 3 or a.dtype != jnp.float32 or b.dtype != jnp.float32:
-        raise ValueError(f"matmul takes float32 [batch, rows, cols] arrays, got {a.dtype}{list(a.shape)} and {b.dtype}{list(b.shape)}")
+        raise ValueError(
+            f"matmul takes float32 [batch, rows, cols] arrays, got {a.dtype}{list(a.shape)} and {b.dtype}{list(b.shape)}"
+        )
     m, k = (a.shape[2], a.shape[1]) if transpose_a else (a.shape[1], a.shape[2])
     k_b, n = (b.shape[2], b.shape[1]) if transpose_b else (b.shape[1], b.shape[2])
     if a.shape[0] != b.shape[0] or k != k_b:
-        raise ValueError(f"matmul shapes do not match: {list(a.shape)} (transpose {transpose_a}) @ {list(b.shape)} (transpose {transpose_b})")
+        raise ValueError(
+            f"matmul shapes do not match: {list(a.shape)} (transpose {transpose_a}) @ {list(b.shape)} (transpose {transpose_b})"
+        )
     out = jax.ShapeDtypeStruct((a.shape[0], m, n), jnp.float32)
     call = jax.ffi.ffi_call(TARGET, out, vmap_method="sequential")  # under vmap: one call per mapped element
     return call(a, b, transpose_a=bool(transpose_a), transpose_b=bool(transpose_b), alpha=np.float32(alpha))
 
 
-def attention(q: jax.Array, k: jax.Array, v: jax.Array, slots: tuple[int, int, int] = (0, 1, 2), alpha: float = 1.0) -> jax.Array:
+def attention(
+    q: jax.Array, k: jax.Array, v: jax.Array, slots: tuple[int, int, int] = (0, 1, 2), alpha: float = 1.0
+) -> jax.Array:
     """``softmax(alpha * q k^T) v`` per batch entry and head, in one call, by oneDNN (CPU only, float32).
 
     ``q``, ``k`` and ``v`` are projections' outputs laid out ``[batch, tokens, slots, heads,
@@ -257,8 +278,10 @@ def attention(q: jax.Array, k: jax.Array, v: jax.Array, slots: tuple[int, int, i
     load()
     arrays = (q, k, v)
     if any(x.ndim != 5 or x.dtype != jnp.float32 for x in arrays):
-        raise ValueError("attention takes float32 [batch, tokens, slots, heads, head_dim] arrays, got "
-                         + ", ".join(f"{x.dtype}{list(x.shape)}" for x in arrays))
+        raise ValueError(
+            "attention takes float32 [batch, tokens, slots, heads, head_dim] arrays, got "
+            + ", ".join(f"{x.dtype}{list(x.shape)}" for x in arrays)
+        )
     batch, tokens, _, heads, head_dim = q.shape
     for name, x, slot in zip("qkv", arrays, slots, strict=True):
         if (x.shape[:2], x.shape[3:]) != ((batch, tokens), (heads, head_dim)) or not 0 <= slot < x.shape[2]:
@@ -275,7 +298,9 @@ def _xla_matmul(a: jax.Array, b: jax.Array, transpose_a: bool, transpose_b: bool
     return out if alpha == 1.0 else out * jnp.float32(alpha)
 
 
-def batched_matmul(a: jax.Array, b: jax.Array, transpose_a: bool = False, transpose_b: bool = False, alpha: float = 1.0) -> jax.Array:
+def batched_matmul(
+    a: jax.Array, b: jax.Array, transpose_a: bool = False, transpose_b: bool = False, alpha: float = 1.0
+) -> jax.Array:
     """``alpha * (op(a) @ op(b))`` over any equal leading axes (float32): oneDNN on the CPU, XLA's
     ``dot_general`` on other platforms (decided per lowering platform). Not differentiable by
     itself: callers give it a custom VJP (:func:`dense_matmul`, ``layers.softmax_attention``)."""
@@ -284,7 +309,8 @@ def batched_matmul(a: jax.Array, b: jax.Array, transpose_a: bool = False, transp
         raise ValueError(f"batched_matmul: leading axes differ, {list(a.shape)} and {list(b.shape)}")
     a3, b3 = a.reshape(math.prod(lead), *a.shape[-2:]), b.reshape(math.prod(lead), *b.shape[-2:])
     out = lax.platform_dependent(
-        a3, b3,
+        a3,
+        b3,
         cpu=lambda x, y: matmul(x, y, transpose_a, transpose_b, alpha),
         default=lambda x, y: _xla_matmul(x, y, transpose_a, transpose_b, alpha),
     )
@@ -317,11 +343,19 @@ def dense_dot_general(lhs, rhs, dimension_numbers, precision=None, preferred_ele
     """
     (contract_l, contract_r), (batch_l, batch_r) = dimension_numbers
     plain = (
-        tuple(contract_l) == (lhs.ndim - 1,) and tuple(contract_r) == (0,) and not batch_l and not batch_r
-        and rhs.ndim == 2 and lhs.dtype == jnp.float32 and rhs.dtype == jnp.float32
-        and precision is None and preferred_element_type in (None, jnp.float32)
+        tuple(contract_l) == (lhs.ndim - 1,)
+        and tuple(contract_r) == (0,)
+        and not batch_l
+        and not batch_r
+        and rhs.ndim == 2
+        and lhs.dtype == jnp.float32
+        and rhs.dtype == jnp.float32
+        and precision is None
+        and preferred_element_type in (None, jnp.float32)
     )
     if not plain:
-        return lax.dot_general(lhs, rhs, dimension_numbers, precision=precision, preferred_element_type=preferred_element_type)
+        return lax.dot_general(
+            lhs, rhs, dimension_numbers, precision=precision, preferred_element_type=preferred_element_type
+        )
     rows = lhs.reshape(math.prod(lhs.shape[:-1]), lhs.shape[-1])
     return dense_matmul(rows, rhs).reshape(*lhs.shape[:-1], rhs.shape[1])

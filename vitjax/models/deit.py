@@ -73,7 +73,9 @@ class Attention(nn.Module):
         dropout = None
         if self.attn_drop_rate > 0.0 and not deterministic:
             dropout = lambda w: nn.Dropout(self.attn_drop_rate)(w, deterministic=False)  # noqa: E731
-        out = packed_multi_head_attention(qkv, qkv, qkv, (0, 1, 2), dropout, self.matmul).reshape(batch, tokens, self.dim)
+        out = packed_multi_head_attention(qkv, qkv, qkv, (0, 1, 2), dropout, self.matmul).reshape(
+            batch, tokens, self.dim
+        )
         out = dense(self.dim, "proj", dtype=self.dtype, matmul=self.matmul)(out)
         return nn.Dropout(self.proj_drop_rate)(out, deterministic=deterministic)
 
@@ -94,14 +96,20 @@ class Block(nn.Module):
         drop_path = DropPath(self.drop_path_rate)
         y = layer_norm(arch.epsilon, "norm1", self.dtype)(x)
         y = Attention(
-            arch.embed_dim, arch.num_heads, arch.qkv_bias, self.attn_drop_rate, self.drop_rate,
-            dtype=self.dtype, matmul=self.matmul, name="attn",
+            arch.embed_dim,
+            arch.num_heads,
+            arch.qkv_bias,
+            self.attn_drop_rate,
+            self.drop_rate,
+            dtype=self.dtype,
+            matmul=self.matmul,
+            name="attn",
         )(y, deterministic)
         x = x + drop_path(y, deterministic)
         y = layer_norm(arch.epsilon, "norm2", self.dtype)(x)
-        y = Mlp(int(arch.embed_dim * arch.mlp_ratio), arch.embed_dim, self.drop_rate, self.dtype, self.matmul, name="mlp")(
-            y, deterministic
-        )
+        y = Mlp(
+            int(arch.embed_dim * arch.mlp_ratio), arch.embed_dim, self.drop_rate, self.dtype, self.matmul, name="mlp"
+        )(y, deterministic)
         return x + drop_path(y, deterministic)
 
 
@@ -138,9 +146,7 @@ class DeiT(nn.Module):
         arch = self.arch
         check_image_size(images, arch.img_size, arch.in_chans)
         deterministic = not train
-        x = PatchEmbed(arch.embed_dim, arch.patch_size, self.dtype, name="patch_embed")(
-            images.astype(self.dtype)
-        )
+        x = PatchEmbed(arch.embed_dim, arch.patch_size, self.dtype, name="patch_embed")(images.astype(self.dtype))
         batch = x.shape[0]
         num_tokens = arch.grid_size**2 + arch.num_prefix_tokens
         pos_embed = self.param("pos_embed", trunc_normal, (1, num_tokens, arch.embed_dim))
@@ -154,9 +160,9 @@ class DeiT(nn.Module):
 
         rates = np.linspace(0.0, self.drop_path_rate, arch.depth)
         for i in range(arch.depth):
-            x = Block(arch, self.drop_rate, self.attn_drop_rate, float(rates[i]), self.dtype, self.matmul, name=f"blocks_{i}")(
-                x, deterministic
-            )
+            x = Block(
+                arch, self.drop_rate, self.attn_drop_rate, float(rates[i]), self.dtype, self.matmul, name=f"blocks_{i}"
+            )(x, deterministic)
         x = layer_norm(arch.epsilon, "norm", self.dtype)(x)
 
         if self.num_classes <= 0:

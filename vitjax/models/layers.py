@@ -48,8 +48,9 @@ def _layer_norm_fwd(x, scale, bias, epsilon):
 def _layer_norm_bwd(epsilon, residuals, dy):
     normalized, inv_std, scale = residuals
     g = dy * scale
-    dx = inv_std * (g - jnp.mean(g, axis=-1, keepdims=True)
-                    - normalized * jnp.mean(g * normalized, axis=-1, keepdims=True))
+    dx = inv_std * (
+        g - jnp.mean(g, axis=-1, keepdims=True) - normalized * jnp.mean(g * normalized, axis=-1, keepdims=True)
+    )
     batch_axes = tuple(range(dy.ndim - 1))
     return dx, jnp.sum(dy * normalized, axis=batch_axes), jnp.sum(dy, axis=batch_axes)
 
@@ -204,10 +205,7 @@ def packed_multi_head_attention(
     float32 rounding, normalising before the second matmul rather than after).
     """
     q, k, v = (source[:, :, slot] for source, slot in zip((q_source, k_source, v_source), slots, strict=True))
-    fused = (
-        dropout is None and matmul == "onednn"
-        and q_source.dtype == k_source.dtype == v_source.dtype == jnp.float32
-    )
+    fused = dropout is None and matmul == "onednn" and q_source.dtype == k_source.dtype == v_source.dtype == jnp.float32
     if not fused:
         return multi_head_attention(q, k, v, dropout, matmul)
     return _fused_attention(tuple(slots), q_source, k_source, v_source)
@@ -224,7 +222,9 @@ def _fused_attention(slots, q_source, k_source, v_source):
 
     scale = q_source.shape[-1] ** -0.5
     return jax.lax.platform_dependent(
-        q_source, k_source, v_source,
+        q_source,
+        k_source,
+        v_source,
         cpu=lambda q, k, v: onednn.attention(q, k, v, slots, scale),
         default=functools.partial(_unfused_attention, slots),
     )
@@ -363,6 +363,5 @@ def check_image_size(images: jax.Array, img_size: int, in_chans: int) -> None:
     """Our models take NHWC images of the size they were created for; say so clearly."""
     if images.ndim != 4 or images.shape[1:] != (img_size, img_size, in_chans):
         raise ValueError(
-            f"expected NHWC images of shape [batch, {img_size}, {img_size}, {in_chans}], "
-            f"got {tuple(images.shape)}"
+            f"expected NHWC images of shape [batch, {img_size}, {img_size}, {in_chans}], got {tuple(images.shape)}"
         )

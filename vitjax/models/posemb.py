@@ -34,4 +34,3 @@ def resize_position_embeddings(posemb: np.ndarray, num_prefix_tokens: int, new_g
     resized = jax.image.resize(grid, (new_grid, new_grid, dim), method="bicubic", antialias=False)
     resized = np.asarray(resized, dtype=posemb.dtype).reshape(1, new_grid * new_grid, dim)
     return np.concatenate([prefix, resized], axis=1)
-

@@ -85,7 +85,11 @@ _TEST_DEIT = dict(embed_dim=64, depth=2, num_heads=4, patch_size=8, img_size=32)
 register(ModelSpec("DeiT_test_patch8_32", "deit", DeiTArch(**_TEST_DEIT), EvalTransform(36, 32), test_size=True))
 register(
     ModelSpec(
-        "DeiT_test_distilled_patch8_32", "deit", DeiTArch(**_TEST_DEIT, distilled=True), EvalTransform(36, 32), test_size=True
+        "DeiT_test_distilled_patch8_32",
+        "deit",
+        DeiTArch(**_TEST_DEIT, distilled=True),
+        EvalTransform(36, 32),
+        test_size=True,
     )
 )
 register(

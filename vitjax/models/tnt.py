@@ -93,7 +93,9 @@ class Attention(nn.Module):
         dropout = None
         if self.attn_drop_rate > 0.0 and not deterministic:
             dropout = lambda w: nn.Dropout(self.attn_drop_rate)(w, deterministic=False)  # noqa: E731
-        out = packed_multi_head_attention(qk, qk, v, (0, 1, 0), dropout, self.matmul).reshape(x.shape[0], tokens, self.dim)
+        out = packed_multi_head_attention(qk, qk, v, (0, 1, 0), dropout, self.matmul).reshape(
+            x.shape[0], tokens, self.dim
+        )
         out = dense(self.dim, "proj", dtype=self.dtype, matmul=self.matmul)(out)
         out = nn.Dropout(self.proj_drop_rate)(out, deterministic=deterministic)
         return out.reshape(*lead, tokens, self.dim)
@@ -116,10 +118,14 @@ class Block(nn.Module):
         drop_path_in = DropPath(self.drop_path_rate, sample_dims=2)
 
         def attention(dim: int, heads: int, name: str) -> Attention:
-            return Attention(dim, heads, arch.qkv_bias, self.attn_drop_rate, self.drop_rate, self.dtype, self.matmul, name=name)
+            return Attention(
+                dim, heads, arch.qkv_bias, self.attn_drop_rate, self.drop_rate, self.dtype, self.matmul, name=name
+            )
 
         # Inner transformer over the words of each patch: [batch, patches, words, in_dim].
-        y = attention(arch.in_dim, arch.in_num_heads, "attn_in")(layer_norm(eps, "norm_in", self.dtype)(pixel_embed), deterministic)
+        y = attention(arch.in_dim, arch.in_num_heads, "attn_in")(
+            layer_norm(eps, "norm_in", self.dtype)(pixel_embed), deterministic
+        )
         pixel_embed = pixel_embed + drop_path_in(y, deterministic)
         y = layer_norm(eps, "norm_mlp_in", self.dtype)(pixel_embed)
         y = Mlp(4 * arch.in_dim, arch.in_dim, self.drop_rate, self.dtype, self.matmul, name="mlp_in")(y, deterministic)
@@ -134,12 +140,14 @@ class Block(nn.Module):
         patch_embed = jnp.concatenate([patch_embed[:, :1], patch_embed[:, 1:] + words], axis=1)
 
         # Outer transformer over the class token and the patches.
-        y = attention(arch.embed_dim, arch.num_heads, "attn_out")(layer_norm(eps, "norm_out", self.dtype)(patch_embed), deterministic)
+        y = attention(arch.embed_dim, arch.num_heads, "attn_out")(
+            layer_norm(eps, "norm_out", self.dtype)(patch_embed), deterministic
+        )
         patch_embed = patch_embed + drop_path(y, deterministic)
         y = layer_norm(eps, "norm_mlp", self.dtype)(patch_embed)
-        y = Mlp(int(arch.embed_dim * arch.mlp_ratio), arch.embed_dim, self.drop_rate, self.dtype, self.matmul, name="mlp")(
-            y, deterministic
-        )
+        y = Mlp(
+            int(arch.embed_dim * arch.mlp_ratio), arch.embed_dim, self.drop_rate, self.dtype, self.matmul, name="mlp"
+        )(y, deterministic)
         patch_embed = patch_embed + drop_path(y, deterministic)
         return pixel_embed, patch_embed
 
@@ -178,11 +186,15 @@ def _conv_windows(x: jax.Array, k: int, stride: int, pad: int, out: int) -> jax.
     n, size, _, c = x.shape
     blocks = -(-(stride * (out - 1) + k) // stride)
     after = blocks * stride - size - pad
-    x = jnp.pad(x, ((0, 0), (pad, max(after, 0)), (pad, max(after, 0)), (0, 0)))[:, : blocks * stride, : blocks * stride]
+    x = jnp.pad(x, ((0, 0), (pad, max(after, 0)), (pad, max(after, 0)), (0, 0)))[
+        :, : blocks * stride, : blocks * stride
+    ]
     x = x.reshape(n, blocks, stride, blocks, stride, c)
     shifts = range(-(-k // stride))
     rows = jnp.concatenate([x[:, m : m + out, : min(stride, k - m * stride)] for m in shifts], axis=2)  # n i a bj aj c
-    cols = jnp.concatenate([rows[:, :, :, m : m + out, : min(stride, k - m * stride)] for m in shifts], axis=4)  # n i a j b c
+    cols = jnp.concatenate(
+        [rows[:, :, :, m : m + out, : min(stride, k - m * stride)] for m in shifts], axis=4
+    )  # n i a j b c
     return cols.transpose(0, 1, 3, 2, 4, 5).reshape(n, out * out, k, k, c)
 
 

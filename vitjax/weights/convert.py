@@ -11,18 +11,19 @@ import functools
 import math
 import os
 from collections import OrderedDict
-from typing import Any, Literal, Mapping
+from collections.abc import Mapping
+from typing import Any, Literal
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from flax.traverse_util import flatten_dict, unflatten_dict
 
-from vitjax.weights.mapping import KeyRule, is_head_key, key_table
-from vitjax.weights.errors import WeightMismatchError
-from vitjax.weights.pdparams import read_pdparams, write_pdparams
 from vitjax.models.posemb import POSITION_EMBEDDING_NAMES, resize_position_embeddings
 from vitjax.models.registry import create_model, get_spec, list_models
+from vitjax.weights.errors import WeightMismatchError
+from vitjax.weights.mapping import KeyRule, is_head_key, key_table
+from vitjax.weights.pdparams import read_pdparams, write_pdparams
 
 HeadPolicy = Literal["strict", "reinit", "skip"]
 Variables = dict[str, Any]
@@ -107,7 +108,9 @@ def state_dict_to_variables(
         raw = np.asarray(state[rule.paddle_key])
         want = expected[rule.flax_path]
         if raw.dtype.kind != "f":
-            raise WeightMismatchError(f"{source}: {rule.paddle_key} holds {raw.dtype} values; parameters are floating point")
+            raise WeightMismatchError(
+                f"{source}: {rule.paddle_key} holds {raw.dtype} values; parameters are floating point"
+            )
         try:
             array = rule.to_flax(raw.astype(np.float32, copy=False))
         except ValueError:
@@ -138,7 +141,7 @@ def state_dict_to_variables(
     return {"params": unflatten_dict(flat)}
 
 
-def variables_to_state_dict(variables: Variables, model_name: str) -> "OrderedDict[str, np.ndarray]":
+def variables_to_state_dict(variables: Variables, model_name: str) -> OrderedDict[str, np.ndarray]:
     """PaddleClas's ``state_dict`` (same keys, order, layouts) for our variables."""
     params = variables.get("params", variables)
     flat = {path: np.asarray(v) for path, v in flatten_dict(_unfreeze(params)).items()}

@@ -37,8 +37,8 @@ import time
 import urllib.error
 import urllib.request
 import zlib
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path, PurePosixPath
-from typing import Callable, Iterator, Mapping
 
 from vitjax.files import atomic_file
 
@@ -158,8 +158,16 @@ class Progress:
         if sys.stderr.isatty():
             from tqdm import tqdm
 
-            self._bar = tqdm(total=total, initial=initial, unit="B", unit_scale=True, unit_divisor=1024,
-                             desc=label, file=sys.stderr, leave=True)
+            self._bar = tqdm(
+                total=total,
+                initial=initial,
+                unit="B",
+                unit_scale=True,
+                unit_divisor=1024,
+                desc=label,
+                file=sys.stderr,
+                leave=True,
+            )
         else:
             size = f" ({total / 1e6:.1f} MB)" if total else ""
             resumed = f", resuming at {initial / 1e6:.1f} MB" if initial else ""
@@ -311,8 +319,10 @@ def _usable_cached(dest: Path, sidecar: Path, adopt: Callable[[], None] | None) 
         except Exception as e:  # noqa: BLE001 - any refusal means: fetch again
             _warn(f"{dest}: cached copy is not usable ({e}); downloading it again")
     elif bad:
-        _warn(f"{dest}: cached file is corrupted (SHA-256 of {', '.join(bad)} no longer matches "
-              f"{sidecar.name}); downloading it again")
+        _warn(
+            f"{dest}: cached file is corrupted (SHA-256 of {', '.join(bad)} no longer matches "
+            f"{sidecar.name}); downloading it again"
+        )
     else:
         _warn(f"{dest}: cached copy has no SHA-256 record; downloading it again")
     if dest.is_dir():
@@ -324,18 +334,26 @@ def _usable_cached(dest: Path, sidecar: Path, adopt: Callable[[], None] | None) 
 
 def _refuse_offline(dest: Path, url: str) -> None:
     if is_offline():
-        raise OfflineError(f"VITJAX_OFFLINE is set and {dest} is not in the cache (it comes from {url}); "
-                           "unset VITJAX_OFFLINE, or put it there by hand")
+        raise OfflineError(
+            f"VITJAX_OFFLINE is set and {dest} is not in the cache (it comes from {url}); "
+            "unset VITJAX_OFFLINE, or put it there by hand"
+        )
 
 
-def _check_download(url: str, path: Path, sha256: str | None, check: Callable[[Path], object] | None,
-                    refusable: tuple[type[BaseException], ...] = (ValueError, OSError)) -> tuple[str, object]:
+def _check_download(
+    url: str,
+    path: Path,
+    sha256: str | None,
+    check: Callable[[Path], object] | None,
+    refusable: tuple[type[BaseException], ...] = (ValueError, OSError),
+) -> tuple[str, object]:
     """``(SHA-256 of path, check(path))``; a SHA-256 other than the published ``sha256``, or a
     ``refusable`` error from ``check``, raises :class:`RefusedDownload` naming ``url``."""
     digest = sha256_of(path)
     if sha256 is not None and digest != sha256:
-        raise RefusedDownload(f"refused the download of {url}: its SHA-256 is {digest}, not the "
-                              f"published {sha256}; nothing was cached")
+        raise RefusedDownload(
+            f"refused the download of {url}: its SHA-256 is {digest}, not the published {sha256}; nothing was cached"
+        )
     if check is None:
         return digest, None
     try:
@@ -377,8 +395,7 @@ def fetch_cached(
             return dest
         _refuse_offline(dest, url)
         part = dest.with_name(dest.name + ".part")
-        download_to_part(url, part, quiet=quiet, timeout=timeout, retries=retries, backoff=backoff,
-                         label=dest.name)
+        download_to_part(url, part, quiet=quiet, timeout=timeout, retries=retries, backoff=backoff, label=dest.name)
         try:
             digest = check(part)
         except BaseException:
@@ -415,14 +432,23 @@ def fetch_cached_archive(
             return dest
         _refuse_offline(dest, url)
         part = dest.with_name(dest.name + ".download.part")
-        download_to_part(url, part, quiet=quiet, timeout=timeout, retries=retries, backoff=backoff,
-                         label=url.rsplit("/", 1)[-1])
+        download_to_part(
+            url, part, quiet=quiet, timeout=timeout, retries=retries, backoff=backoff, label=url.rsplit("/", 1)[-1]
+        )
         staging = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", dir=dest.parent))
         try:
-            _, unpacked = _check_download(url, part, sha256, lambda archive: unpack(archive, staging),
-                                          refusable=(ValueError, OSError, tarfile.TarError))
-            digests = {f"{dest.name}/{path.relative_to(unpacked).as_posix()}": sha256_of(path)
-                       for path in sorted(unpacked.rglob("*")) if path.is_file()}
+            _, unpacked = _check_download(
+                url,
+                part,
+                sha256,
+                lambda archive: unpack(archive, staging),
+                refusable=(ValueError, OSError, tarfile.TarError),
+            )
+            digests = {
+                f"{dest.name}/{path.relative_to(unpacked).as_posix()}": sha256_of(path)
+                for path in sorted(unpacked.rglob("*"))
+                if path.is_file()
+            }
             os.replace(unpacked, dest)
             write_digests(sidecar, digests)
         finally:
@@ -468,7 +494,9 @@ class _BoundedReads(io.RawIOBase):
 
     def read(self, size: int = -1) -> bytes:
         if size is None or size < 0 or size > MAX_TAR_READ:
-            raise UnsafeArchiveError(f"{self.archive}: a header asks to read {size} bytes at once (at most {MAX_TAR_READ})")
+            raise UnsafeArchiveError(
+                f"{self.archive}: a header asks to read {size} bytes at once (at most {MAX_TAR_READ})"
+            )
         data = self.inner.read(size)
         self.total += len(data)
         if self.total > self.max_total:

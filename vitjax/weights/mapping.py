@@ -14,7 +14,7 @@ Layouts: Paddle's ``Linear.weight`` is ``[in, out]`` like a Flax ``Dense`` kerne
 from __future__ import annotations
 
 import dataclasses
-from typing import Iterator
+from collections.abc import Iterator
 
 import numpy as np
 

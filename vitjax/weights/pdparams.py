@@ -16,8 +16,8 @@ from __future__ import annotations
 
 import os
 import pickle
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Mapping
 
 import numpy as np
 
@@ -68,8 +68,10 @@ def read_pdparams(path: str | os.PathLike, *, allow_nonfinite: bool = False) -> 
         if not isinstance(value, np.ndarray):
             raise PdparamsError(f"{path}: entry {key[:100]!r} is a {type(value).__name__}, not an array")
         if not allow_nonfinite and value.dtype.kind == "f" and not np.isfinite(value).all():
-            raise PdparamsError(f"{path}: entry {key[:100]!r} holds NaN or infinite values "
-                                "(pass allow_nonfinite=True to load it anyway)")
+            raise PdparamsError(
+                f"{path}: entry {key[:100]!r} holds NaN or infinite values "
+                "(pass allow_nonfinite=True to load it anyway)"
+            )
         arrays[key] = value
     if not arrays:
         raise PdparamsError(f"{path}: holds no parameters")

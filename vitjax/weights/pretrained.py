@@ -25,7 +25,14 @@ from pathlib import Path
 import numpy as np
 
 from vitjax.models.registry import get_spec, list_models
-from vitjax.weights.convert import HeadPolicy, Variables, _expected_shapes, _mismatch_error, infer_num_classes, load_pdparams
+from vitjax.weights.convert import (
+    HeadPolicy,
+    Variables,
+    _expected_shapes,
+    _mismatch_error,
+    infer_num_classes,
+    load_pdparams,
+)
 from vitjax.weights.download import (
     DEFAULT_RETRIES,
     DEFAULT_TIMEOUT,
@@ -186,9 +193,11 @@ def check_state_fits(path: Path, model_name: str, source: str) -> None:
 
 
 def _advice(entry: PretrainedEntry, url: str) -> str:
-    return (f"download {url} by hand and pass it with --config.init.pdparams=FILE or "
-            f"vitjax.load_pdparams(FILE, {entry.architecture!r}); or set VITJAX_WEIGHTS_URL to a mirror "
-            f"that serves {_basename(url)}")
+    return (
+        f"download {url} by hand and pass it with --config.init.pdparams=FILE or "
+        f"vitjax.load_pdparams(FILE, {entry.architecture!r}); or set VITJAX_WEIGHTS_URL to a mirror "
+        f"that serves {_basename(url)}"
+    )
 
 
 def download_pretrained(
@@ -215,8 +224,16 @@ def download_pretrained(
         check_state_fits(path, entry.architecture, source=path.name)
 
     try:
-        return fetch_cached(url, dest, verify=verify, sha256=entry.sha256, quiet=quiet, timeout=timeout,
-                            retries=retries, backoff=backoff)
+        return fetch_cached(
+            url,
+            dest,
+            verify=verify,
+            sha256=entry.sha256,
+            quiet=quiet,
+            timeout=timeout,
+            retries=retries,
+            backoff=backoff,
+        )
     except OfflineError:
         raise
     except DownloadError as e:
@@ -240,5 +257,6 @@ def load_pretrained(
     new head, ``img_size=384`` to resample the position embeddings.
     """
     path = download_pretrained(name, quiet=quiet, cache_dir=cache_dir)
-    return load_pdparams(path, get_pretrained(name).architecture, num_classes=num_classes, img_size=img_size,
-                         head=head, seed=seed)
+    return load_pdparams(
+        path, get_pretrained(name).architecture, num_classes=num_classes, img_size=img_size, head=head, seed=seed
+    )

@@ -194,8 +194,14 @@ class _Machine:
             raise SafePickleError(f"REDUCE of {_describe(func)}, which a Paddle file never contains")
         kind = _KNOWN_GLOBALS.get((func.module, func.name))
         if kind == _RECONSTRUCT:
-            if (len(args) == 3 and isinstance(args[0], _Global) and _KNOWN_GLOBALS.get((args[0].module, args[0].name)) == _NDARRAY
-                    and args[1] == (0,) and isinstance(args[2], (bytes, memoryview)) and bytes(args[2]) == b"b"):
+            if (
+                len(args) == 3
+                and isinstance(args[0], _Global)
+                and _KNOWN_GLOBALS.get((args[0].module, args[0].name)) == _NDARRAY
+                and args[1] == (0,)
+                and isinstance(args[2], (bytes, memoryview))
+                and bytes(args[2]) == b"b"
+            ):
                 return _PendingArray()
             raise SafePickleError("numpy array reconstruction with arguments numpy never writes")
         if kind == _DTYPE:
@@ -231,11 +237,19 @@ class _Machine:
     def build_dtype(pending: _PendingDtype, state: Any) -> None:
         if pending.dtype is not None:
             raise SafePickleError("a dtype is built twice")
-        if not (isinstance(state, tuple) and len(state) == 8 and state[0] == 3 and state[2:5] == (None, None, None)
-                and state[5:] == (-1, -1, 0) and state[1] in ("<", ">", "|", "=")):
+        if not (
+            isinstance(state, tuple)
+            and len(state) == 8
+            and state[0] == 3
+            and state[2:5] == (None, None, None)
+            and state[5:] == (-1, -1, 0)
+            and state[1] in ("<", ">", "|", "=")
+        ):
             raise SafePickleError(f"dtype {pending.code!r} with a state numpy never writes for a numeric type")
         if pending.code not in ARRAY_DTYPES:
-            raise SafePickleError(f"arrays of dtype {pending.code!r}; only bool, integer and float16/32/64 arrays are allowed")
+            raise SafePickleError(
+                f"arrays of dtype {pending.code!r}; only bool, integer and float16/32/64 arrays are allowed"
+            )
         order = state[1]
         dtype = np.dtype(pending.code)
         if order in "<>" and dtype.itemsize > 1:
@@ -259,7 +273,9 @@ class _Machine:
             raise SafePickleError(f"array data is a {_describe(raw)}, not bytes")
         expected = math.prod(shape) * dtype.dtype.itemsize
         if len(raw) != expected:
-            raise SafePickleError(f"array of shape {list(shape)} {dtype.dtype.name} needs {expected} bytes, the file holds {len(raw)}")
+            raise SafePickleError(
+                f"array of shape {list(shape)} {dtype.dtype.name} needs {expected} bytes, the file holds {len(raw)}"
+            )
         array = np.frombuffer(raw, dtype=dtype.dtype).reshape(shape)
         if dtype.dtype.kind == "b":  # any non-zero byte is True, as numpy's own bool arithmetic reads it
             pending.array = np.array(array.view(np.uint8) != 0, order="C")
@@ -277,7 +293,9 @@ class _Machine:
             self.pos += 1
             handler = _OPS.get(op)
             if handler is None:
-                raise SafePickleError(f"opcode {bytes([op])!r} at offset {self.pos - 1}, which a Paddle file never contains")
+                raise SafePickleError(
+                    f"opcode {bytes([op])!r} at offset {self.pos - 1}, which a Paddle file never contains"
+                )
             if handler(self):
                 break
         if self.marks or len(self.stack) != 1:
@@ -555,7 +573,9 @@ _HASHABLE = (str, int, float, bool, type(None), tuple)
 
 def _set_items(target: dict, items: list[Any]) -> None:
     for key, value in zip(items[::2], items[1::2]):
-        if not isinstance(key, _HASHABLE) or (isinstance(key, tuple) and not all(isinstance(k, _HASHABLE) for k in key)):
+        if not isinstance(key, _HASHABLE) or (
+            isinstance(key, tuple) and not all(isinstance(k, _HASHABLE) for k in key)
+        ):
             raise SafePickleError(f"a dict key is a {_describe(key)}")
         target[key] = value
 
