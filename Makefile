@@ -46,6 +46,10 @@ define install
 	# PaddleClas's model and preprocessing code, the reference the tests compare against (its
 	# package __init__ needs the whole PaddleClas stack, so only its files are used).
 	$(if $(3),$(1)/bin/python -m pip install -q -c $(LOCK) --no-deps paddleclas)
+	# Triton's own HTTP client, the peer the serving tests hold our KServe v2 protocol to. Its metadata
+	# caps ml-dtypes (<= 0.5.4) below what JAX needs, though its HTTP client never imports it, so it and
+	# its HTTP stack (pinned in the lock) are installed without resolving dependencies.
+	$(if $(3),$(if $(shell grep -q '^tritonclient==' $(LOCK) && echo y),$(1)/bin/python -m pip install -q -c $(LOCK) --no-deps tritonclient python-rapidjson geventhttpclient gevent greenlet zope.event zope.interface brotli))
 	find $(1) -maxdepth 1 -name '.installed-*' ! -name '*-$(SUM)' -delete
 	touch $@
 endef

@@ -42,6 +42,7 @@ from interop.serving.images import preprocess, set_pixel_limit
 from interop.serving.inputs import read_images
 from interop.serving.metrics import ServerMetrics
 from interop.serving.model import ServedModel, top_k
+from interop.serving.triton import TritonStats
 
 log = logging.getLogger("interop.serving")
 
@@ -59,6 +60,7 @@ class ServingState:
     def __init__(self, model: ServedModel, config: ServeConfig):
         self.model, self.config = model, config
         self.metrics = ServerMetrics(config.max_batch_size)
+        self.triton_stats = TritonStats(model.name, self.metrics.registry)
         self.batcher = DynamicBatcher(
             model.predict_probs,
             max_batch_size=config.max_batch_size,
@@ -117,9 +119,14 @@ class ServingState:
 
     async def classify(self, images: np.ndarray) -> np.ndarray:
         """NCHW batch -> probabilities, through the dynamic batcher, within the request timeout."""
+        probs, _, _ = await self.classify_timed(images)
+        return probs
+
+    async def classify_timed(self, images: np.ndarray) -> tuple[np.ndarray, float, float]:
+        """As :meth:`classify`, with the images' mean seconds queued and in the model."""
         timeout = self.config.request_timeout_s
         try:
-            return await asyncio.wait_for(self.batcher.submit(images), timeout)
+            return await asyncio.wait_for(self.batcher.submit_timed(images), timeout)
         except TimeoutError:
             raise RequestTimeout(f"not classified within {timeout:g} s (server overloaded)") from None
 

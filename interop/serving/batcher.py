@@ -28,6 +28,9 @@ log = logging.getLogger("interop.serving")
 class _Item:
     image: np.ndarray  # CHW float32
     future: asyncio.Future
+    enqueued: float = 0.0  # perf_counter() when queued, when its batch started and ended
+    started: float = 0.0
+    finished: float = 0.0
 
 
 class DynamicBatcher:
@@ -85,18 +88,27 @@ class DynamicBatcher:
 
     async def submit(self, images: np.ndarray) -> np.ndarray:
         """Queues ``images`` (NCHW) and waits for their rows; raises :class:`QueueFull` when the queue is full."""
+        rows, _, _ = await self.submit_timed(images)
+        return rows
+
+    async def submit_timed(self, images: np.ndarray) -> tuple[np.ndarray, float, float]:
+        """As :meth:`submit`, with the images' mean seconds in the queue and in the model."""
         assert self._queue is not None, "DynamicBatcher.start() was not called"
         if self._queue.qsize() + len(images) > self.max_queue_images:
             raise QueueFull(
                 f"server busy: {self._queue.qsize()} images queued (limit {self.max_queue_images}); retry later"
             )
         loop = asyncio.get_running_loop()
-        items = [_Item(image, loop.create_future()) for image in images]
+        now = time.perf_counter()
+        items = [_Item(image, loop.create_future(), now) for image in images]
         for item in items:
             self._queue.put_nowait(item)
         self._metrics.queue_depth.set(self._queue.qsize())
         try:
-            return np.stack(await asyncio.gather(*(item.future for item in items)))
+            rows = np.stack(await asyncio.gather(*(item.future for item in items)))
+            queue_s = sum(item.started - item.enqueued for item in items) / max(len(items), 1)
+            compute_s = sum(item.finished - item.started for item in items) / max(len(items), 1)
+            return rows, queue_s, compute_s
         finally:
             for item in items:  # on timeout/cancellation, the worker skips these
                 if not item.future.done():
@@ -137,7 +149,10 @@ class DynamicBatcher:
                     if not item.future.done():
                         item.future.set_exception(error)
                 continue
-            self._metrics.observe_batch(len(batch), time.perf_counter() - start)
+            end = time.perf_counter()
+            self._metrics.observe_batch(len(batch), end - start)
+            for item in batch:
+                item.started, item.finished = start, end
             for item, row in zip(batch, outputs):
                 if not item.future.done():
                     item.future.set_result(row)

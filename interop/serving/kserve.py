@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import json
 import math
+import time
 import zlib
 from typing import Any
 
@@ -33,6 +34,7 @@ from fastapi.responses import JSONResponse, Response
 from interop.serving.errors import BodyTooLarge, MalformedRequest, ServeError, UnsupportedMediaType
 from interop.serving.images import preprocess_array
 from interop.serving.inputs import check_count, decode_base64, media_type, parse_json
+from interop.serving.triton import model_config
 
 INPUT_NAME, OUTPUT_NAME = "x", "probabilities"
 INPUTS = {"x": "FP32", "images": "BYTES", "pixels": "UINT8"}  # input name -> its datatype
@@ -117,7 +119,17 @@ def add_kserve_routes(app: FastAPI, state) -> None:
 
     @app.get("/v2")
     async def server_metadata() -> dict[str, Any]:
-        return {"name": "vitjax", "version": "2", "extensions": []}
+        return {
+            "name": "vitjax",
+            "version": "2",
+            "extensions": [
+                "binary_tensor_data",
+                "classification",
+                "model_configuration",
+                "statistics",
+                "model_repository",
+            ],
+        }
 
     @app.get("/v2/health/live")
     async def live() -> dict[str, bool]:
@@ -154,6 +166,14 @@ def add_kserve_routes(app: FastAPI, state) -> None:
         check_name(name)
         check_version(version)
         state.check_accepting(request)
+        began = time.perf_counter()
+        try:
+            return await _infer(request, began)
+        except Exception:
+            state.triton_stats.record_failure(time.perf_counter() - began)
+            raise
+
+    async def _infer(request: Request, began: float) -> Response:
         if media_type(request) not in ("application/json", "application/octet-stream", ""):
             raise UnsupportedMediaType(
                 f"content type {media_type(request)!r}: send application/json (or octet-stream with the binary extension)"
@@ -164,36 +184,98 @@ def add_kserve_routes(app: FastAPI, state) -> None:
         if not isinstance(inputs, list) or len(inputs) != 1 or not isinstance(inputs[0], dict):
             raise MalformedRequest('v2 request must have "inputs": [one tensor]')
         outputs = payload.get("outputs") or []
-        if not isinstance(outputs, list):
-            raise MalformedRequest('"outputs" must be a list of {"name": ...}')
+        if not isinstance(outputs, list) or len(outputs) > 1:
+            raise MalformedRequest('"outputs" must be a list of at most one {"name": ...}')
         binary_out = bool(_parameters(payload).get("binary_data_output", False))
+        top_k = 0
         for output in outputs:
             name = output.get("name") if isinstance(output, dict) else None
             if name != OUTPUT_NAME:
                 raise MalformedRequest(f"unknown output {name!r}; this model's output is {OUTPUT_NAME!r}")
             binary_out = bool(_parameters(output).get("binary_data", binary_out))
+            top_k = _classification_count(_parameters(output).get("classification", 0))
         images = await _images(inputs[0], _binary_part(inputs[0], binary))
-        probs = await state.classify(images)
-        output = {"name": OUTPUT_NAME, "datatype": "FP32", "shape": list(probs.shape)}
+        decoded = time.perf_counter()
+        probs, queue_s, infer_s = await state.classify_timed(images)
+        classified = time.perf_counter()
+        if top_k:
+            output, raw = _classification_output(probs, top_k, binary_out)
+        else:
+            output = {"name": OUTPUT_NAME, "datatype": "FP32", "shape": list(probs.shape)}
+            raw = np.ascontiguousarray(probs, dtype="<f4").tobytes() if binary_out else None
+            if not binary_out:
+                output["data"] = probs.reshape(-1).tolist()
         response: dict[str, Any] = {"model_name": model.name, "model_version": "1", "outputs": [output]}
         if "id" in payload:
             response["id"] = payload["id"]
-        if not binary_out:
-            output["data"] = probs.reshape(-1).tolist()
-            return JSONResponse(response)
-        data = np.ascontiguousarray(probs, dtype="<f4").tobytes()
-        output["parameters"] = {"binary_data_size": len(data)}
-        header = json.dumps(response).encode()
-        return Response(
-            header + data,
-            media_type="application/octet-stream",
-            headers={"Inference-Header-Content-Length": str(len(header))},
+        if raw is None:
+            reply: Response = JSONResponse(response)
+        else:
+            output["parameters"] = {"binary_data_size": len(raw)}
+            header = json.dumps(response).encode()
+            reply = Response(
+                header + raw,
+                media_type="application/octet-stream",
+                headers={"Inference-Header-Content-Length": str(len(header))},
+            )
+        done = time.perf_counter()
+        state.triton_stats.record_success(
+            len(probs),
+            total_s=done - began,
+            queue_s=queue_s,
+            input_s=decoded - began,
+            infer_s=infer_s,
+            output_s=done - classified,
         )
+        return reply
+
+    def _classification_count(value: Any) -> int:
+        if value is None or value is False or value == 0:
+            return 0
+        if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= model.num_classes:
+            raise MalformedRequest(
+                f"output parameter classification={value!r}: a whole number of classes from 1 to {model.num_classes}"
+            )
+        return value
+
+    def _classification_output(probs: np.ndarray, k: int, binary_out: bool) -> tuple[dict, bytes | None]:
+        """Triton's classification extension: the top ``k`` of each row as BYTES ``"value:index:label"``."""
+        order = np.argsort(-probs, axis=-1, kind="stable")[:, :k]
+        entries = [f"{row[i]:f}:{int(i)}:{model.labels[i]}".encode() for row, idx in zip(probs, order) for i in idx]
+        output: dict[str, Any] = {"name": OUTPUT_NAME, "datatype": "BYTES", "shape": [len(probs), k]}
+        if not binary_out:
+            output["data"] = [entry.decode() for entry in entries]
+            return output, None
+        return output, b"".join(len(entry).to_bytes(4, "little") + entry for entry in entries)
+
+    async def model_config_route(name: str, version: str | None = None) -> dict[str, Any]:
+        check_name(name)
+        check_version(version)
+        return model_config(model, config)
+
+    async def model_stats(name: str, version: str | None = None) -> dict[str, Any]:
+        check_name(name)
+        check_version(version)
+        return {"model_stats": [state.triton_stats.as_triton()]}
+
+    @app.get("/v2/models/stats")
+    async def all_model_stats() -> dict[str, Any]:
+        return {"model_stats": [state.triton_stats.as_triton()]}
+
+    @app.post("/v2/repository/index")
+    async def repository_index() -> list[dict[str, str]]:
+        ok = state.ready and not state.draining
+        entry = {"name": model.name, "version": "1", "state": "READY" if ok else "UNAVAILABLE"}
+        if not ok:
+            entry["reason"] = "warming up" if not state.draining else "shutting down"
+        return [entry]
 
     for prefix in ("/v2/models/{name}", "/v2/models/{name}/versions/{version}"):
         app.add_api_route(prefix, model_metadata, methods=["GET"])
         app.add_api_route(prefix + "/ready", model_ready, methods=["GET"])
         app.add_api_route(prefix + "/infer", infer, methods=["POST"])
+        app.add_api_route(prefix + "/config", model_config_route, methods=["GET"])
+        app.add_api_route(prefix + "/stats", model_stats, methods=["GET"])
 
     def _parameters(entry: dict) -> dict:
         parameters = entry.get("parameters") or {}

@@ -58,3 +58,87 @@ def test_a_bad_binary_header_length_is_a_json_400(server):
     assert reply.status == 400 and "Inference-Header-Content-Length" in reply.json()["error"]
     reply = Client(server).request("POST", f"/v2/models/{NAME}/versions/7/infer", b"{}", "application/json")
     assert reply.status == 404 and "version" in reply.json()["error"]
+
+
+def test_tritonclient_reads_config_statistics_and_the_repository_index(server, exported, photos):
+    client = httpclient.InferenceServerClient(server.removeprefix("http://"), connection_timeout=30, network_timeout=30)
+    try:
+        config = client.get_model_config(NAME)
+        assert config["name"] == NAME and config["max_batch_size"] >= 1
+        assert [i["name"] for i in config["input"]] == ["x", "images", "pixels"]
+        assert config["output"][0]["data_type"] == "TYPE_FP32"
+        assert config["dynamic_batching"]["max_queue_delay_microseconds"] >= 0
+        assert client.get_model_config(NAME, "1") == config
+        before = client.get_inference_statistics(NAME)["model_stats"][0]
+        images = photo_batch(photos[:3], NAME)
+        x = httpclient.InferInput("x", list(images.shape), "FP32")
+        x.set_data_from_numpy(images)
+        client.infer(NAME, [x])
+        bad = httpclient.InferInput("x", [1, 3, 2, 2], "FP32")
+        bad.set_data_from_numpy(np.zeros((1, 3, 2, 2), np.float32))
+        with pytest.raises(Exception, match="does not fit the model input"):
+            client.infer(NAME, [bad])
+        after = client.get_inference_statistics(NAME, "1")["model_stats"][0]
+        assert after["inference_count"] - before["inference_count"] == 3
+        assert after["execution_count"] - before["execution_count"] == 1
+        stats, old = after["inference_stats"], before["inference_stats"]
+        assert stats["success"]["count"] - old["success"]["count"] == 1
+        assert stats["fail"]["count"] - old["fail"]["count"] == 1
+        for phase in ("success", "queue", "compute_input", "compute_infer", "compute_output"):
+            assert int(stats[phase]["ns"]) > int(old[phase]["ns"]), phase
+        assert int(stats["success"]["ns"]) - int(old["success"]["ns"]) >= int(stats["compute_infer"]["ns"]) - int(
+            old["compute_infer"]["ns"]
+        )
+        assert client.get_inference_statistics()["model_stats"][0]["name"] == NAME
+        assert client.get_model_repository_index() == [{"name": NAME, "version": "1", "state": "READY"}]
+    finally:
+        client.close()
+
+
+@pytest.mark.parametrize("binary", [True, False], ids=["binary", "json"])
+def test_the_classification_extension_gives_triton_top_k_strings(server, exported, photos, binary):
+    variables, _ = exported
+    images = photo_batch(photos[:2], NAME)
+    expected = create_predictor("jax", variables=variables, model_name=NAME).predict(images)
+    client = httpclient.InferenceServerClient(server.removeprefix("http://"), connection_timeout=30, network_timeout=30)
+    try:
+        x = httpclient.InferInput("x", list(images.shape), "FP32")
+        x.set_data_from_numpy(images, binary_data=binary)
+        top = httpclient.InferRequestedOutput("probabilities", binary_data=binary, class_count=3)
+        result = client.infer(NAME, [x], outputs=[top]).as_numpy("probabilities")
+        assert result.shape == (2, 3)
+        for row, entries in zip(expected, result):
+            parsed = [(e.decode() if isinstance(e, bytes) else e).split(":", 2) for e in entries]
+            assert [int(index) for _, index, _ in parsed] == list(np.argsort(-row, kind="stable")[:3])
+            np.testing.assert_allclose([float(v) for v, _, _ in parsed], np.sort(row)[::-1][:3], atol=1e-5)
+            assert all(label for _, _, label in parsed)
+    finally:
+        client.close()
+
+
+def test_triton_metric_names_count_requests_on_metrics(server, exported, photos):
+    import urllib.request
+
+    def scrape() -> dict[str, float]:
+        text = urllib.request.urlopen(f"{server}/metrics", timeout=30).read().decode()
+        values = {}
+        for line in text.splitlines():
+            if line.startswith("nv_inference_") and f'model="{NAME}"' in line:
+                values[line.split("{")[0]] = float(line.rsplit(" ", 1)[1])
+        return values
+
+    before = scrape()
+    client = httpclient.InferenceServerClient(server.removeprefix("http://"), connection_timeout=30, network_timeout=30)
+    try:
+        images = photo_batch(photos[:2], NAME)
+        x = httpclient.InferInput("x", list(images.shape), "FP32")
+        x.set_data_from_numpy(images)
+        client.infer(NAME, [x])
+    finally:
+        client.close()
+    after = scrape()
+    assert after["nv_inference_request_success_total"] - before["nv_inference_request_success_total"] == 1
+    assert after["nv_inference_count_total"] - before["nv_inference_count_total"] == 2
+    assert (
+        after["nv_inference_compute_infer_duration_us_total"] > before["nv_inference_compute_infer_duration_us_total"]
+    )
