@@ -63,8 +63,10 @@ def _restore_on_one_device(path: Path) -> Any:
         return checkpointer.restore(path, target)
 
 
-def load_variables(path: str | os.PathLike, step: int | None = None) -> dict[str, Any]:
-    """Model variables from a variables checkpoint or a training workdir (latest step)."""
+def load_variables(path: str | os.PathLike, step: int | None = None, ema: bool = False) -> dict[str, Any]:
+    """Model variables from a variables checkpoint or a training workdir (latest step).
+    ``ema``: the exponential moving average of the parameters (``ema_params``, written by a run
+    with ``ema.decay`` > 0) as ``params``; a :class:`CheckpointError` when the checkpoint has none."""
     path = Path(path).absolute()
     if not path.exists():
         raise CheckpointError(f"{path}: no such checkpoint or workdir")
@@ -82,7 +84,12 @@ def load_variables(path: str | os.PathLike, step: int | None = None) -> dict[str
         raise CheckpointError(f"{path}: neither an orbax checkpoint nor a workdir with {CHECKPOINT_DIR}/")
     if "params" not in tree:
         raise CheckpointError(f"{path}: checkpoint has no 'params' entry")
-    return {"params": jax.tree.map(np.asarray, tree["params"])}
+    if ema and "ema_params" not in tree:
+        raise CheckpointError(
+            f"{path}: checkpoint has no EMA weights (it was trained with ema.decay=0); "
+            "use its raw weights (init.use_ema=False) or train with ema.decay > 0"
+        )
+    return {"params": jax.tree.map(np.asarray, tree["ema_params" if ema else "params"])}
 
 
 # --- training state in a workdir ------------------------------------------------------------

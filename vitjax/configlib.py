@@ -26,7 +26,9 @@ def base_config() -> ml_collections.ConfigDict:
     c.model.drop_rate = 0.0
     c.model.attn_drop_rate = 0.0
     c.model.drop_path_rate = 0.1
-    c.model.dtype = "float32"  # computation dtype: float32 | bfloat16
+    # Computation dtype: float32 | bfloat16. bfloat16 runs matmuls and activations in bf16 on any
+    # backend; parameters, gradients, optimizer state, EMA, LayerNorm statistics and the loss stay float32.
+    c.model.dtype = "float32"
     # The dense layers' matmul kernel: xla | onednn (vitjax.kernels.onednn: oneDNN on the CPU, faster
     # training there; needs the cpu-kernels extra and a C++ compiler) | auto (onednn when this run is
     # on one CPU device and the kernel builds, else xla). Same parameters and checkpoints either way.
@@ -41,6 +43,9 @@ def base_config() -> ml_collections.ConfigDict:
     c.init.pretrained = False
     c.init.checkpoint = ""
     c.init.head = "strict"  # strict | reinit | skip (skip: keep the fresh head)
+    # eval/predict (and init.checkpoint): take the checkpoint's EMA weights instead of its raw ones;
+    # an error when the checkpoint has none.
+    c.init.use_ema = False
 
     c.data = ml_collections.ConfigDict()
     c.data.source = "digits"  # digits | tfds:<name> | filelist | folder
@@ -96,8 +101,20 @@ def base_config() -> ml_collections.ConfigDict:
     c.optimizer.min_lr = 2e-5
     c.optimizer.piecewise_epochs = (30, 60, 90)
     c.optimizer.piecewise_scales = (0.1, 0.01, 0.001)
+    # Layer-wise learning-rate decay (fine-tuning; docs/finetuning.md): 0 is off; d in (0, 1] scales
+    # each parameter's rate by d ** (depth + 1 - layer): the head 1, block i d ** (depth - i), the
+    # stem d ** (depth + 1), as timm's param_groups_layer_decay. Scales below the minimum are raised to it.
+    c.optimizer.layer_decay = 0.0
+    c.optimizer.layer_decay_min_scale = 0.0
+    # Extra learning-rate multipliers: ((regex, multiplier), ...) searched in the "/"-joined parameter
+    # path (e.g. ("^head", 10.0)); each matching pair multiplies. A pattern that matches nothing is an error.
+    c.optimizer.lr_mults = ()
 
     c.batch_size = 256  # global, over all devices and hosts
+    # Gradient accumulation: each step runs accum_steps micro-batches of batch_size / accum_steps
+    # (a scan inside the jitted step) and makes one update from their mean gradient: the update of
+    # one batch_size batch, with the activation memory of one micro-batch. 1: off.
+    c.accum_steps = 1
     c.eval_batch_size = 256
     c.num_epochs = 300.0
     c.num_steps = 0  # >0 overrides num_epochs
@@ -112,6 +129,16 @@ def base_config() -> ml_collections.ConfigDict:
     c.sharding = ml_collections.ConfigDict()
     c.sharding.strategy = "dp"  # dp | fsdp | tp | fsdp_tp
     c.sharding.rules = ()  # extra (regex, spec) pairs, tried first; spec like ("data", None)
+
+    # An exponential moving average of the parameters, kept in the checkpoint and evaluated beside
+    # them (ema_top1 in metrics.jsonl). decay 0: off. With warmup, update t (1-based) uses
+    # min(decay, 1 - (1 + (t - 1) / warmup_gamma) ** -warmup_power), as timm's ModelEmaV3; the
+    # first update copies the parameters either way.
+    c.ema = ml_collections.ConfigDict()
+    c.ema.decay = 0.0
+    c.ema.warmup = False
+    c.ema.warmup_gamma = 1.0
+    c.ema.warmup_power = 2 / 3
 
     c.distill = ml_collections.ConfigDict()
     c.distill.teacher = ""  # a registered model name; empty: no teacher

@@ -72,18 +72,22 @@ class Experiment:
             lambda key: self.model.init(key, jnp.zeros((1, *self.shape)))["params"], out_shardings=self.param_shardings
         )
         fresh = init(jax.random.key(c.seed))
-        loaded = load_weights(c.model, c.init.pdparams, c.init.checkpoint, c.init.head, c.seed, c.init.pretrained)
+        loaded = load_weights(
+            c.model, c.init.pdparams, c.init.checkpoint, c.init.head, c.seed, c.init.pretrained, c.init.use_ema
+        )
         if loaded is None:
             return fresh
         return to_global(merge_loaded(jax.tree.map(to_host, fresh), loaded), self.param_shardings)
 
     def params_for_inference(self) -> Any:
         """Weights for eval/predict: init.pdparams / init.pretrained / init.checkpoint, else the
-        workdir's latest checkpoint."""
+        workdir's latest checkpoint (its EMA with ``init.use_ema``)."""
         c = self.config
-        loaded = load_weights(c.model, c.init.pdparams, c.init.checkpoint, c.init.head, c.seed, c.init.pretrained)
+        loaded = load_weights(
+            c.model, c.init.pdparams, c.init.checkpoint, c.init.head, c.seed, c.init.pretrained, c.init.use_ema
+        )
         if loaded is None:
-            loaded = dict(checkpoints.load_variables(self.workdir)["params"])
+            loaded = dict(checkpoints.load_variables(self.workdir, ema=c.init.use_ema)["params"])
         zeros = jax.tree.map(lambda s: np.zeros(s.shape, s.dtype), self.abstract_params)
         return to_global(merge_loaded(zeros, loaded), self.param_shardings)
 

@@ -79,13 +79,24 @@ def image_shape(model: nn.Module) -> tuple[int, int, int]:
 
 
 def load_weights(
-    model_config, pdparams: str, checkpoint: str, head: str, seed: int, pretrained: bool = False
+    model_config,
+    pdparams: str,
+    checkpoint: str,
+    head: str,
+    seed: int,
+    pretrained: bool = False,
+    use_ema: bool = False,
 ) -> dict | None:
     """Parameters from a ``.pdparams`` file, PaddleClas's published weights for the model
     (``pretrained``, downloaded into the cache) or an orbax checkpoint/workdir (numpy arrays);
-    ``None`` when none is set. Setting more than one is a ``ValueError``."""
+    ``None`` when none is set. Setting more than one is a ``ValueError``. ``use_ema``: the
+    checkpoint's EMA weights (an error for a ``.pdparams`` file, which has none)."""
     if sum(map(bool, (pdparams, checkpoint, pretrained))) > 1:
         raise ValueError("set only one of init.pdparams, init.pretrained and init.checkpoint")
+    if use_ema and (pdparams or pretrained):
+        raise ValueError(
+            "init.use_ema=True: a .pdparams file has no EMA weights; expected init.checkpoint or a workdir"
+        )
     if pretrained:
         from vitjax.weights.pretrained import download_pretrained
 
@@ -103,7 +114,7 @@ def load_weights(
         )
         return dict(variables["params"])
     if checkpoint:
-        return dict(checkpoints.load_variables(checkpoint)["params"])
+        return dict(checkpoints.load_variables(checkpoint, ema=use_ema)["params"])
     return None
 
 

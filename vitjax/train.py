@@ -30,6 +30,8 @@ import jax
 import jax.numpy as jnp
 import optax
 import orbax.checkpoint as ocp
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
 
 from vitjax import checkpoints, reporting, sharding
 from vitjax.checkpoints import checkpoint_manager
@@ -39,10 +41,11 @@ from vitjax.experiment import Experiment, to_global, to_host
 from vitjax.hostmem import allocator_advice
 from vitjax.mixing import mix_batch
 from vitjax.model_init import build_model, image_shape, load_weights, make_teacher, merge_loaded
+from vitjax.models.registry import get_spec
 from vitjax.monitoring import InputWaitMeter, LossCheck
 from vitjax.optim import lr_schedule, make_optimizer
 from vitjax.preemption import Preempted, PreemptionWatch
-from vitjax.steps import TrainState, make_eval_step, make_train_step
+from vitjax.steps import TrainState, check_accum_steps, make_eval_step, make_train_step
 
 __all__ = [
     "Experiment",
@@ -86,7 +89,8 @@ def train_and_evaluate(config, workdir: str | Path) -> dict[str, float]:
     steps_per_epoch = len(loader.source) / c.batch_size
     total_steps = c.num_steps or max(1, math.ceil(c.num_epochs * steps_per_epoch))
     schedule = lr_schedule(c.optimizer, c.batch_size, steps_per_epoch, total_steps)
-    tx = make_optimizer(c.optimizer, schedule, exp.abstract_params)
+    check_accum_steps(c.accum_steps, c.batch_size, exp.mesh.shape[sharding.DATA])
+    tx = make_optimizer(c.optimizer, schedule, exp.abstract_params, get_spec(c.model.name).arch.depth)
     abstract_state, state_shardings = train_state_layout(exp, tx)
     manager = checkpoint_manager(workdir, c.keep_checkpoints)
     state = checkpoints.restore_latest_state(manager, abstract_state, state_shardings)
@@ -115,12 +119,13 @@ def train_and_evaluate(config, workdir: str | Path) -> dict[str, float]:
     if loader.bad_images.skipped:
         log.warning("%d bad training images were skipped", len(loader.bad_images.skipped))
 
-    results = eval_metrics(exp, state.params)
+    results = eval_state(exp, state)
     writer.write(step, "eval", results)
     writer.close()
     if reporting.is_chief():
+        ema = f"  ema_top1 {results['ema_top1']:.4f}" if "ema_top1" in results else ""
         print(
-            f"eval at step {step}: top1 {results['top1']:.4f}  top5 {results['top5']:.4f}  ({int(results['count'])} images)",
+            f"eval at step {step}: top1 {results['top1']:.4f}  top5 {results['top5']:.4f}{ema}  ({int(results['count'])} images)",
             flush=True,
         )
         if c.plot:
@@ -128,19 +133,35 @@ def train_and_evaluate(config, workdir: str | Path) -> dict[str, float]:
     return results
 
 
+def eval_state(exp: Experiment, state: TrainState) -> dict[str, float]:
+    """:func:`eval_metrics` of the parameters and, with an EMA, of the EMA as ``ema_top1``,
+    ``ema_top5`` and ``ema_loss`` beside them."""
+    results = eval_metrics(exp, state.params)
+    if state.ema_params is not None:
+        ema = eval_metrics(exp, state.ema_params)
+        results.update({f"ema_{key}": ema[key] for key in ("top1", "top5", "loss")})
+    return results
+
+
 def train_state_layout(exp: Experiment, tx: optax.GradientTransformation) -> tuple[TrainState, TrainState]:
-    """The train state's shapes (``jax.ShapeDtypeStruct`` leaves) and its ``NamedSharding`` per leaf."""
-    abstract_state = jax.eval_shape(lambda p: TrainState(jnp.zeros((), jnp.int32), p, tx.init(p)), exp.abstract_params)
+    """The train state's shapes (``jax.ShapeDtypeStruct`` leaves) and its ``NamedSharding`` per leaf;
+    the EMA (``ema.decay`` > 0) is laid out like the parameters."""
+    use_ema = exp.config.ema.decay > 0
+    abstract_state = jax.eval_shape(
+        lambda p: TrainState(jnp.zeros((), jnp.int32), p, tx.init(p), p if use_ema else None), exp.abstract_params
+    )
     c = exp.config
-    return abstract_state, sharding.state_shardings(abstract_state, tx, exp.mesh, c.sharding.strategy, exp.rules)
+    shardings = sharding.state_shardings(abstract_state, tx, exp.mesh, c.sharding.strategy, exp.rules)
+    return abstract_state, shardings.replace(ema_params=shardings.params if use_ema else None)
 
 
 def jitted_train_step(
     exp: Experiment, tx: optax.GradientTransformation, schedule: optax.Schedule, state_shardings: TrainState
 ) -> Callable:
     """The loop's update: ``make_train_step`` jitted over the mesh, the state donated."""
+    micro_sharding = NamedSharding(exp.mesh, P(None, sharding.DATA))
     return jax.jit(
-        make_train_step(exp.model, tx, schedule, exp.config, make_teacher(exp.config, exp.mesh.size)),
+        make_train_step(exp.model, tx, schedule, exp.config, make_teacher(exp.config, exp.mesh.size), micro_sharding),
         in_shardings=(state_shardings, exp.batch_sharding, exp.batch_sharding),
         out_shardings=(state_shardings, exp.replicated),
         donate_argnums=0,
@@ -148,10 +169,14 @@ def jitted_train_step(
 
 
 def initial_state(exp: Experiment, tx: optax.GradientTransformation, state_shardings: TrainState) -> TrainState:
-    """Step 0: the experiment's initial parameters and a fresh optimizer state, sharded."""
+    """Step 0: the experiment's initial parameters and a fresh optimizer state, sharded; the EMA
+    (if any) starts as a copy of the parameters (its own buffers: the state is donated)."""
     params = exp.initial_params()
     opt_state = jax.jit(tx.init, out_shardings=state_shardings.opt_state)(params)
-    return TrainState(jax.device_put(jnp.zeros((), jnp.int32), exp.replicated), params, opt_state)
+    ema = None
+    if state_shardings.ema_params is not None:
+        ema = jax.jit(lambda p: jax.tree.map(jnp.copy, p), out_shardings=state_shardings.ema_params)(params)
+    return TrainState(jax.device_put(jnp.zeros((), jnp.int32), exp.replicated), params, opt_state, ema)
 
 
 def run_steps(
@@ -187,7 +212,7 @@ def run_steps(
             if step % c.log_every == 0 or step == total_steps or step == start + 1:
                 log_train_step(writer, progress, step, losses.latest(), metrics, input_wait.read())
             if c.eval_every and step % c.eval_every == 0 and step < total_steps:
-                writer.write(step, "eval", eval_metrics(exp, state.params))
+                writer.write(step, "eval", eval_state(exp, state))
             if step % c.checkpoint_every == 0 or step == total_steps:
                 losses.latest()
                 checkpoints.save_state(manager, step, state)

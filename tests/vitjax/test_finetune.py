@@ -1,0 +1,176 @@
+"""The fine-tuning recipe: layer-wise learning-rate decay (checked against timm's own
+``param_groups_layer_decay``), EMA of the parameters, gradient accumulation, and their errors."""
+
+import jax
+import numpy as np
+import optax
+import pytest
+from flax.traverse_util import flatten_dict
+
+import vitjax
+from vitjax.configlib import base_config
+from vitjax.optim import lr_multipliers, make_optimizer
+
+
+def _abstract_params(name: str):
+    size = vitjax.get_spec(name).img_size
+    shapes = jax.eval_shape(vitjax.create_model(name).init, jax.random.key(0), np.zeros((1, size, size, 3), np.float32))
+    return shapes["params"]
+
+
+def _opt_config(**fields):
+    c = base_config().optimizer
+    c.update(fields)
+    return c
+
+
+# --- layer-wise learning-rate decay --------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "name", ["DeiT_tiny_patch16_224", "DeiT_small_distilled_patch16_224", "TNT_small"], ids=lambda n: n
+)
+@pytest.mark.parametrize("decay", [0.75, 0.65])
+def test_layer_decay_scales_equal_timms_param_groups_layer_decay(name, decay):
+    """Every parameter's scale, ours vs timm's, through the PaddleClas key table (timm's keys
+    are PaddleClas's for DeiT and TNT)."""
+    pytest.importorskip("timm")
+    import timm
+    import torch
+    from timm.optim import param_groups_layer_decay
+
+    from benchmarks.timm_peer import timm_name
+    from vitjax.weights.mapping import key_table
+
+    with torch.device("meta"):
+        model = timm.create_model(timm_name(name), pretrained=False)
+    names = {id(p): n for n, p in model.named_parameters()}
+    theirs = {}
+    for group in param_groups_layer_decay(model, weight_decay=0.05, layer_decay=decay):
+        for param in group["params"]:
+            theirs[names[id(param)]] = group["lr_scale"]
+
+    params = _abstract_params(name)
+    depth = vitjax.get_spec(name).arch.depth
+    ours = flatten_dict(lr_multipliers(params, _opt_config(layer_decay=decay), depth))
+    table = key_table(name)
+    assert {rule.paddle_key for rule in table} == set(theirs)
+    assert {rule.flax_path for rule in table} == set(ours)
+    for rule in table:
+        assert ours[rule.flax_path] == pytest.approx(theirs[rule.paddle_key], rel=1e-12), rule.paddle_key
+    assert len(set(theirs.values())) == depth + 2  # stem, every block (final norm with the last), head
+
+
+def test_layer_decay_scales_each_update_by_its_layers_factor():
+    name = "DeiT_test_patch8_32"
+    model = vitjax.create_model(name, num_classes=10)
+    params = model.init(jax.random.key(0), np.zeros((1, 32, 32, 3), np.float32))["params"]
+    grads = jax.tree.map(lambda p: np.random.RandomState(p.size).standard_normal(p.shape).astype(np.float32), params)
+    depth = vitjax.get_spec(name).arch.depth
+    updates = {}
+    for decay in (0.0, 0.5):
+        c = _opt_config(layer_decay=decay, weight_decay=0.05)
+        tx = make_optimizer(c, optax.constant_schedule(1e-3), params, depth)
+        updates[decay] = flatten_dict(tx.update(grads, tx.init(params), params)[0], sep="/")
+    scales = flatten_dict(lr_multipliers(params, _opt_config(layer_decay=0.5), depth), sep="/")
+    assert scales["head/kernel"] == 1.0 and scales["norm/scale"] == 0.5 and scales["pos_embed"] == 0.5 ** (depth + 1)
+    for key, scale in scales.items():
+        np.testing.assert_allclose(updates[0.5][key], scale * updates[0.0][key], rtol=1e-6, err_msg=key)
+
+
+def test_lr_mults_multiply_matching_parameters_and_an_unknown_pattern_is_an_error():
+    params = _abstract_params("DeiT_test_patch8_32")
+    scales = flatten_dict(lr_multipliers(params, _opt_config(lr_mults=(("^head", 10.0), ("bias$", 0.5))), 2), sep="/")
+    assert scales["head/kernel"] == 10.0 and scales["head/bias"] == 5.0 and scales["pos_embed"] == 1.0
+    with pytest.raises(ValueError, match=r"lr_mults: 'blocks_9/attn' matches no parameter; parameter paths look like"):
+        lr_multipliers(params, _opt_config(lr_mults=(("blocks_9/attn", 0.1),)), 2)
+    with pytest.raises(ValueError, match=r"optimizer.layer_decay=1.5: expected 0 \(off\) or a value in \(0, 1\]"):
+        lr_multipliers(params, _opt_config(layer_decay=1.5), 2)
+    assert lr_multipliers(params, _opt_config(), 2) is None
+
+
+# --- gradient accumulation ------------------------------------------------------------------
+
+
+def tiny_config(**overrides):
+    """Digits, the test-size DeiT, no dropout: seconds per run."""
+    c = base_config()
+    c.model.update(name="DeiT_test_patch8_32", num_classes=10, drop_path_rate=0.0, matmul="xla")
+    c.augment.update(crop_scale=(0.7, 1.0), hflip=False, label_smoothing=0.1, mixup_alpha=0.8, cutmix_alpha=1.0)
+    c.optimizer.update(base_lr=1e-3, lr_batch_base=32, warmup_epochs=0.1, min_lr=1e-5)
+    c.update(batch_size=32, eval_batch_size=360, num_steps=6, log_every=2, checkpoint_every=3, plot=False)
+    c.data.num_workers = 1
+    for key, value in overrides.items():
+        section, _, field = key.rpartition(".")
+        (c[section] if section else c)[field] = value
+    return c
+
+
+def _one_update(tmp_path, **overrides):
+    """Parameters before and after one jitted training step on a fixed batch, and its metrics."""
+    from vitjax import train
+    from vitjax.experiment import to_host
+
+    c = tiny_config(**overrides)
+    exp = train.Experiment(c, tmp_path)
+    schedule = optax.constant_schedule(0.1)
+    tx = make_optimizer(c.optimizer, schedule, exp.abstract_params, 2)
+    _, shardings = train.train_state_layout(exp, tx)
+    state = train.initial_state(exp, tx, shardings)
+    before = flatten_dict(jax.tree.map(to_host, state.params), sep="/")
+    rng = np.random.RandomState(0)
+    images = rng.standard_normal((c.batch_size, 32, 32, 3)).astype(np.float32)
+    labels = rng.randint(0, 10, c.batch_size).astype(np.int32)
+    step = train.jitted_train_step(exp, tx, schedule, shardings)
+    state, metrics = step(state, *exp.global_batch(images, labels))
+    after = flatten_dict(jax.tree.map(to_host, state.params), sep="/")
+    return before, after, {k: float(to_host(v)) for k, v in metrics.items()}
+
+
+@pytest.mark.parametrize("data_devices", [1, 8])
+def test_k_micro_batches_give_the_update_of_one_batch_of_k_times_b(tmp_path, data_devices):
+    """Mixup/CutMix on (they mix the whole batch before it is cut), dropout off, momentum SGD so
+    that the update is linear in the gradient."""
+    common = {"mesh.data": data_devices, "optimizer.name": "momentum", "optimizer.weight_decay": 1e-4}
+    before, big, big_metrics = _one_update(tmp_path / "big", **common)
+    _, accumulated, metrics = _one_update(tmp_path / "accum", accum_steps=4, **common)
+    assert metrics["loss"] == pytest.approx(big_metrics["loss"], rel=1e-6)
+    assert metrics["grad_norm"] == pytest.approx(big_metrics["grad_norm"], rel=1e-5)
+    for key in before:
+        step_big, step_accum = big[key] - before[key], accumulated[key] - before[key]
+        # float32 tolerance: the gradients' sums in another order, and the parameters' own rounding
+        tolerance = 1e-5 * np.abs(step_big).max() + 2 * np.spacing(np.abs(before[key]).astype(np.float32))
+        assert np.all(np.abs(step_accum - step_big) <= tolerance), key
+
+
+def test_accumulated_step_needs_the_memory_of_one_micro_batch():
+    """XLA's compiled memory analysis: the temporaries (activations) of 4 micro-batches of 8 are
+    those of one batch of 8, plus the gradient accumulator, not those of a batch of 32."""
+    from vitjax.steps import TrainState, make_train_step
+
+    model = vitjax.create_model("DeiT_test_patch8_32", num_classes=10)
+    params = jax.eval_shape(model.init, jax.random.key(0), np.zeros((1, 32, 32, 3), np.float32))["params"]
+    param_bytes = sum(p.size * 4 for p in jax.tree.leaves(params))
+    tx = optax.adamw(1e-3)
+    state = jax.eval_shape(lambda p: TrainState(np.int32(0), p, tx.init(p)), params)
+
+    def temp_bytes(batch, accum):
+        c = tiny_config(accum_steps=accum, **{"augment.mixup_alpha": 0.0, "augment.cutmix_alpha": 0.0})
+        step = jax.jit(make_train_step(model, tx, optax.constant_schedule(1e-3), c, None))
+        images = jax.ShapeDtypeStruct((batch, 32, 32, 3), np.float32)
+        labels = jax.ShapeDtypeStruct((batch,), np.int32)
+        return step.lower(state, images, labels).compile().memory_analysis().temp_size_in_bytes
+
+    one_micro, big, accumulated = temp_bytes(8, 1), temp_bytes(32, 1), temp_bytes(32, 4)
+    assert big > 3 * one_micro
+    assert accumulated <= one_micro + 3 * param_bytes, (one_micro, big, accumulated, param_bytes)
+
+
+@pytest.mark.parametrize("accum, devices", [(3, 1), (0, 1), (8, 8)])
+def test_accum_steps_that_do_not_split_the_batch_are_refused_before_any_checkpoint(tmp_path, accum, devices):
+    from vitjax import train
+
+    c = tiny_config(accum_steps=accum, **{"mesh.data": devices})
+    with pytest.raises(ValueError, match=rf"^accum_steps={accum} does not split batch_size=32.*: expected one of 1, "):
+        train.train_and_evaluate(c, tmp_path)
+    assert not (tmp_path / "checkpoints").exists()
