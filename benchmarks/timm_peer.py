@@ -79,19 +79,49 @@ def create_timm_model(model_name: str, variables: Mapping[str, Any]):
     Raises ``ValueError`` if timm's parameters and ours differ in any key or shape.
     """
     import timm
-    import torch
 
     state = variables_to_timm_state(variables, model_name)
     num_classes = state["head.bias"].shape[0] if "head.bias" in state else 0
     model = timm.create_model(timm_name(model_name), pretrained=False, num_classes=num_classes)
+    return _load_strict(model, state, f"{model_name} -> timm {timm_name(model_name)}")
+
+
+def create_timm_model_like(model_name: str, variables: Mapping[str, Any]):
+    """timm's DeiT or TNT class built with the hyper-parameters of any registered model (the
+    test-size variants included, which timm has no name for), our variables loaded strictly,
+    in eval mode. For the PaddleClas models it builds what :func:`create_timm_model` builds."""
+    import timm
+
+    spec = get_spec(model_name)
+    arch = spec.arch
+    state = variables_to_timm_state(variables, model_name)
+    num_classes = state["head.bias"].shape[0] if "head.bias" in state else 0
+    common = dict(img_size=arch.img_size, patch_size=arch.patch_size, embed_dim=arch.embed_dim, depth=arch.depth)
+    if spec.family == "deit":
+        base = "deit_tiny_distilled_patch16_224" if arch.distilled else "deit_tiny_patch16_224"
+        model = timm.create_model(base, pretrained=False, num_classes=num_classes, num_heads=arch.num_heads, **common)
+    else:
+        model = timm.create_model(
+            "tnt_s_patch16_224",
+            pretrained=False,
+            num_classes=num_classes,
+            inner_dim=arch.in_dim,
+            num_heads_outer=arch.num_heads,
+            num_heads_inner=arch.in_num_heads,
+            first_stride=arch.first_stride,
+            **common,
+        )
+    return _load_strict(model, state, f"{model_name} -> timm {type(model).__name__}")
+
+
+def _load_strict(model, state: Mapping[str, np.ndarray], label: str):
+    import torch
+
     expected = model.state_dict()
     missing = sorted(set(expected) - set(state))
     unexpected = sorted(set(state) - set(expected))
     misshaped = [k for k in state if k in expected and tuple(expected[k].shape) != state[k].shape]
     if missing or unexpected or misshaped:
-        raise ValueError(
-            f"{model_name} -> timm {timm_name(model_name)}: missing {missing[:5]}, unexpected {unexpected[:5]}, "
-            f"misshaped {misshaped[:5]}"
-        )
+        raise ValueError(f"{label}: missing {missing[:5]}, unexpected {unexpected[:5]}, misshaped {misshaped[:5]}")
     model.load_state_dict({k: torch.from_numpy(np.array(v)) for k, v in state.items()}, strict=True)
     return model.eval()

@@ -1,6 +1,16 @@
 """vitjax: PaddleClas's DeiT and TNT vision transformers in JAX/Flax."""
 
-from vitjax.models import EvalTransform, ModelSpec, create_model, get_spec, list_models
+from vitjax.models import (
+    EvalTransform,
+    Intermediates,
+    ModelSpec,
+    attention_rollout,
+    class_token_rollout,
+    create_model,
+    forward_intermediates,
+    get_spec,
+    list_models,
+)
 from vitjax.models.posemb import resize_position_embeddings
 from vitjax.weights import load_pdparams, load_pretrained, save_pdparams
 
@@ -8,8 +18,12 @@ __version__ = "0.1.0"
 
 __all__ = [
     "EvalTransform",
+    "Intermediates",
     "ModelSpec",
+    "attention_rollout",
+    "class_token_rollout",
     "create_model",
+    "forward_intermediates",
     "get_spec",
     "list_models",
     "load_pdparams",

@@ -24,6 +24,7 @@ from vitjax.models.layers import (
     Dtype,
     Mlp,
     check_image_size,
+    check_num_blocks,
     dense,
     layer_norm,
     packed_multi_head_attention,
@@ -70,10 +71,13 @@ class Attention(nn.Module):
         head_dim = self.dim // self.num_heads
         qkv = dense(3 * self.dim, "qkv", use_bias=self.qkv_bias, dtype=self.dtype, matmul=self.matmul)(x)
         qkv = qkv.reshape(batch, tokens, 3, self.num_heads, head_dim)
-        dropout = None
+        dropout = record = None
         if self.attn_drop_rate > 0.0 and not deterministic:
             dropout = lambda w: nn.Dropout(self.attn_drop_rate)(w, deterministic=False)  # noqa: E731
-        out = packed_multi_head_attention(qkv, qkv, qkv, (0, 1, 2), dropout, self.matmul).reshape(
+        if self.is_mutable_collection("attention") and not self.is_initializing():
+            # the weights were asked for: [batch, heads, tokens, tokens], softmax before dropout
+            record = lambda w: self.sow("attention", "weights", w)  # noqa: E731
+        out = packed_multi_head_attention(qkv, qkv, qkv, (0, 1, 2), dropout, self.matmul, record).reshape(
             batch, tokens, self.dim
         )
         out = dense(self.dim, "proj", dtype=self.dtype, matmul=self.matmul)(out)
@@ -131,7 +135,15 @@ class PatchEmbed(nn.Module):
 
 
 class DeiT(nn.Module):
-    """A DeiT classifier (``DeiT_*`` in PaddleClas). ``num_classes=0`` returns the features."""
+    """A DeiT classifier (``DeiT_*`` in PaddleClas). ``num_classes=0`` returns the features.
+
+    Looking inside (what :func:`vitjax.forward_intermediates` reads): with the ``intermediates``
+    collection mutable, every block's output tokens are sown as ``blocks`` (a tuple, block 0
+    first), the final normed tokens as ``features`` and the head's input as ``pre_logits``; with the
+    ``attention`` collection mutable, each block's attention weights as ``blocks_<i>/attn/weights``.
+    ``num_blocks`` runs only the first ``num_blocks`` blocks and returns their output tokens
+    (no norm, no head).
+    """
 
     arch: DeiTArch
     num_classes: int = 1000
@@ -142,9 +154,10 @@ class DeiT(nn.Module):
     matmul: str = "xla"  # "onednn": the dense layers run oneDNN's matmul on the CPU (vitjax.kernels.onednn)
 
     @nn.compact
-    def __call__(self, images: jax.Array, train: bool = False):
+    def __call__(self, images: jax.Array, train: bool = False, *, num_blocks: int | None = None):
         arch = self.arch
         check_image_size(images, arch.img_size, arch.in_chans)
+        check_num_blocks(num_blocks, arch.depth)
         deterministic = not train
         x = PatchEmbed(arch.embed_dim, arch.patch_size, self.dtype, name="patch_embed")(images.astype(self.dtype))
         batch = x.shape[0]
@@ -159,14 +172,20 @@ class DeiT(nn.Module):
         x = nn.Dropout(self.drop_rate)(x, deterministic=deterministic)
 
         rates = np.linspace(0.0, self.drop_path_rate, arch.depth)
-        for i in range(arch.depth):
+        for i in range(arch.depth if num_blocks is None else num_blocks):
             x = Block(
                 arch, self.drop_rate, self.attn_drop_rate, float(rates[i]), self.dtype, self.matmul, name=f"blocks_{i}"
             )(x, deterministic)
+            self.sow("intermediates", "blocks", x)
+        if num_blocks is not None:
+            return x
         x = layer_norm(arch.epsilon, "norm", self.dtype)(x)
+        self.sow("intermediates", "features", x)
 
+        pre_logits = x[:, 0] if not arch.distilled else (x[:, 0] + x[:, 1]) / 2
+        self.sow("intermediates", "pre_logits", pre_logits)
         if self.num_classes <= 0:
-            return x[:, 0] if not arch.distilled else (x[:, 0] + x[:, 1]) / 2
+            return pre_logits
         logits = dense(self.num_classes, "head", dtype=self.dtype, matmul=self.matmul)(x[:, 0])
         if not arch.distilled:
             return logits

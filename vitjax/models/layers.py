@@ -162,6 +162,7 @@ def multi_head_attention(
     v: jax.Array,
     dropout: Callable[[jax.Array], jax.Array] | None = None,
     matmul: str = "xla",
+    record: Callable[[jax.Array], None] | None = None,
 ) -> jax.Array:
     """Scaled dot-product attention over ``[batch, tokens, heads, head_dim]`` inputs.
 
@@ -172,15 +173,28 @@ def multi_head_attention(
     matmul, closed-form gradient). With dropout the weights are materialised and dropped as
     PaddleClas does, and autodiff gives the gradient. ``matmul="onednn"`` runs the (float32)
     matmuls of :func:`softmax_attention`, forward and backward, on oneDNN on the CPU.
+
+    ``record``, when given, is called with the attention weights ``[batch, heads, queries, keys]``
+    (after the softmax, before any dropout); the weights are then materialised as with dropout.
     """
     q, k, v = (t.transpose(0, 2, 1, 3) for t in (q, k, v))
-    if dropout is None:
+    if dropout is None and record is None:
         out = softmax_attention(q, k, v, matmul)
     else:
-        logits = jnp.einsum("bhqd,bhkd->bhqk", q, k).astype(jnp.float32) * q.shape[-1] ** -0.5
-        weights = dropout(jax.nn.softmax(logits, axis=-1).astype(q.dtype))
+        weights = attention_weights(q, k)
+        if record is not None:
+            record(weights)
+        if dropout is not None:
+            weights = dropout(weights)
         out = jnp.einsum("bhqk,bhkd->bhqd", weights, v)
     return out.transpose(0, 2, 1, 3)
+
+
+def attention_weights(q: jax.Array, k: jax.Array) -> jax.Array:
+    """``softmax(q k^T * head_dim ** -0.5)`` over heads-major ``[batch, heads, tokens, head_dim]``
+    inputs: ``[batch, heads, queries, keys]`` in ``q``'s dtype, the softmax taken in float32."""
+    logits = jnp.einsum("bhqd,bhkd->bhqk", q, k).astype(jnp.float32) * q.shape[-1] ** -0.5
+    return jax.nn.softmax(logits, axis=-1).astype(q.dtype)
 
 
 def packed_multi_head_attention(
@@ -190,6 +204,7 @@ def packed_multi_head_attention(
     slots: tuple[int, int, int],
     dropout: Callable[[jax.Array], jax.Array] | None = None,
     matmul: str = "xla",
+    record: Callable[[jax.Array], None] | None = None,
 ) -> jax.Array:
     """:func:`multi_head_attention` over the projections' outputs as they come out of the Linear layers.
 
@@ -202,12 +217,18 @@ def packed_multi_head_attention(
     per head, the softmax of each tile's weights taken while they are in cache, no heads-major
     copies); its gradient, and everything on other platforms, is :func:`multi_head_attention`'s
     (training computes exactly what it did without the fused call; the fused forward equals it to
-    float32 rounding, normalising before the second matmul rather than after).
+    float32 rounding, normalising before the second matmul rather than after). ``record`` (see
+    :func:`multi_head_attention`) always takes the unfused path, which materialises the weights.
     """
     q, k, v = (source[:, :, slot] for source, slot in zip((q_source, k_source, v_source), slots, strict=True))
-    fused = dropout is None and matmul == "onednn" and q_source.dtype == k_source.dtype == v_source.dtype == jnp.float32
+    fused = (
+        dropout is None
+        and record is None
+        and matmul == "onednn"
+        and q_source.dtype == k_source.dtype == v_source.dtype == jnp.float32
+    )
     if not fused:
-        return multi_head_attention(q, k, v, dropout, matmul)
+        return multi_head_attention(q, k, v, dropout, matmul, record)
     return _fused_attention(tuple(slots), q_source, k_source, v_source)
 
 
@@ -365,3 +386,9 @@ def check_image_size(images: jax.Array, img_size: int, in_chans: int) -> None:
         raise ValueError(
             f"expected NHWC images of shape [batch, {img_size}, {img_size}, {in_chans}], got {tuple(images.shape)}"
         )
+
+
+def check_num_blocks(num_blocks: int | None, depth: int) -> None:
+    """``num_blocks`` (run only the first blocks) must be ``None`` or between 0 and ``depth``."""
+    if num_blocks is not None and not 0 <= num_blocks <= depth:
+        raise ValueError(f"num_blocks={num_blocks}: the model has {depth} blocks (allowed 0 to {depth})")

@@ -25,6 +25,7 @@ from vitjax.models.layers import (
     Dtype,
     Mlp,
     check_image_size,
+    check_num_blocks,
     dense,
     layer_norm,
     packed_multi_head_attention,
@@ -90,10 +91,13 @@ class Attention(nn.Module):
         qk = qk.reshape(x.shape[0], tokens, 2, self.num_heads, head_dim)
         v = dense(self.dim, "v", use_bias=self.qkv_bias, dtype=self.dtype, matmul=self.matmul)(x)
         v = v.reshape(x.shape[0], tokens, 1, self.num_heads, head_dim)
-        dropout = None
+        dropout = record = None
         if self.attn_drop_rate > 0.0 and not deterministic:
             dropout = lambda w: nn.Dropout(self.attn_drop_rate)(w, deterministic=False)  # noqa: E731
-        out = packed_multi_head_attention(qk, qk, v, (0, 1, 0), dropout, self.matmul).reshape(
+        if self.is_mutable_collection("attention") and not self.is_initializing():
+            # the weights were asked for: [*lead, heads, tokens, tokens], softmax before dropout
+            record = lambda w: self.sow("attention", "weights", w.reshape(*lead, *w.shape[1:]))  # noqa: E731
+        out = packed_multi_head_attention(qk, qk, v, (0, 1, 0), dropout, self.matmul, record).reshape(
             x.shape[0], tokens, self.dim
         )
         out = dense(self.dim, "proj", dtype=self.dtype, matmul=self.matmul)(out)
@@ -199,7 +203,15 @@ def _conv_windows(x: jax.Array, k: int, stride: int, pad: int, out: int) -> jax.
 
 
 class TNT(nn.Module):
-    """A TNT classifier (``TNT_small``/``TNT_base`` in PaddleClas)."""
+    """A TNT classifier (``TNT_small``/``TNT_base`` in PaddleClas).
+
+    Looking inside, as in :class:`vitjax.models.deit.DeiT`: with ``intermediates`` mutable every
+    block's outer (patch) tokens are sown as ``blocks`` and its inner (pixel) tokens
+    ``[batch, patches, words, in_dim]`` as ``inner_blocks``, then ``features`` and ``pre_logits``;
+    with ``attention`` mutable, ``blocks_<i>/attn_in/weights`` ``[batch, patches, heads, words,
+    words]`` and ``blocks_<i>/attn_out/weights`` ``[batch, heads, tokens, tokens]``.
+    ``num_blocks`` runs only the first blocks and returns their outer tokens.
+    """
 
     arch: TNTArch
     num_classes: int = 1000
@@ -210,9 +222,10 @@ class TNT(nn.Module):
     matmul: str = "xla"  # "onednn": the dense layers run oneDNN's matmul on the CPU (vitjax.kernels.onednn)
 
     @nn.compact
-    def __call__(self, images: jax.Array, train: bool = False) -> jax.Array:
+    def __call__(self, images: jax.Array, train: bool = False, *, num_blocks: int | None = None) -> jax.Array:
         arch, eps = self.arch, self.arch.epsilon
         check_image_size(images, arch.img_size, arch.in_chans)
+        check_num_blocks(num_blocks, arch.depth)
         deterministic = not train
         num_patches = arch.grid_size**2
         cls_token = self.param("cls_token", trunc_normal, (1, 1, arch.embed_dim))
@@ -232,12 +245,19 @@ class TNT(nn.Module):
         patch_embed = nn.Dropout(self.drop_rate)(patch_embed, deterministic=deterministic)
 
         rates = np.linspace(0.0, self.drop_path_rate, arch.depth)
-        for i in range(arch.depth):
+        for i in range(arch.depth if num_blocks is None else num_blocks):
             pixel_embed, patch_embed = Block(
                 arch, self.drop_rate, self.attn_drop_rate, float(rates[i]), self.dtype, self.matmul, name=f"blocks_{i}"
             )(pixel_embed, patch_embed, deterministic)
+            self.sow("intermediates", "blocks", patch_embed)
+            self.sow("intermediates", "inner_blocks", pixel_embed)
+        if num_blocks is not None:
+            return patch_embed
 
-        features = layer_norm(eps, "norm", self.dtype)(patch_embed)[:, 0]
+        normed = layer_norm(eps, "norm", self.dtype)(patch_embed)
+        self.sow("intermediates", "features", normed)
+        features = normed[:, 0]
+        self.sow("intermediates", "pre_logits", features)
         if self.num_classes <= 0:
             return features
         return dense(self.num_classes, "head", dtype=self.dtype, matmul=self.matmul)(features)
