@@ -2,7 +2,8 @@
 
 Modes (``--config.mode``): ``train`` (default; resumes from the workdir's checkpoints),
 ``eval`` (top-1/top-5 of init.pdparams / init.checkpoint / the workdir's latest weights)
-and ``predict`` (top-k classes of ``--config.predict.images=a.jpg,b.jpg``).
+``predict`` (top-k classes of ``--config.predict.images=a.jpg,b.jpg``) and ``explain`` (per image of
+``predict.images``, a PNG in ``<workdir>/explain/`` with the attention rollout and the top-k classes).
 Without ``--config`` the embedded default trains a small DeiT on scikit-learn's digits.
 """
 
@@ -41,13 +42,18 @@ def main(argv) -> int:
     config = flags.FLAGS.config
     initialize_distributed(config.distributed)
 
-    from vitjax import train
+    from vitjax import explain, train
 
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s", force=True)
     for noisy in ("absl", "orbax", "jax", "tensorflow"):  # keep the progress lines readable
         logging.getLogger(noisy).setLevel(logging.WARNING)
     workdir = flags.FLAGS.workdir
-    modes = {"train": train.train_and_evaluate, "eval": train.evaluate, "predict": train.predict}
+    modes = {
+        "train": train.train_and_evaluate,
+        "eval": train.evaluate,
+        "predict": train.predict,
+        "explain": explain.explain,
+    }
     if config.mode not in modes:
         raise app.UsageError(f"--config.mode must be one of {sorted(modes)}, not {config.mode!r}")
     try:
