@@ -59,17 +59,17 @@ class Part:
 
 
 PARTS = (
-    Part("environment", "1. Environment", 20, 5, (("env", 1.0),)),
-    Part("parity", "2. GPU tests and parity sweep", 90, 30, (("pytest", 0.35), ("parity", 1.0))),
+    Part("environment", "1. Environment", 15, 5, (("env", 1.0),)),
+    Part("parity", "2. GPU tests and parity sweep", 75, 30, (("pytest", 0.35), ("parity", 1.0))),
     Part(
         "training",
         "3. Training throughput (bf16 compute, fp32 parameters)",
-        170,
+        200,
         60,
         (("train-jax", 0.4), ("train-timm", 1.0)),
     ),
-    Part("inference", "4. Inference throughput", 130, 40, (("infer-jax", 0.4), ("infer-timm", 1.0))),
-    Part("data", "5. Input pipeline against the training step", 40, 15, (("data", 1.0),)),
+    Part("inference", "4. Inference throughput", 120, 40, (("infer-jax", 0.4), ("infer-timm", 1.0))),
+    Part("data", "5. Input pipeline against the training step", 35, 15, (("data", 1.0),)),
 )
 TORCH_JOBS = ("train-timm", "infer-timm")
 
