@@ -149,3 +149,29 @@ def test_class_token_rollout_is_a_map_over_the_patches(name):
 def test_rollout_refuses_a_residual_weight_outside_0_1():
     with pytest.raises(ValueError, match="residual=1.5: expected a weight between 0 and 1"):
         attention_rollout([np.ones((1, 1, 2, 2)) / 2], residual=1.5)
+
+
+def test_attention_weights_come_from_the_unfused_path_when_the_model_fuses_attention():
+    """On a CPU with the oneDNN kernel, inference fuses each block's attention (weights never
+    formed); asking for them takes the unfused path, and they equal XLA's."""
+    import importlib.metadata
+
+    try:
+        importlib.metadata.version("onednn-cpu-gomp")
+    except importlib.metadata.PackageNotFoundError:
+        pytest.skip("the cpu-kernels extra (onednn-cpu-gomp) is not installed")
+    from vitjax.kernels import onednn
+
+    if not onednn.available():
+        pytest.skip(f"the oneDNN kernel does not build here: {onednn.unavailable_reason()}")
+    name = "TNT_test_patch16_32"
+    _, variables, images = _setup(name)
+    xla = forward_intermediates(vitjax.create_model(name), variables, images, attention=True)
+    fused = vitjax.create_model(name, matmul="onednn")
+    out = jax.jit(forward_intermediates, static_argnums=0, static_argnames="attention")(
+        fused, variables, images, attention=True
+    )
+    for i in xla.attention:
+        np.testing.assert_allclose(out.attention[i], xla.attention[i], rtol=0, atol=ATOL)
+        np.testing.assert_allclose(out.pixel_attention[i], xla.pixel_attention[i], rtol=0, atol=ATOL)
+    np.testing.assert_allclose(out.logits, xla.logits, rtol=0, atol=ATOL)
