@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from pathlib import Path
 from typing import Any
@@ -84,7 +85,7 @@ def load_variables(path: str | os.PathLike, step: int | None = None, ema: bool =
         raise CheckpointError(f"{path}: neither an orbax checkpoint nor a workdir with {CHECKPOINT_DIR}/")
     if "params" not in tree:
         raise CheckpointError(f"{path}: checkpoint has no 'params' entry")
-    if ema and "ema_params" not in tree:
+    if ema and tree.get("ema_params") is None:  # older checkpoints lack the key; newer ones store None
         raise CheckpointError(
             f"{path}: checkpoint has no EMA weights (it was trained with ema.decay=0); "
             "use its raw weights (init.use_ema=False) or train with ema.decay > 0"
@@ -101,6 +102,13 @@ def checkpoint_manager(workdir: Path, keep: int) -> ocp.CheckpointManager:
     return ocp.CheckpointManager(Path(workdir) / CHECKPOINT_DIR, options=options)
 
 
+def _saved_fields(state: Any) -> dict[str, Any]:
+    """A train state (a dataclass) as the dict a checkpoint holds: its fields that are not None,
+    so that a run without an EMA (``ema_params=None``) writes and reads the checkpoints written
+    before the EMA existed."""
+    return {f.name: getattr(state, f.name) for f in dataclasses.fields(state) if getattr(state, f.name) is not None}
+
+
 def restore_latest_state(manager: ocp.CheckpointManager, abstract_state: Any, shardings: Any) -> Any | None:
     """The latest saved training state, restored directly into ``shardings`` (whatever mesh
     wrote it), or ``None`` when the workdir has no checkpoint yet."""
@@ -108,12 +116,15 @@ def restore_latest_state(manager: ocp.CheckpointManager, abstract_state: Any, sh
     if latest is None:
         return None
     target = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract_state, shardings)
-    return manager.restore(latest, args=ocp.args.Composite(**{STATE_ITEM: ocp.args.StandardRestore(target)}))[
-        STATE_ITEM
-    ]
+    restored = manager.restore(
+        latest, args=ocp.args.Composite(**{STATE_ITEM: ocp.args.StandardRestore(_saved_fields(target))})
+    )[STATE_ITEM]
+    return type(abstract_state)(**restored)
 
 
 def save_state(manager: ocp.CheckpointManager, step: int, state: Any) -> None:
     """Saves ``state`` as ``step`` (asynchronously), unless that step is already the latest."""
     if manager.latest_step() != step:
-        manager.save(step, args=ocp.args.Composite(**{STATE_ITEM: ocp.args.StandardSave(state)}), force=True)
+        manager.save(
+            step, args=ocp.args.Composite(**{STATE_ITEM: ocp.args.StandardSave(_saved_fields(state))}), force=True
+        )

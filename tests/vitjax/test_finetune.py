@@ -174,3 +174,134 @@ def test_accum_steps_that_do_not_split_the_batch_are_refused_before_any_checkpoi
     with pytest.raises(ValueError, match=rf"^accum_steps={accum} does not split batch_size=32.*: expected one of 1, "):
         train.train_and_evaluate(c, tmp_path)
     assert not (tmp_path / "checkpoints").exists()
+
+
+# --- EMA ------------------------------------------------------------------------------------
+
+
+def test_ema_decay_follows_timms_model_ema_v3():
+    pytest.importorskip("timm")
+    import torch
+    from timm.utils.model_ema import ModelEmaV3
+
+    from vitjax.steps import ema_decay
+
+    for warmup in (False, True):
+        c = base_config().ema
+        c.update(decay=0.999, warmup=warmup)
+        theirs = ModelEmaV3(torch.nn.Linear(2, 2), decay=0.999, use_warmup=warmup)
+        for step in (1, 2, 3, 10, 100, 1000, 100000):
+            assert float(ema_decay(c, step)) == pytest.approx(theirs.get_decay(step), rel=1e-6, abs=1e-7), step
+
+
+def _checkpointed(workdir, step, ema=False):
+    from vitjax import checkpoints
+
+    return flatten_dict(checkpoints.load_variables(workdir, step=step, ema=ema)["params"], sep="/")
+
+
+def test_ema_is_the_running_average_of_the_checkpointed_parameters_and_is_evaluated_beside_them(tmp_path):
+    import json
+
+    from vitjax import train
+    from vitjax.steps import ema_decay
+
+    c = tiny_config(num_steps=4, checkpoint_every=1, keep_checkpoints=10, **{"ema.decay": 0.6, "ema.warmup": True})
+    train.train_and_evaluate(c, tmp_path)
+    ema = _checkpointed(tmp_path, 1)  # the first update copies the parameters
+    for step in range(1, 5):
+        params = _checkpointed(tmp_path, step)
+        if step > 1:
+            d = float(ema_decay(c.ema, step))
+            ema = {k: d * ema[k] + (1 - d) * params[k] for k in params}
+        saved = _checkpointed(tmp_path, step, ema=True)
+        for key in params:
+            np.testing.assert_allclose(saved[key], ema[key], rtol=0, atol=1e-6, err_msg=f"step {step} {key}")
+    assert any(np.abs(saved[k] - params[k]).max() > 1e-5 for k in params)  # really an average
+    rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    final = [r for r in rows if r["kind"] == "eval"][-1]
+    assert {"top1", "ema_top1", "ema_top5"} <= set(final)
+
+    # eval mode takes the EMA when asked, and gets the top-1 the run logged for it
+    ev = tiny_config(mode="eval", **{"init.use_ema": True})
+    assert train.evaluate(ev, tmp_path)["top1"] == pytest.approx(final["ema_top1"])
+
+
+def test_resuming_after_the_last_checkpoint_is_lost_gives_the_uninterrupted_ema(tmp_path):
+    """What kill -9 leaves: checkpoints up to some step. The rerun must end where an
+    uninterrupted run ends, EMA included (bit for bit)."""
+    import shutil
+
+    from vitjax import train
+
+    c = tiny_config(num_steps=6, checkpoint_every=3, **{"ema.decay": 0.9, "ema.warmup": True})
+    train.train_and_evaluate(c, tmp_path / "straight")
+    shutil.copytree(tmp_path / "straight", tmp_path / "killed")
+    shutil.rmtree(tmp_path / "killed" / "checkpoints" / "6")  # as if killed between steps 3 and 6
+    train.train_and_evaluate(c, tmp_path / "killed")
+    for ema in (False, True):
+        a, b = _checkpointed(tmp_path / "killed", 6, ema), _checkpointed(tmp_path / "straight", 6, ema)
+        assert all(np.array_equal(a[k], b[k]) for k in a), ema
+
+
+def test_ema_asked_of_a_checkpoint_without_one_is_a_one_line_error_and_exit_1(tmp_path):
+    import subprocess
+    import sys
+
+    from vitjax import train
+
+    train.train_and_evaluate(tiny_config(num_steps=1), tmp_path / "run")
+    result = subprocess.run(
+        [sys.executable, "-m", "vitjax.main", "--workdir", str(tmp_path / "run"), "--config.mode=eval"]
+        + ["--config.init.use_ema=True", "--config.model.name=DeiT_test_patch8_32", "--config.model.num_classes=10"],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert result.returncode == 1
+    assert (
+        result.stderr.strip()
+        .splitlines()[-1]
+        .endswith(
+            "checkpoint has no EMA weights (it was trained with ema.decay=0); use its raw weights "
+            "(init.use_ema=False) or train with ema.decay > 0"
+        )
+    )
+
+
+# --- the fine-tuning configs ----------------------------------------------------------------
+
+
+@pytest.mark.parametrize("family", ["deit", "tnt"])
+def test_finetune_config_trains_on_an_image_folder_with_every_part_on(tmp_path, family):
+    """The config as a user loads it (``path:NUM_CLASSES``), on its family's test-size model
+    without downloads: layer decay, EMA, accumulation, warm-up + cosine all in one short run."""
+    import json
+    from pathlib import Path
+
+    from ml_collections import config_flags
+    from PIL import Image
+
+    from vitjax import train
+
+    rng = np.random.RandomState(0)
+    for split, count in (("train", 8), ("val", 2)):
+        for label in ("a", "b"):
+            (tmp_path / "data" / split / label).mkdir(parents=True)
+            for i in range(count):
+                pixels = rng.randint(0, 255, (40, 30, 3), np.uint8)
+                Image.fromarray(pixels).save(tmp_path / "data" / split / label / f"{i}.png")
+    path = Path(__file__).resolve().parents[2] / "configs" / f"finetune_{family}_small.py"
+    c = config_flags.config_flags._ConfigFileParser("config").parse(f"{path}:2")
+    assert (c.model.num_classes, c.init.pretrained, c.init.head, c.data.source) == (2, True, "reinit", "folder")
+    assert c.optimizer.layer_decay and c.ema.decay and c.accum_steps > 1 and c.optimizer.schedule == "cosine"
+    c.model.name = {"deit": "DeiT_test_patch8_32", "tnt": "TNT_test_patch16_32"}[family]
+    c.update(batch_size=8, accum_steps=4, num_steps=3, eval_batch_size=4, plot=False)
+    c.init.pretrained = False
+    c.augment.randaugment = ""
+    c.data.update(root=str(tmp_path / "data"), num_workers=0)
+    c.model.matmul = "xla"
+    results = train.train_and_evaluate(c, tmp_path / "run")
+    assert {"top1", "ema_top1"} <= set(results) and results["count"] == 4
+    rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows if r["kind"] == "train"] == [1, 2, 3]
