@@ -237,3 +237,39 @@ def imagenet_config(model_name: str) -> ml_collections.ConfigDict:
     c = imagenet(recipe(c))
     c.model.name = model_name
     return c
+
+
+def finetune_config(model_name: str, accum_steps: int, num_classes: int | None = None) -> ml_collections.ConfigDict:
+    """Fine-tuning ``model_name`` from PaddleClas's ImageNet weights (downloaded by name) on an
+    image folder (``data.root``/train/<class>/*.jpg, ``data.root``/val/<class>/*.jpg), new head.
+
+    The recipe people start from with timm or BEiT: AdamW at 5e-4 per 512 images, weight decay
+    0.05, layer-wise learning-rate decay 0.75, 3 warm-up epochs then cosine to 1e-6 over 30 epochs,
+    an EMA of the weights (0.999, warmed up as timm's ModelEmaV3), the DeiT augmentations (RandAugment,
+    Mixup/CutMix, random erasing, label smoothing) and a batch of 512 reached by ``accum_steps``
+    micro-batches. docs/finetuning.md explains each part.
+    """
+    c = deit_recipe(base_config())
+    c.model.name = model_name
+    c.model.num_classes = num_classes or 1000  # set to the folder's number of classes
+    c.model.drop_path_rate = 0.1
+    c.init.pretrained = True
+    c.init.head = "reinit"
+    c.data.source = "folder"
+    c.optimizer.update(
+        base_lr=5e-4,
+        lr_batch_base=512,
+        weight_decay=0.05,
+        layer_decay=0.75,
+        warmup_epochs=3.0,
+        warmup_start_lr=1e-6,
+        min_lr=1e-6,
+        schedule="cosine",
+    )
+    c.ema.update(decay=0.999, warmup=True)
+    c.batch_size = 512
+    c.accum_steps = accum_steps
+    c.num_epochs = 30.0
+    c.eval_batch_size = 128
+    c.checkpoint_every = 200
+    return c

@@ -276,10 +276,10 @@ def test_ema_asked_of_a_checkpoint_without_one_is_a_one_line_error_and_exit_1(tm
 def test_finetune_config_trains_on_an_image_folder_with_every_part_on(tmp_path, family):
     """The config as a user loads it (``path:NUM_CLASSES``), on its family's test-size model
     without downloads: layer decay, EMA, accumulation, warm-up + cosine all in one short run."""
+    import importlib.util
     import json
     from pathlib import Path
 
-    from ml_collections import config_flags
     from PIL import Image
 
     from vitjax import train
@@ -292,15 +292,19 @@ def test_finetune_config_trains_on_an_image_folder_with_every_part_on(tmp_path, 
                 pixels = rng.randint(0, 255, (40, 30, 3), np.uint8)
                 Image.fromarray(pixels).save(tmp_path / "data" / split / label / f"{i}.png")
     path = Path(__file__).resolve().parents[2] / "configs" / f"finetune_{family}_small.py"
-    c = config_flags.config_flags._ConfigFileParser("config").parse(f"{path}:2")
+    spec = importlib.util.spec_from_file_location(f"finetune_{family}", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    c = module.get_config("2")  # what --config path:2 passes
     assert (c.model.num_classes, c.init.pretrained, c.init.head, c.data.source) == (2, True, "reinit", "folder")
     assert c.optimizer.layer_decay and c.ema.decay and c.accum_steps > 1 and c.optimizer.schedule == "cosine"
     c.model.name = {"deit": "DeiT_test_patch8_32", "tnt": "TNT_test_patch16_32"}[family]
-    c.update(batch_size=8, accum_steps=4, num_steps=3, eval_batch_size=4, plot=False)
+    c.update(batch_size=8, accum_steps=4, num_steps=3, eval_batch_size=4, log_every=1, plot=False)
     c.init.pretrained = False
     c.augment.randaugment = ""
     c.data.update(root=str(tmp_path / "data"), num_workers=0)
     c.model.matmul = "xla"
+    c.mesh.data = 2
     results = train.train_and_evaluate(c, tmp_path / "run")
     assert {"top1", "ema_top1"} <= set(results) and results["count"] == 4
     rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]

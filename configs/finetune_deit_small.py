@@ -1,0 +1,15 @@
+"""Fine-tunes DeiT_small_patch16_224 from PaddleClas's ImageNet weights on an image folder (docs/finetuning.md).
+
+    python -m vitjax.main --config configs/finetune_deit_small.py:NUM_CLASSES --workdir runs/ft_deit \\
+        --config.data.root=/data/flowers
+
+``data.root`` holds ``train/<class>/*.jpg`` and ``val/<class>/*.jpg``; ``NUM_CLASSES`` is the number
+of class folders. A batch of 512 in 8 micro-batches of 64 (``accum_steps``); halve
+``accum_steps`` on an accelerator with twice the memory, or add ``--config.model.dtype=bfloat16``.
+"""
+
+from vitjax.configlib import finetune_config
+
+
+def get_config(arg=None):
+    return finetune_config("DeiT_small_patch16_224", accum_steps=8, num_classes=int(arg) if arg else None)
