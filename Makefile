@@ -20,7 +20,7 @@ VENV ?= $(if $(filter 3.11,$(PYVER)),.venv,.venv-$(PYVER))
 CORE_VENV ?= .venv-core-$(PYVER)
 # The timm peer (torch, the bench extra) only where the lock has torch: requirements/py3.11.txt (which
 # holds torch's CUDA build and its nvidia-* wheels, several GB: one reason `make run` uses the core).
-EXTRAS ?= interop,tfds,serve,cpu-kernels,test,docs$(if $(shell grep -q '^torch==' $(LOCK) && echo y),$(comma)bench)
+EXTRAS ?= interop,onnx,tfds,serve,cpu-kernels,test,docs$(if $(shell grep -q '^torch==' $(LOCK) && echo y),$(comma)bench)
 PY := $(VENV)/bin/python
 # A set-up is redone when pyproject.toml, this file or the lock changes.
 SUM := $(shell cat pyproject.toml Makefile $(LOCK) | cksum | cut -d' ' -f1)
