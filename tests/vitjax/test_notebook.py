@@ -36,3 +36,13 @@ def test_colab_notebook_runs_on_cpu(tmp_path):
     )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert "NOTEBOOK OK" in result.stdout and "devices: 8" in result.stdout and "same logits: True" in result.stdout
+    # looking inside: features of two blocks, an early stop, the rollout map, one picture per digit
+    assert (
+        "block 1: tokens (3, 17, 64), grid (3, 4, 4, 64), class token (3, 1, 64), attention (3, 4, 17, 17)"
+        in result.stdout
+    )
+    assert (
+        "stopped after block 0, no head run: True" in result.stdout
+        and "class-token rollout: (3, 4, 4)" in result.stdout
+    )
+    assert "explain: 3 pictures" in result.stdout
