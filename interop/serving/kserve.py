@@ -152,6 +152,8 @@ def add_kserve_routes(app: FastAPI, state) -> None:
             "name": model.name,
             "versions": ["1"],
             "platform": f"vitjax-{model.backend}",
+            # The model's own input; `images` (BYTES) and `pixels` (UINT8) are accepted in its place, but left
+            # undeclared: Triton's tools (perf_analyzer) send every declared input.
             "inputs": [{"name": INPUT_NAME, "datatype": "FP32", "shape": [-1, 3, s, s]}],
             "outputs": [{"name": OUTPUT_NAME, "datatype": "FP32", "shape": [-1, model.num_classes]}],
         }

@@ -116,11 +116,9 @@ def model_config(model, config) -> dict[str, Any]:
         "backend": model.backend,
         "version_policy": {"latest": {"num_versions": 1}},
         "max_batch_size": config.max_images_per_request,
-        "input": [
-            {"name": "x", "data_type": "TYPE_FP32", "format": "FORMAT_NCHW", "dims": [3, s, s]},
-            {"name": "images", "data_type": "TYPE_STRING", "dims": [1]},
-            {"name": "pixels", "data_type": "TYPE_UINT8", "format": "FORMAT_NHWC", "dims": [-1, -1, 3]},
-        ],
+        # As in the v2 metadata: the model's own input only (`images` and `pixels` are accepted in its
+        # place, undeclared, since Triton's tools send every declared input).
+        "input": [{"name": "x", "data_type": "TYPE_FP32", "format": "FORMAT_NCHW", "dims": [3, s, s]}],
         "output": [{"name": "probabilities", "data_type": "TYPE_FP32", "dims": [model.num_classes]}],
         "dynamic_batching": {
             "preferred_batch_size": [config.max_batch_size],

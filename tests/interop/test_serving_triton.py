@@ -65,7 +65,7 @@ def test_tritonclient_reads_config_statistics_and_the_repository_index(server, e
     try:
         config = client.get_model_config(NAME)
         assert config["name"] == NAME and config["max_batch_size"] >= 1
-        assert [i["name"] for i in config["input"]] == ["x", "images", "pixels"]
+        assert [(i["name"], i["dims"]) for i in config["input"]] == [("x", [3, 32, 32])]
         assert config["output"][0]["data_type"] == "TYPE_FP32"
         assert config["dynamic_batching"]["max_queue_delay_microseconds"] >= 0
         assert client.get_model_config(NAME, "1") == config
