@@ -175,3 +175,24 @@ def test_attention_weights_come_from_the_unfused_path_when_the_model_fuses_atten
         np.testing.assert_allclose(out.attention[i], xla.attention[i], rtol=0, atol=ATOL)
         np.testing.assert_allclose(out.pixel_attention[i], xla.pixel_attention[i], rtol=0, atol=ATOL)
     np.testing.assert_allclose(out.logits, xla.logits, rtol=0, atol=ATOL)
+
+
+def test_sharded_like_apply_over_a_batch_split_across_devices():
+    from jax.sharding import Mesh, NamedSharding
+    from jax.sharding import PartitionSpec as P
+
+    if jax.device_count() < 2:
+        pytest.skip("needs several devices (tests run with 8 host devices)")
+    name = "TNT_test_patch16_32"
+    model, variables, _ = _setup(name)
+    devices = jax.devices()
+    images = nhwc(random_images(name, batch=len(devices), seed=2))
+    mesh = Mesh(np.array(devices), ("data",))
+    sharded = jax.device_put(images, NamedSharding(mesh, P("data")))
+    replicated = jax.device_put(variables, NamedSharding(mesh, P()))
+    features = jax.jit(forward_intermediates, static_argnums=(0, 3), static_argnames="attention")
+    out = features(model, replicated, sharded, (0, 1), attention=True)
+    assert out.grid[1].sharding.is_equivalent_to(NamedSharding(mesh, P("data")), out.grid[1].ndim)
+    local = forward_intermediates(model, variables, images, (0, 1), attention=True)
+    for a, b in zip(jax.tree.leaves(out), jax.tree.leaves(local), strict=True):
+        np.testing.assert_allclose(np.asarray(a), b, rtol=0, atol=ATOL)
