@@ -28,6 +28,7 @@ def test_indices_are_read_as_timm_reads_them():
     assert take_indices(12, 3) == (9, 10, 11)  # an int: the last n blocks
     assert take_indices(12, [0, -1, 5]) == (0, 5, 11)  # a list: those blocks, negative from the end
     assert take_indices(12, (-1, 11)) == (11,)
+    assert take_indices(12, np.int64(2)) == take_indices(12, [np.int64(10), -1]) == (10, 11)  # numpy ints too
 
 
 @pytest.mark.parametrize(

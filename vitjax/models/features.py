@@ -15,6 +15,7 @@ so ``jax.jit`` (with the model and the options static) and sharded inputs work a
 from __future__ import annotations
 
 from collections.abc import Sequence
+from numbers import Integral
 from typing import NamedTuple
 
 import flax.linen as nn
@@ -59,9 +60,10 @@ def take_indices(depth: int, indices: Indices) -> tuple[int, ...]:
     anything out of range is a ``ValueError`` naming the value and the allowed range."""
     if indices is None:
         return tuple(range(depth))
-    if isinstance(indices, bool | str) or not isinstance(indices, int | Sequence):
+    if isinstance(indices, bool | str) or not isinstance(indices, Integral | Sequence):
         raise ValueError(f"indices={indices!r}: expected an int (the last n blocks) or a list of block indices")
-    if isinstance(indices, int):
+    if isinstance(indices, Integral):
+        indices = int(indices)
         if not 1 <= indices <= depth:
             raise ValueError(f"indices={indices}: the last n blocks needs n from 1 to {depth} (the model's depth)")
         return tuple(range(depth - indices, depth))
@@ -69,11 +71,11 @@ def take_indices(depth: int, indices: Indices) -> tuple[int, ...]:
         raise ValueError("indices=[]: name at least one block")
     taken = set()
     for i in indices:
-        if isinstance(i, bool) or not isinstance(i, int) or not -depth <= i < depth:
+        if isinstance(i, bool) or not isinstance(i, Integral) or not -depth <= i < depth:
             raise ValueError(
                 f"block index {i!r} is out of range: the model has {depth} blocks (allowed {-depth} to {depth - 1})"
             )
-        taken.add(i % depth)
+        taken.add(int(i) % depth)
     return tuple(sorted(taken))
 
 
