@@ -9,6 +9,11 @@ export   SRC OUT_DIR [--model NAME]         write a Paddle inference model (PIR 
                                             --logits drops the softmax; --onnx adds inference.onnx)
 import   MODEL_DIR DST [--model NAME]       inference model dir -> orbax variables dir or .pdparams
 onnx     MODEL_DIR [OUT.onnx]               Paddle2ONNX conversion of an exported (PIR) dir
+onnx --from jax SRC OUT.onnx [--model NAME] ONNX from the JAX model with jax2onnx, no Paddle (SRC: a
+                                            registered name for its pretrained weights, .pdparams,
+                                            orbax checkpoint or workdir; --logits drops the softmax)
+jax-export SRC OUT.jaxexport [--model NAME] jax.export artifact (StableHLO for cpu, cuda, tpu; symbolic
+                                            batch; NHWC in, logits out) + OUT.jaxexport.json sidecar
 backends                                    which deployment backends run on this machine
 parity   SRC --out DIR [--model NAME]       JAX vs every backend: parity.md + parity.json, exit 1 on failure
 download NAME... [--inference]             PaddleClas's pretrained weights (or *_infer.tar) into the cache
@@ -24,6 +29,7 @@ from pathlib import Path
 
 from interop._paddle import require_paddle
 from interop.errors import InteropError
+from interop.jax_artifact import ArtifactError
 from interop.pretrained import add_commands as add_pretrained_commands
 from vitjax.checkpoints import CheckpointError, load_variables, save_variables
 from vitjax.data.transforms import ImageError
@@ -121,9 +127,40 @@ def import_model(args) -> int:
 
 
 def onnx(args) -> int:
+    if args.source_kind == "jax":
+        from interop.onnx_from_jax import DEFAULT_OPSET, export_onnx_from_jax
+
+        if args.out is None:
+            raise SystemExit("onnx --from jax: name the output file (SRC OUT.onnx)")
+        out = export_onnx_from_jax(
+            args.model_dir,
+            args.out,
+            args.model,
+            softmax=not args.logits,
+            opset=args.opset or DEFAULT_OPSET,
+            overwrite=args.overwrite,
+        )
+        print(f"{args.model_dir} -> {out} (jax2onnx, {'logits' if args.logits else 'softmax probabilities'})")
+        return 0
     from interop.inference import export_onnx
 
-    print(f"{args.model_dir} -> {export_onnx(args.model_dir, args.out, opset=args.opset, overwrite=args.overwrite)}")
+    opset = args.opset or 13
+    print(f"{args.model_dir} -> {export_onnx(args.model_dir, args.out, opset=opset, overwrite=args.overwrite)}")
+    return 0
+
+
+def jax_export(args) -> int:
+    from interop.jax_artifact import export_jax_artifact, sidecar_path
+
+    out = export_jax_artifact(
+        args.src,
+        args.out,
+        args.model,
+        platforms=args.platforms,
+        max_batch=args.max_batch,
+        overwrite=args.overwrite,
+    )
+    print(f"{args.src} -> {out} + {sidecar_path(out).name} ({', '.join(args.platforms)})")
     return 0
 
 
@@ -207,11 +244,33 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("dst", help="orbax variables directory, or a .pdparams file")
     p.add_argument("--model", help="registered model name (inferred from the parameters when omitted)")
     p.add_argument("--no-verify", action="store_true", help="skip running the file's program against ours")
-    p = sub.add_parser("onnx", help="convert an exported inference model to ONNX")
+    p = sub.add_parser("onnx", help="convert an exported inference model (or, --from jax, the JAX model) to ONNX")
     p.set_defaults(run=onnx)
-    p.add_argument("model_dir")
+    p.add_argument(
+        "model_dir",
+        metavar="SRC",
+        help="inference model dir (Paddle2ONNX); with --from jax: a registered model name (pretrained), "
+        ".pdparams, orbax checkpoint or workdir",
+    )
     p.add_argument("out", nargs="?")
-    p.add_argument("--opset", type=int, default=13)
+    p.add_argument(
+        "--from",
+        dest="source_kind",
+        choices=["paddle", "jax"],
+        default="paddle",
+        help="paddle: Paddle2ONNX on an exported dir (default); jax: jax2onnx on our model, no Paddle needed",
+    )
+    p.add_argument("--model", help="--from jax: registered model name (needed for an orbax checkpoint or workdir)")
+    p.add_argument("--logits", action="store_true", help="--from jax: output logits instead of softmax probabilities")
+    p.add_argument("--opset", type=int, help="default 13 (paddle), 21 (jax)")
+    p.add_argument("--overwrite", action="store_true")
+    p = sub.add_parser("jax-export", help="write a portable jax.export artifact (StableHLO) and its sidecar")
+    p.set_defaults(run=jax_export)
+    p.add_argument("src", help="registered model name (pretrained), .pdparams, orbax variables checkpoint or workdir")
+    p.add_argument("out", help="the artifact, e.g. deit_tiny.jaxexport (the sidecar is OUT.json)")
+    p.add_argument("--model", help="registered model name (needed for an orbax checkpoint or workdir)")
+    p.add_argument("--platforms", nargs="+", default=["cpu", "cuda", "tpu"], help="lowered for (default: all three)")
+    p.add_argument("--max-batch", type=int, help="a batch limit the loaders enforce")
     p.add_argument("--overwrite", action="store_true")
     p = sub.add_parser("backends", help="list deployment backends and whether they run here")
     p.set_defaults(run=backends)
@@ -237,7 +296,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.run(args)
-    except (WeightsError, InteropError, CheckpointError, ImageError, DownloadError) as e:
+    except (WeightsError, InteropError, CheckpointError, ImageError, DownloadError, ArtifactError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
 

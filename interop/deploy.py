@@ -11,6 +11,10 @@ with softmax (the default), logits otherwise. Backends:
 ``paddle-trt-fp32`` / ``paddle-trt-fp16``
                    TensorRT through Paddle Inference, dynamic batch shapes
 ``onnxruntime``    ONNX Runtime (CPU) on the Paddle2ONNX export
+``onnxruntime-jax`` ONNX Runtime (CPU) on the ONNX jax2onnx writes from our JAX
+                   model (:mod:`interop.onnx_from_jax`; no Paddle anywhere)
+``jax-export``     a ``jax.export`` artifact (:mod:`interop.jax_artifact`): serialized
+                   StableHLO run by JAX alone, no model code
 =================  ==========================================================
 
 A backend this machine cannot run raises :class:`BackendUnavailable` saying why;
@@ -35,7 +39,16 @@ from interop.inference.pdiparams import scan_params_file
 from interop.inference.program_check import check_program_file
 from interop.tensorrt import tensorrt_settings
 
-BACKENDS = ("jax", "paddle-cpu", "paddle-gpu", "paddle-trt-fp32", "paddle-trt-fp16", "onnxruntime")
+BACKENDS = (
+    "jax",
+    "paddle-cpu",
+    "paddle-gpu",
+    "paddle-trt-fp32",
+    "paddle-trt-fp16",
+    "onnxruntime",
+    "onnxruntime-jax",
+    "jax-export",
+)
 
 
 class Predictor(abc.ABC):
@@ -131,6 +144,41 @@ class JaxPredictor(Predictor):
         return np.asarray(self._forward(self._variables, images))
 
 
+class JaxExportPredictor(Predictor):
+    """A ``jax.export`` artifact (:func:`interop.jax_artifact.load_jax_artifact`): NCHW in like the
+    other backends (transposed to the artifact's NHWC), logits out, probabilities with ``softmax``.
+    ``max_batch``: a limit of our own on top of the one the file may carry; the smaller wins."""
+
+    backend = "jax-export"
+
+    def __init__(self, artifact_path: str | os.PathLike, *, softmax: bool = False, max_batch: int | None = None):
+        from interop.jax_artifact import ArtifactError, load_jax_artifact
+
+        try:
+            self._artifact = load_jax_artifact(artifact_path)
+            self._artifact.check_platform()
+        except ArtifactError as e:
+            raise InferenceModelError(str(e)) from None
+        self.metadata, self.model_name = self._artifact.metadata, self._artifact.model_name
+        self.img_size, self.softmax = self._artifact.img_size, bool(softmax)
+        limits = [b for b in (max_batch, self._artifact.max_batch) if b is not None]
+        self.max_batch = min(limits) if limits else None
+
+    def predict(self, images: np.ndarray) -> np.ndarray:
+        try:
+            return super().predict(images)
+        except InputShapeError as e:  # name the file, as the artifact's own errors do
+            raise InputShapeError(f"{self._artifact.path}: {e}") from None
+
+    def _run(self, images: np.ndarray) -> np.ndarray:
+        logits = self._artifact(np.ascontiguousarray(images.transpose(0, 2, 3, 1)))
+        if not self.softmax:
+            return logits
+        shifted = logits - logits.max(axis=-1, keepdims=True)
+        e = np.exp(shifted.astype(np.float64))
+        return (e / e.sum(axis=-1, keepdims=True)).astype(np.float32)
+
+
 def gpu_status() -> tuple[bool, str]:
     """Whether Paddle can use a CUDA GPU here, and if not, why."""
     paddle = require_paddle()
@@ -167,9 +215,9 @@ def backend_status(backend: str) -> tuple[bool, str]:
     """``(available, reason)`` for a backend name from :data:`BACKENDS`."""
     if backend not in BACKENDS:
         raise ValueError(f"unknown backend {backend!r}; choose from {', '.join(BACKENDS)}")
-    if backend == "jax":
+    if backend in ("jax", "jax-export"):
         return True, "always available"
-    if backend == "onnxruntime":
+    if backend in ("onnxruntime", "onnxruntime-jax"):
         return onnxruntime_status()
     try:
         require_paddle()
@@ -286,7 +334,9 @@ def _legacy_input_shape(program: Path) -> list[int] | None:
 
 
 class OnnxRuntimePredictor(Predictor):
-    """ONNX Runtime on an ``.onnx`` file from :func:`interop.export_onnx`.
+    """ONNX Runtime on an ``.onnx`` file from :func:`interop.export_onnx` (backend ``onnxruntime``) or
+    :func:`interop.onnx_from_jax.export_onnx_from_jax` (``onnxruntime-jax``); ``metadata`` holds the
+    file's ``vitjax.*`` properties (model name, output kind, eval transform; none in Paddle2ONNX's).
 
     ``threads`` intra-op threads, one inter-op thread, sequential execution, every graph
     optimisation (``ORT_ENABLE_ALL``). ``device="gpu"`` puts the CUDA execution provider
@@ -296,7 +346,10 @@ class OnnxRuntimePredictor(Predictor):
 
     backend = "onnxruntime"
 
-    def __init__(self, onnx_path: str | os.PathLike, *, threads: int = 1, device: str = "cpu"):
+    def __init__(
+        self, onnx_path: str | os.PathLike, *, threads: int = 1, device: str = "cpu", backend: str = "onnxruntime"
+    ):
+        self.backend = backend
         if device not in ("cpu", "gpu"):
             raise ValueError(f"onnxruntime device {device!r}; use 'cpu' or 'gpu'")
         ok, reason = onnxruntime_status()
@@ -329,6 +382,8 @@ class OnnxRuntimePredictor(Predictor):
         self._input_name = inp.name
         self.img_size = int(inp.shape[-1])
         self.threads, self.device = int(threads), device
+        meta = self._session.get_modelmeta().custom_metadata_map
+        self.metadata = {k: v for k, v in meta.items() if k.startswith("vitjax.")}
 
     def _run(self, images: np.ndarray) -> np.ndarray:
         return self._session.run(None, {self._input_name: images})[0]
@@ -339,18 +394,20 @@ def create_predictor(
     *,
     model_dir: str | os.PathLike | None = None,
     onnx_path: str | os.PathLike | None = None,
+    artifact_path: str | os.PathLike | None = None,
     variables=None,
     model_name: str | None = None,
     softmax: bool = True,
     threads: int = 1,
     mkldnn: bool = True,
-    max_batch: int = 8,
+    max_batch: int | None = 8,
     pin_threads: bool = True,
     matmul: str = "auto",
 ) -> Predictor:
     """The predictor for ``backend`` (see :data:`BACKENDS`); raises :class:`BackendUnavailable`
     rather than substituting another backend. ``pin_threads`` and ``matmul`` are
-    :class:`JaxPredictor`'s (the ``jax`` backend)."""
+    :class:`JaxPredictor`'s (the ``jax`` backend); ``max_batch`` is TensorRT's and ``jax-export``'s
+    batch limit (``None``: none for ``jax-export``)."""
     ok, reason = backend_status(backend)
     if not ok:
         raise BackendUnavailable(f"{backend}: unavailable: {reason}")
@@ -358,10 +415,14 @@ def create_predictor(
         if variables is None or model_name is None:
             raise ValueError("jax backend: pass variables and model_name")
         return JaxPredictor(variables, model_name, softmax=softmax, pin_threads=pin_threads, matmul=matmul)
-    if backend == "onnxruntime":
+    if backend == "jax-export":
+        if artifact_path is None:
+            raise ValueError("jax-export backend: pass artifact_path")
+        return JaxExportPredictor(artifact_path, softmax=softmax, max_batch=max_batch)
+    if backend in ("onnxruntime", "onnxruntime-jax"):
         if onnx_path is None:
-            raise ValueError("onnxruntime backend: pass onnx_path")
-        return OnnxRuntimePredictor(onnx_path, threads=threads)
+            raise ValueError(f"{backend} backend: pass onnx_path")
+        return OnnxRuntimePredictor(onnx_path, threads=threads, backend=backend)
     if model_dir is None:
         raise ValueError(f"{backend} backend: pass model_dir")
     if backend == "paddle-cpu":

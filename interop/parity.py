@@ -3,7 +3,9 @@
 :func:`run_parity` exports the model twice (the shipped model with softmax, and a
 logits variant so logits can be compared directly), converts both to ONNX, and runs
 the JAX model and every backend on the same inputs: a random batch and real photos
-put through the model's eval transform. It records, per backend and input set, the
+put through the model's eval transform. The Paddle-free backends (``onnxruntime-jax``,
+``jax-export``) get their files from :mod:`interop.onnx_from_jax` and
+:mod:`interop.jax_artifact`; a report on those alone exports no Paddle model. It records, per backend and input set, the
 max abs difference of logits and of probabilities against JAX, top-1 and top-5
 agreement, and latency at batch 1/4/8 on this machine; :func:`write_report` writes it
 as markdown and JSON. A backend this machine cannot run is listed with the reason,
@@ -41,6 +43,7 @@ class Tolerance:
 
 TOLERANCES = {"fp32": Tolerance(logits=1e-4, probs=1e-4), "fp16": Tolerance(logits=5e-2, probs=1e-2)}
 LATENCY_BATCHES = (1, 4, 8)
+PADDLE_FREE_BACKENDS = ("jax", "onnxruntime-jax", "jax-export")  # a report on these alone exports no Paddle model
 
 
 def precision_of(backend: str) -> str:
@@ -128,15 +131,41 @@ def run_parity(
     backends = list(backends or BACKENDS)
     out_dir = Path(out_dir)
     (out_dir / "models").mkdir(parents=True, exist_ok=True)
-    shipped = export_inference_model(
-        variables, model_name, out_dir / "models" / "inference", softmax=True, overwrite=True
-    )
-    logits_dir = export_inference_model(
-        variables, model_name, out_dir / "models" / "logits", softmax=False, overwrite=True
-    )
-    onnx_files = {}
+    shipped = logits_dir = None
+    if any(b not in PADDLE_FREE_BACKENDS for b in backends):  # the Paddle inference models
+        shipped = export_inference_model(
+            variables, model_name, out_dir / "models" / "inference", softmax=True, overwrite=True
+        )
+        logits_dir = export_inference_model(
+            variables, model_name, out_dir / "models" / "logits", softmax=False, overwrite=True
+        )
+    onnx_files: dict[str, dict[str, Path]] = {"onnxruntime": {}, "onnxruntime-jax": {}}
     if "onnxruntime" in backends and backend_status("onnxruntime")[0]:
-        onnx_files = {kind: export_onnx(d, overwrite=True) for kind, d in (("probs", shipped), ("logits", logits_dir))}
+        onnx_files["onnxruntime"] = {
+            kind: export_onnx(d, overwrite=True) for kind, d in (("probs", shipped), ("logits", logits_dir))
+        }
+    jax2onnx_missing = None
+    if "onnxruntime-jax" in backends and backend_status("onnxruntime-jax")[0]:
+        from interop.onnx_from_jax import export_onnx_from_jax
+
+        try:
+            onnx_files["onnxruntime-jax"] = {
+                kind: export_onnx_from_jax(
+                    variables,
+                    out_dir / "models" / f"jax2onnx_{kind}.onnx",
+                    model_name,
+                    softmax=kind == "probs",
+                    overwrite=True,
+                )
+                for kind in ("probs", "logits")
+            }
+        except BackendUnavailable as e:
+            jax2onnx_missing = str(e)
+    artifact = None
+    if "jax-export" in backends:
+        from interop.jax_artifact import export_jax_artifact
+
+        artifact = export_jax_artifact(variables, out_dir / "models" / "model.jaxexport", model_name, overwrite=True)
 
     reference = create_predictor("jax", variables=variables, model_name=model_name, softmax=False)
     size = reference.img_size
@@ -153,6 +182,8 @@ def run_parity(
     results: dict[str, Any] = {}
     for backend in backends:
         ok, reason = backend_status(backend)
+        if backend == "onnxruntime-jax" and ok and jax2onnx_missing:
+            ok, reason = False, jax2onnx_missing
         if not ok:
             results[backend] = {"available": False, "reason": reason}
             continue
@@ -160,7 +191,12 @@ def run_parity(
         try:
             predictors = {
                 kind: create_predictor(
-                    backend, softmax=kind == "probs", model_dir=d, onnx_path=onnx_files.get(kind), **options
+                    backend,
+                    softmax=kind == "probs",
+                    model_dir=d,
+                    onnx_path=onnx_files.get(backend, {}).get(kind),
+                    artifact_path=artifact,
+                    **options,
                 )
                 for kind, d in (("probs", shipped), ("logits", logits_dir))
             }
@@ -195,7 +231,7 @@ def run_parity(
     return {
         "model": model_name,
         "img_size": size,
-        "shipped_model_dir": str(shipped),
+        "shipped_model_dir": str(shipped) if shipped else None,
         "inputs": {
             "random": f"{rows} images, standard normal (seed {seed}), NCHW {size}x{size}",
             "photos": [name for name, _ in photos] if photos else "none",

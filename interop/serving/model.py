@@ -2,7 +2,8 @@
 
 :func:`load_served_model` accepts anything ``interop`` exports or imports: an inference
 model directory (ours or PaddleClas's, PIR or legacy), a ``.pdparams`` file, an orbax
-variables checkpoint or a training workdir (the last two with ``model_name``). Sources the
+variables checkpoint or a training workdir (the last two with ``model_name``), an ``.onnx`` file
+from ``interop onnx --from jax`` or a ``.jaxexport`` artifact (:mod:`interop.portable`). Sources the
 backend cannot run directly are converted first, into a temporary directory that lives
 as long as the :class:`ServedModel`.
 """
@@ -135,7 +136,15 @@ def load_served_model(
     threads = int(threads or os.cpu_count() or 1)
     workdir: tempfile.TemporaryDirectory | None = None
     options = dict(threads=threads, mkldnn=mkldnn, max_batch=max_batch_size)
-    if _is_inference_dir(path):
+    transform = None
+    if path.suffix in (".onnx", ".jaxexport") and path.is_file():  # Paddle-free files (interop.portable)
+        from interop.portable import portable_predictor
+
+        predictor, name, softmax_out, transform = portable_predictor(
+            path, backend, threads=threads, max_batch=max_batch_size
+        )
+        img_size = predictor.img_size
+    elif _is_inference_dir(path):
         info = read_inference_model(path, model_name, verify=False)
         name, softmax_out, img_size = info.model_name, info.softmax, info.img_size
         if backend == "jax":
@@ -167,7 +176,7 @@ def load_served_model(
         name=name,
         backend=backend,
         predictor=predictor,
-        transform=transform_for(name, img_size),
+        transform=transform or transform_for(name, img_size),
         labels=names,
         outputs_probabilities=softmax_out,
         source=str(path),
