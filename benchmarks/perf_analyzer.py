@@ -6,7 +6,7 @@ with random weights (the speed does not depend on their values), starts the serv
 endpoints at each concurrency (``--concurrency``), reading the model's configuration from
 ``/v2/models/{name}/config`` as it does from Triton. Its CSV (throughput, p50/p90/p95/p99
 latency, and the server-side queue and compute times it reads from ``/v2/models/stats``) goes to
-``benchmarks/results/serving/perf_analyzer.{csv,md}`` with the command and the CPU.
+``benchmarks/results/serving/perf_analyzer_{http,grpc}.{csv,md}`` with the command and the CPU.
 
 perf_analyzer is a C++ program of the Triton client. PyPI's ``perf-analyzer`` is a
 placeholder; the binary ships in tritonclient's manylinux wheels up to 2.40
@@ -79,6 +79,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--batch", type=int, default=1, help="images per request (perf_analyzer's -b)")
     parser.add_argument("--max-batch-size", type=int, default=8, help="the server's dynamic batch size")
     parser.add_argument("--port", type=int, default=8123)
+    parser.add_argument("--protocol", choices=["http", "grpc"], default="http", help="perf_analyzer's -i")
+    parser.add_argument("--grpc-port", type=int, default=8124, help="the server's --grpc-port (with --protocol grpc)")
     parser.add_argument("--window-ms", type=int, default=10000, help="perf_analyzer's --measurement-interval")
     parser.add_argument("--out", type=Path, default=OUT)
     args = parser.parse_args(argv)
@@ -100,6 +102,8 @@ def main(argv: list[str] | None = None) -> None:
             str(args.max_batch_size),
             "--log-level",
             "warning",
+            "--grpc-port",
+            str(args.grpc_port),
         ]
         server = subprocess.Popen(serve, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
         url = f"http://127.0.0.1:{args.port}"
@@ -114,9 +118,9 @@ def main(argv: list[str] | None = None) -> None:
                 "-m",
                 MODEL,
                 "-u",
-                f"127.0.0.1:{args.port}",
+                f"127.0.0.1:{args.port if args.protocol == 'http' else args.grpc_port}",
                 "-i",
-                "http",
+                args.protocol,
                 "-b",
                 str(args.batch),
                 "--concurrency-range",
@@ -139,11 +143,11 @@ def main(argv: list[str] | None = None) -> None:
             server.terminate()
             server.wait(timeout=60)
     args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "perf_analyzer.csv").write_text(table)
+    (args.out / f"perf_analyzer_{args.protocol}.csv").write_text(table)
     shown = " ".join(["perf_analyzer", *command[1:]]).replace(str(report), "perf.csv").replace(str(data), "input.json")
     rows = list(csv.DictReader(io.StringIO(table)))
     lines = [
-        f"# perf_analyzer against `python -m interop serve` ({time.strftime('%Y-%m-%d')}, {_cpu_name()}, "
+        f"# perf_analyzer -i {args.protocol} against `python -m interop serve` ({time.strftime('%Y-%m-%d')}, {_cpu_name()}, "
         f"{os.cpu_count()} cores)",
         "",
         f"Server: `python -m interop serve {MODEL}.pdparams --backend {args.backend} --max-batch-size "
@@ -162,7 +166,7 @@ def main(argv: list[str] | None = None) -> None:
             f"| {row['Concurrency']} | {float(row['Inferences/Second']):.1f} | {us('p50 latency'):.1f} | "
             f"{us('p90 latency'):.1f} | {us('p99 latency'):.1f} | {us('Server Queue'):.1f} | {compute:.1f} |"
         )
-    (args.out / "perf_analyzer.md").write_text("\n".join(lines) + "\n")
+    (args.out / f"perf_analyzer_{args.protocol}.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 
 

@@ -76,6 +76,7 @@ class ServingState:
         self.warm_up_error: str | None = None
         self.routes: list = []  # the app's routes, for the metrics' endpoint label
         self.refuse_app = None  # ASGI app answering a connection over the limit (set by create_app)
+        self.grpc_port: int | None = None  # the gRPC service's bound port, once started
 
     def warm_up(self) -> None:
         """Runs the model at the batch sizes the batcher will use; then the server is ready."""
@@ -290,6 +291,22 @@ class RequestMetrics:
         return code
 
 
+async def _start_grpc(state: ServingState, v2):
+    """The KServe v2 gRPC service on ``config.grpc_address`` (same state, batcher and statistics), or None."""
+    if state.config.grpc_address is None:
+        return None
+    from interop.serving.grpc_service import create_grpc_server
+
+    server = create_grpc_server(v2, max_message_bytes=state.config.max_body_bytes)
+    host, _, port = state.config.grpc_address.rpartition(":")
+    state.grpc_port = server.add_insecure_port(f"{host}:{port}")
+    if not state.grpc_port:
+        raise OSError(f"cannot bind the gRPC service to {state.config.grpc_address}")
+    await server.start()
+    log.info("KServe v2 gRPC on %s:%d", host, state.grpc_port)
+    return server
+
+
 def create_app(model: ServedModel, config: ServeConfig) -> FastAPI:
     """The application for ``model``; its :class:`ServingState` is ``app.state.serving``."""
     state = ServingState(model, config)
@@ -299,10 +316,13 @@ def create_app(model: ServedModel, config: ServeConfig) -> FastAPI:
     async def lifespan(app: FastAPI):
         state.batcher.start()
         warm = asyncio.get_running_loop().run_in_executor(None, state.warm_up)  # /health answers meanwhile
+        grpc_server = await _start_grpc(state, app.state.kserve)
         try:
             yield
         finally:
             state.draining = True
+            if grpc_server is not None:
+                await grpc_server.stop(grace=config.request_timeout_s)
             await warm
             await state.batcher.stop()
             state.decoder.shutdown(wait=False)
@@ -372,7 +392,7 @@ def create_app(model: ServedModel, config: ServeConfig) -> FastAPI:
 
     from interop.serving.kserve import add_kserve_routes
 
-    add_kserve_routes(app, state)
+    app.state.kserve = add_kserve_routes(app, state)
     state.routes = list(app.routes)
 
     async def refuse_connection(scope, receive, send):

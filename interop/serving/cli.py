@@ -27,6 +27,11 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     )
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
     p.add_argument("--port", type=int, default=8080, help="0 picks a free port (printed on start)")
+    p.add_argument(
+        "--grpc-port",
+        type=int,
+        help="also serve the KServe v2 protocol over gRPC on this port (Triton's default is 8001; 0 picks a free one)",
+    )
     p.add_argument("--labels", help="class names, one per line (default: ImageNet's for 1000 classes)")
     p.add_argument("--threads", type=int, help="engine threads (default: all cores)")
     p.add_argument("--max-batch-size", type=int, default=8)
@@ -99,6 +104,7 @@ def run(args) -> int:
         keep_alive_timeout_s=args.keep_alive_timeout,
         min_body_rate=args.min_body_rate,
         body_rate_window_s=args.body_rate_window,
+        grpc_address=None if args.grpc_port is None else f"{args.host}:{args.grpc_port}",
     )
     model = load_served_model(
         args.source,

@@ -43,6 +43,7 @@ class ServeConfig:
     keep_alive_timeout_s: float = 5.0
     min_body_rate: float = 1024.0
     body_rate_window_s: float = 5.0
+    grpc_address: str | None = None  # "host:port" for the KServe v2 gRPC service (port 0: a free one); None: off
 
     def __post_init__(self) -> None:
         for field in (

@@ -21,6 +21,7 @@ in its parameters, or ``"binary_data": true`` on the output). Request bodies may
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import time
@@ -109,119 +110,109 @@ def _flat(data: Any, shape: list[int], dtype, name: str, raw: memoryview | None 
     return array.reshape(shape)
 
 
-def add_kserve_routes(app: FastAPI, state) -> None:
-    """Adds the v2 health, metadata and infer endpoints for ``state.model`` to ``app``."""
-    model, config = state.model, state.config
+@dataclasses.dataclass
+class V2Input:
+    """One input tensor of a v2 request, however it came (JSON, binary extension, gRPC)."""
 
-    def check_name(name: str) -> None:
-        if name != model.name:
-            raise UnknownModel(f"unknown model {name!r}; this server serves {model.name!r}")
+    name: Any
+    datatype: Any
+    shape: Any
+    data: Any = None  # JSON data (numbers; base64 strings for BYTES)
+    raw: bytes | memoryview | None = None  # little-endian tensor bytes (binary extension, gRPC raw contents)
+    blobs: list[bytes] | None = None  # BYTES elements already split (gRPC contents)
 
-    @app.get("/v2")
-    async def server_metadata() -> dict[str, Any]:
+
+@dataclasses.dataclass
+class V2Output:
+    """The answer's one output: probabilities, or Triton classification strings."""
+
+    datatype: str
+    shape: list[int]
+    probs: np.ndarray | None = None
+    entries: list[bytes] | None = None
+
+    def json_data(self) -> list:
+        return self.probs.reshape(-1).tolist() if self.probs is not None else [e.decode() for e in self.entries]
+
+    def raw_bytes(self) -> bytes:
+        if self.probs is not None:
+            return np.ascontiguousarray(self.probs, dtype="<f4").tobytes()
+        return b"".join(len(entry).to_bytes(4, "little") + entry for entry in self.entries)
+
+
+class KServeModel:
+    """The KServe v2 / Triton protocol for ``state.model``, shared by the HTTP routes and the gRPC service."""
+
+    def __init__(self, state):
+        self.state, self.model, self.config = state, state.model, state.config
+
+    def check(self, name: str, version: str | None = None) -> None:
+        if name != self.model.name:
+            raise UnknownModel(f"unknown model {name!r}; this server serves {self.model.name!r}")
+        if version not in (None, "", "1"):
+            raise UnknownModel(f"unknown version {version!r} of {self.model.name!r}; it has version '1'")
+
+    def is_ready(self) -> bool:
+        return self.state.ready and not self.state.draining
+
+    def metadata(self) -> dict[str, Any]:
+        s = self.model.img_size
         return {
-            "name": "vitjax",
-            "version": "2",
-            "extensions": [
-                "binary_tensor_data",
-                "classification",
-                "model_configuration",
-                "statistics",
-                "model_repository",
-            ],
-        }
-
-    @app.get("/v2/health/live")
-    async def live() -> dict[str, bool]:
-        return {"live": True}
-
-    @app.get("/v2/health/ready")
-    async def ready():
-        ok = state.ready and not state.draining
-        return JSONResponse({"ready": ok}, status_code=200 if ok else 503)
-
-    def check_version(version: str | None) -> None:
-        if version is not None and version != "1":
-            raise UnknownModel(f"unknown version {version!r} of {model.name!r}; it has version '1'")
-
-    async def model_metadata(name: str, version: str | None = None) -> dict[str, Any]:
-        check_name(name)
-        check_version(version)
-        s = model.img_size
-        return {
-            "name": model.name,
+            "name": self.model.name,
             "versions": ["1"],
-            "platform": f"vitjax-{model.backend}",
+            "platform": f"vitjax-{self.model.backend}",
             # The model's own input; `images` (BYTES) and `pixels` (UINT8) are accepted in its place, but left
             # undeclared: Triton's tools (perf_analyzer) send every declared input.
             "inputs": [{"name": INPUT_NAME, "datatype": "FP32", "shape": [-1, 3, s, s]}],
-            "outputs": [{"name": OUTPUT_NAME, "datatype": "FP32", "shape": [-1, model.num_classes]}],
+            "outputs": [{"name": OUTPUT_NAME, "datatype": "FP32", "shape": [-1, self.model.num_classes]}],
         }
 
-    async def model_ready(name: str, version: str | None = None):
-        check_name(name)
-        check_version(version)
-        ok = state.ready and not state.draining
-        return JSONResponse({"name": model.name, "ready": ok}, status_code=200 if ok else 503)
+    def config_(self) -> dict[str, Any]:
+        return model_config(self.model, self.config)
 
-    async def infer(name: str, request: Request, version: str | None = None) -> Response:
-        check_name(name)
-        check_version(version)
-        state.check_accepting(request)
-        began = time.perf_counter()
-        try:
-            return await _infer(request, began)
-        except Exception:
-            state.triton_stats.record_failure(time.perf_counter() - began)
-            raise
+    def stats(self) -> dict[str, Any]:
+        return {"model_stats": [self.state.triton_stats.as_triton()]}
 
-    async def _infer(request: Request, began: float) -> Response:
-        if media_type(request) not in ("application/json", "application/octet-stream", ""):
-            raise UnsupportedMediaType(
-                f"content type {media_type(request)!r}: send application/json (or octet-stream with the binary extension)"
-            )
-        body = decompress(await request.body(), request.headers.get("content-encoding", ""), config.max_body_bytes)
-        payload, binary = split_binary(body, request.headers.get("inference-header-content-length"))
-        inputs = payload.get("inputs") if isinstance(payload, dict) else None
-        if not isinstance(inputs, list) or len(inputs) != 1 or not isinstance(inputs[0], dict):
-            raise MalformedRequest('v2 request must have "inputs": [one tensor]')
-        outputs = payload.get("outputs") or []
-        if not isinstance(outputs, list) or len(outputs) > 1:
-            raise MalformedRequest('"outputs" must be a list of at most one {"name": ...}')
-        binary_out = bool(_parameters(payload).get("binary_data_output", False))
-        top_k = 0
-        for output in outputs:
-            name = output.get("name") if isinstance(output, dict) else None
+    def repository_index(self) -> list[dict[str, str]]:
+        entry = {"name": self.model.name, "version": "1", "state": "READY" if self.is_ready() else "UNAVAILABLE"}
+        if not self.is_ready():
+            entry["reason"] = "warming up" if not self.state.draining else "shutting down"
+        return [entry]
+
+    def output_request(self, names: list[Any], classification: Any) -> int:
+        """Checks the requested outputs; returns the classification count (0: probabilities)."""
+        if len(names) > 1:
+            raise MalformedRequest(f"{len(names)} outputs requested; this model has one, {OUTPUT_NAME!r}")
+        for name in names:
             if name != OUTPUT_NAME:
                 raise MalformedRequest(f"unknown output {name!r}; this model's output is {OUTPUT_NAME!r}")
-            binary_out = bool(_parameters(output).get("binary_data", binary_out))
-            top_k = _classification_count(_parameters(output).get("classification", 0))
-        images = await _images(inputs[0], _binary_part(inputs[0], binary))
-        decoded = time.perf_counter()
-        probs, queue_s, infer_s = await state.classify_timed(images)
-        classified = time.perf_counter()
-        if top_k:
-            output, raw = _classification_output(probs, top_k, binary_out)
-        else:
-            output = {"name": OUTPUT_NAME, "datatype": "FP32", "shape": list(probs.shape)}
-            raw = np.ascontiguousarray(probs, dtype="<f4").tobytes() if binary_out else None
-            if not binary_out:
-                output["data"] = probs.reshape(-1).tolist()
-        response: dict[str, Any] = {"model_name": model.name, "model_version": "1", "outputs": [output]}
-        if "id" in payload:
-            response["id"] = payload["id"]
-        if raw is None:
-            reply: Response = JSONResponse(response)
-        else:
-            output["parameters"] = {"binary_data_size": len(raw)}
-            header = json.dumps(response).encode()
-            reply = Response(
-                header + raw,
-                media_type="application/octet-stream",
-                headers={"Inference-Header-Content-Length": str(len(header))},
-            )
+        if classification is None or classification is False or classification == 0:
+            return 0
+        n = self.model.num_classes
+        if isinstance(classification, bool) or not isinstance(classification, int) or not 1 <= classification <= n:
+            raise MalformedRequest(f"output parameter classification={classification!r}: a whole number from 1 to {n}")
+        return classification
+
+    async def infer(self, tensor: V2Input, top_k: int) -> V2Output:
+        """Preprocesses, classifies through the batcher and shapes the output; counts Triton's statistics."""
+        began = time.perf_counter()
+        try:
+            images = await self.images(tensor)
+            decoded = time.perf_counter()
+            probs, queue_s, infer_s = await self.state.classify_timed(images)
+            classified = time.perf_counter()
+            if top_k:
+                order = np.argsort(-probs, axis=-1, kind="stable")[:, :top_k]
+                labels = self.model.labels
+                entries = [f"{row[i]:f}:{int(i)}:{labels[i]}".encode() for row, idx in zip(probs, order) for i in idx]
+                output = V2Output("BYTES", [len(probs), top_k], entries=entries)
+            else:
+                output = V2Output("FP32", list(probs.shape), probs=probs)
+        except Exception:
+            self.state.triton_stats.record_failure(time.perf_counter() - began)
+            raise
         done = time.perf_counter()
-        state.triton_stats.record_success(
+        self.state.triton_stats.record_success(
             len(probs),
             total_s=done - began,
             queue_s=queue_s,
@@ -229,80 +220,12 @@ def add_kserve_routes(app: FastAPI, state) -> None:
             infer_s=infer_s,
             output_s=done - classified,
         )
-        return reply
+        return output
 
-    def _classification_count(value: Any) -> int:
-        if value is None or value is False or value == 0:
-            return 0
-        if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= model.num_classes:
-            raise MalformedRequest(
-                f"output parameter classification={value!r}: a whole number of classes from 1 to {model.num_classes}"
-            )
-        return value
-
-    def _classification_output(probs: np.ndarray, k: int, binary_out: bool) -> tuple[dict, bytes | None]:
-        """Triton's classification extension: the top ``k`` of each row as BYTES ``"value:index:label"``."""
-        order = np.argsort(-probs, axis=-1, kind="stable")[:, :k]
-        entries = [f"{row[i]:f}:{int(i)}:{model.labels[i]}".encode() for row, idx in zip(probs, order) for i in idx]
-        output: dict[str, Any] = {"name": OUTPUT_NAME, "datatype": "BYTES", "shape": [len(probs), k]}
-        if not binary_out:
-            output["data"] = [entry.decode() for entry in entries]
-            return output, None
-        return output, b"".join(len(entry).to_bytes(4, "little") + entry for entry in entries)
-
-    async def model_config_route(name: str, version: str | None = None) -> dict[str, Any]:
-        check_name(name)
-        check_version(version)
-        return model_config(model, config)
-
-    async def model_stats(name: str, version: str | None = None) -> dict[str, Any]:
-        check_name(name)
-        check_version(version)
-        return {"model_stats": [state.triton_stats.as_triton()]}
-
-    @app.get("/v2/models/stats")
-    async def all_model_stats() -> dict[str, Any]:
-        return {"model_stats": [state.triton_stats.as_triton()]}
-
-    @app.post("/v2/repository/index")
-    async def repository_index() -> list[dict[str, str]]:
-        ok = state.ready and not state.draining
-        entry = {"name": model.name, "version": "1", "state": "READY" if ok else "UNAVAILABLE"}
-        if not ok:
-            entry["reason"] = "warming up" if not state.draining else "shutting down"
-        return [entry]
-
-    for prefix in ("/v2/models/{name}", "/v2/models/{name}/versions/{version}"):
-        app.add_api_route(prefix, model_metadata, methods=["GET"])
-        app.add_api_route(prefix + "/ready", model_ready, methods=["GET"])
-        app.add_api_route(prefix + "/infer", infer, methods=["POST"])
-        app.add_api_route(prefix + "/config", model_config_route, methods=["GET"])
-        app.add_api_route(prefix + "/stats", model_stats, methods=["GET"])
-
-    def _parameters(entry: dict) -> dict:
-        parameters = entry.get("parameters") or {}
-        if not isinstance(parameters, dict):
-            raise MalformedRequest('"parameters" must be an object')
-        return parameters
-
-    def _binary_part(tensor: dict, binary: memoryview) -> memoryview | None:
-        """The input's binary data (the one input is the first and only binary part), or None for JSON data."""
-        size = _parameters(tensor).get("binary_data_size")
-        if size is None:
-            return None
-        if not isinstance(size, int) or size < 0 or size != len(binary):
-            raise MalformedRequest(
-                f"input {tensor.get('name')}: binary_data_size {size!r} but {len(binary)} bytes of binary data follow the header"
-            )
-        return binary
-
-    async def _images(tensor: dict, raw: memoryview | None) -> np.ndarray:
-        name, datatype, shape, data = (
-            tensor.get("name"),
-            tensor.get("datatype"),
-            tensor.get("shape"),
-            tensor.get("data"),
-        )
+    async def images(self, tensor: V2Input) -> np.ndarray:
+        """The request's images as a preprocessed NCHW float32 batch."""
+        name, datatype, shape, data, raw = tensor.name, tensor.datatype, tensor.shape, tensor.data, tensor.raw
+        config, model = self.config, self.model
         if name not in INPUTS:
             raise MalformedRequest(f"unknown input {name!r}; this model takes {EXPECTED_INPUTS}")
         if datatype != INPUTS[name]:
@@ -323,16 +246,20 @@ def add_kserve_routes(app: FastAPI, state) -> None:
         if datatype == "BYTES":
             if shape[1:] not in ([], [1]):
                 raise MalformedRequest(f"input {name}: BYTES shape must be [N] or [N, 1]")
+            if tensor.blobs is not None:
+                if len(tensor.blobs) != shape[0]:
+                    raise MalformedRequest(f"input {name}: {len(tensor.blobs)} BYTES elements for shape {shape}")
+                return await self.state.preprocess_all([(f"{name}[{i}]", b) for i, b in enumerate(tensor.blobs)])
             if raw is not None:
                 blobs = [(f"{name}[{i}]", item) for i, item in enumerate(split_bytes_elements(raw, shape[0], name))]
-                return await state.preprocess_all(blobs)
+                return await self.state.preprocess_all(blobs)
             if not isinstance(data, list) or len(data) != shape[0]:
                 raise MalformedRequest(f"input {name}: BYTES shape must be [N] or [N, 1] with N base64 strings")
             blobs = [
                 (f"{name}[{i}]", decode_base64(item[0] if isinstance(item, list) and item else item, f"{name}[{i}]"))
                 for i, item in enumerate(data)
             ]
-            return await state.preprocess_all(blobs)
+            return await self.state.preprocess_all(blobs)
         if datatype == "UINT8":
             if len(shape) != 4 or shape[3] != 3:
                 raise MalformedRequest(f"input {name}: UINT8 shape {shape} is not [N, H, W, 3] RGB pixels")
@@ -346,3 +273,127 @@ def add_kserve_routes(app: FastAPI, state) -> None:
                 ]
             )
         raise AssertionError(datatype)  # INPUTS names every datatype handled above
+
+
+def _parameters(entry: dict) -> dict:
+    parameters = entry.get("parameters") or {}
+    if not isinstance(parameters, dict):
+        raise MalformedRequest('"parameters" must be an object')
+    return parameters
+
+
+def _binary_part(tensor: dict, binary: memoryview) -> memoryview | None:
+    """The input's binary data (the one input is the first and only binary part), or None for JSON data."""
+    size = _parameters(tensor).get("binary_data_size")
+    if size is None:
+        return None
+    if not isinstance(size, int) or size < 0 or size != len(binary):
+        raise MalformedRequest(
+            f"input {tensor.get('name')}: binary_data_size {size!r} but {len(binary)} bytes of binary data follow the header"
+        )
+    return binary
+
+
+def add_kserve_routes(app: FastAPI, state) -> KServeModel:
+    """Adds the v2 health, metadata, infer, config, statistics and repository endpoints to ``app``."""
+    v2 = KServeModel(state)
+    model, config = state.model, state.config
+
+    @app.get("/v2")
+    async def server_metadata() -> dict[str, Any]:
+        return SERVER_METADATA
+
+    @app.get("/v2/health/live")
+    async def live() -> dict[str, bool]:
+        return {"live": True}
+
+    @app.get("/v2/health/ready")
+    async def ready():
+        return JSONResponse({"ready": v2.is_ready()}, status_code=200 if v2.is_ready() else 503)
+
+    async def model_metadata(name: str, version: str | None = None) -> dict[str, Any]:
+        v2.check(name, version)
+        return v2.metadata()
+
+    async def model_ready(name: str, version: str | None = None):
+        v2.check(name, version)
+        return JSONResponse({"name": model.name, "ready": v2.is_ready()}, status_code=200 if v2.is_ready() else 503)
+
+    async def infer(name: str, request: Request, version: str | None = None) -> Response:
+        v2.check(name, version)
+        state.check_accepting(request)
+        if media_type(request) not in ("application/json", "application/octet-stream", ""):
+            raise UnsupportedMediaType(
+                f"content type {media_type(request)!r}: send application/json (or octet-stream with the binary extension)"
+            )
+        body = decompress(await request.body(), request.headers.get("content-encoding", ""), config.max_body_bytes)
+        payload, binary = split_binary(body, request.headers.get("inference-header-content-length"))
+        inputs = payload.get("inputs") if isinstance(payload, dict) else None
+        if not isinstance(inputs, list) or len(inputs) != 1 or not isinstance(inputs[0], dict):
+            raise MalformedRequest('v2 request must have "inputs": [one tensor]')
+        outputs = payload.get("outputs") or []
+        if not isinstance(outputs, list) or not all(isinstance(o, dict) for o in outputs):
+            raise MalformedRequest('"outputs" must be a list of {"name": ...}')
+        binary_out = bool(_parameters(payload).get("binary_data_output", False))
+        for output in outputs:
+            binary_out = bool(_parameters(output).get("binary_data", binary_out))
+        top_k = v2.output_request(
+            [o.get("name") for o in outputs], _parameters(outputs[0]).get("classification") if outputs else None
+        )
+        tensor = inputs[0]
+        result = await v2.infer(
+            V2Input(
+                tensor.get("name"),
+                tensor.get("datatype"),
+                tensor.get("shape"),
+                data=tensor.get("data"),
+                raw=_binary_part(tensor, binary),
+            ),
+            top_k,
+        )
+        output: dict[str, Any] = {"name": OUTPUT_NAME, "datatype": result.datatype, "shape": result.shape}
+        response: dict[str, Any] = {"model_name": model.name, "model_version": "1", "outputs": [output]}
+        if "id" in payload:
+            response["id"] = payload["id"]
+        if not binary_out:
+            output["data"] = result.json_data()
+            return JSONResponse(response)
+        raw = result.raw_bytes()
+        output["parameters"] = {"binary_data_size": len(raw)}
+        header = json.dumps(response).encode()
+        return Response(
+            header + raw,
+            media_type="application/octet-stream",
+            headers={"Inference-Header-Content-Length": str(len(header))},
+        )
+
+    async def model_config_route(name: str, version: str | None = None) -> dict[str, Any]:
+        v2.check(name, version)
+        return v2.config_()
+
+    async def model_stats(name: str, version: str | None = None) -> dict[str, Any]:
+        v2.check(name, version)
+        return v2.stats()
+
+    @app.get("/v2/models/stats")
+    async def all_model_stats() -> dict[str, Any]:
+        return v2.stats()
+
+    @app.post("/v2/repository/index")
+    async def repository_index() -> list[dict[str, str]]:
+        return v2.repository_index()
+
+    for prefix in ("/v2/models/{name}", "/v2/models/{name}/versions/{version}"):
+        app.add_api_route(prefix, model_metadata, methods=["GET"])
+        app.add_api_route(prefix + "/ready", model_ready, methods=["GET"])
+        app.add_api_route(prefix + "/infer", infer, methods=["POST"])
+        app.add_api_route(prefix + "/config", model_config_route, methods=["GET"])
+        app.add_api_route(prefix + "/stats", model_stats, methods=["GET"])
+    return v2
+
+
+SERVER_METADATA = {
+    "name": "vitjax",
+    "version": "2",
+    "extensions": ["binary_tensor_data", "classification", "model_configuration", "statistics", "model_repository"],
+}
