@@ -56,6 +56,10 @@ def inspect(args) -> int:
 
 def convert(args) -> int:
     src, dst = Path(args.src), Path(args.dst)
+    if args.ema and src.suffix == ".pdparams":
+        raise SystemExit(
+            f"convert: --ema: {src} is a .pdparams file, which has no EMA; expected a workdir or checkpoint"
+        )
     options = dict(num_classes=args.num_classes, img_size=args.img_size, head=args.head, seed=args.seed)
     if src.suffix == ".pdparams":
         state = read_pdparams(src)
@@ -64,7 +68,7 @@ def convert(args) -> int:
     else:
         if not args.model:
             raise SystemExit("convert: --model is required when the source is an orbax checkpoint or workdir")
-        name, variables = args.model, load_variables(src)
+        name, variables = args.model, load_variables(src, ema=args.ema)
     if dst.suffix == ".pdparams":
         save_pdparams(variables, name, dst)
     else:
@@ -223,6 +227,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--img-size", type=int)
     p.add_argument("--head", choices=["strict", "reinit", "skip"], default="strict")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--ema", action="store_true", help="the workdir's EMA of the weights (trained with ema.decay > 0)")
     p = sub.add_parser("verify", help="check our model against the Paddle mirror on a .pdparams file")
     p.set_defaults(run=verify)
     p.add_argument("file")

@@ -309,3 +309,43 @@ def test_finetune_config_trains_on_an_image_folder_with_every_part_on(tmp_path, 
     assert {"top1", "ema_top1"} <= set(results) and results["count"] == 4
     rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows if r["kind"] == "train"] == [1, 2, 3]
+
+
+@pytest.mark.slow
+def test_sigkill_mid_training_then_rerun_gives_the_uninterrupted_ema(tmp_path):
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from vitjax import checkpoints
+
+    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=8", "TF_CPP_MIN_LOG_LEVEL": "3"}
+    args = ["--config.batch_size=32", "--config.num_steps=40", "--config.checkpoint_every=10", "--config.plot=False"]
+    args += [
+        "--config.data.num_workers=1",
+        "--config.ema.decay=0.9",
+        "--config.ema.warmup=True",
+        "--config.accum_steps=2",
+    ]
+
+    def command(workdir):
+        return [sys.executable, "-m", "vitjax.main", "--workdir", str(workdir), *args]
+
+    assert subprocess.run(command(tmp_path / "straight"), env=env, capture_output=True, timeout=900).returncode == 0
+    process = subprocess.Popen(
+        command(tmp_path / "killed"), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    deadline = time.time() + 600
+    while not (tmp_path / "killed" / "checkpoints" / "10" / "_CHECKPOINT_METADATA").exists():
+        assert process.poll() is None and time.time() < deadline
+        time.sleep(0.05)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    assert checkpoints.latest_step(tmp_path / "killed") < 40
+    rerun = subprocess.run(command(tmp_path / "killed"), env=env, capture_output=True, text=True, timeout=900)
+    assert rerun.returncode == 0 and "resumed" in rerun.stderr, rerun.stderr
+    for ema in (False, True):
+        a, b = _checkpointed(tmp_path / "killed", 40, ema), _checkpointed(tmp_path / "straight", 40, ema)
+        assert all(np.array_equal(a[k], b[k]) for k in a), ema
