@@ -349,3 +349,42 @@ def test_sigkill_mid_training_then_rerun_gives_the_uninterrupted_ema(tmp_path):
     for ema in (False, True):
         a, b = _checkpointed(tmp_path / "killed", 40, ema), _checkpointed(tmp_path / "straight", 40, ema)
         assert all(np.array_equal(a[k], b[k]) for k in a), ema
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        (
+            "--config.optimizer.lr_mults=(('blocks_99', 0.1),)",
+            "error: optimizer.lr_mults: 'blocks_99' matches no parameter",
+        ),
+        (
+            "--config.accum_steps=3",
+            "error: accum_steps=3 does not split batch_size=32",
+        ),
+    ],
+)
+def test_bad_fine_tuning_settings_exit_1_with_one_line_and_write_no_checkpoint(tmp_path, override, message):
+    import subprocess
+    import sys
+
+    command = [sys.executable, "-m", "vitjax.main", "--workdir", str(tmp_path), "--config.batch_size=32", override]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 1, result.stderr
+    assert result.stderr.strip().splitlines()[-1].startswith(message)
+    assert not (tmp_path / "checkpoints").exists()
+
+
+def test_bf16_compute_keeps_parameters_optimizer_state_and_ema_in_float32(tmp_path):
+    from vitjax import train
+
+    c = tiny_config(num_steps=1, accum_steps=2, **{"model.dtype": "bfloat16", "ema.decay": 0.9})
+    exp = train.Experiment(c, tmp_path)
+    tx = make_optimizer(c.optimizer, optax.constant_schedule(1e-3), exp.abstract_params, 2)
+    abstract_state, _ = train.train_state_layout(exp, tx)
+    assert {leaf.dtype for leaf in jax.tree.leaves(abstract_state.params)} == {np.dtype("float32")}
+    assert {leaf.dtype for leaf in jax.tree.leaves(abstract_state.ema_params)} == {np.dtype("float32")}
+    assert {leaf.dtype for leaf in jax.tree.leaves(abstract_state.opt_state) if leaf.ndim} == {np.dtype("float32")}
+    train.train_and_evaluate(c, tmp_path)
+    for ema in (False, True):
+        assert {v.dtype for v in _checkpointed(tmp_path, 1, ema).values()} == {np.dtype("float32")}
