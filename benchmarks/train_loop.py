@@ -99,6 +99,7 @@ def bare_step_seconds(config, workdir: Path, steps: int) -> list[float]:
     """Seconds per call of the loop's own jitted step, on one device batch, ``steps`` times."""
     import jax
 
+    import vitjax
     from vitjax import train
     from vitjax.optim import lr_schedule, make_optimizer
 
@@ -106,7 +107,7 @@ def bare_step_seconds(config, workdir: Path, steps: int) -> list[float]:
     c = exp.config
     loader = exp.train_loader()
     schedule = lr_schedule(c.optimizer, c.batch_size, len(loader.source) / c.batch_size, c.num_steps)
-    tx = make_optimizer(c.optimizer, schedule, exp.abstract_params)
+    tx = make_optimizer(c.optimizer, schedule, exp.abstract_params, vitjax.get_spec(c.model.name).arch.depth)
     _, shardings = train.train_state_layout(exp, tx)
     state = train.initial_state(exp, tx, shardings)
     step = train.jitted_train_step(exp, tx, schedule, shardings)
