@@ -26,6 +26,17 @@ LOSS_LABELS = {"jax-train": "JAX", "jax-xla-train": "JAX (XLA)", "paddle-dygraph
 PEERS = tuple(e for e in INFERENCE_ENGINES if not e.startswith("jax"))
 
 
+def _allocator_line(allocator: str) -> str:
+    if allocator == "default":
+        return (
+            "the system malloc (glibc); our JAX engines keep freed buffers for reuse (`mallopt`, as vitjax's "
+            "entry points do: vitjax.hostmem), the peers run on glibc as it comes"
+        )
+    if allocator == "system":
+        return "the system malloc (glibc) as it comes, in every engine's process (`VITJAX_MALLOC=system`)"
+    return f"`LD_PRELOAD={allocator}` in every engine's process"
+
+
 def _fmt_rate(c: dict | None) -> str:
     if not c:
         return "n/a"
@@ -115,12 +126,7 @@ def render_markdown(report: dict) -> str:
         + (f" ({', '.join(m['gpus'])})" if m.get("gpus") else ""),
         f"- Threads: {report['threads']} for every engine (XLA's CPU pool, Paddle `set_cpu_math_library_num_threads`, "
         "ORT `intra_op_num_threads` with `inter_op_num_threads=1` and `ORT_ENABLE_ALL`, dygraph `set_num_threads` + OMP)",
-        "- Host allocator: "
-        + (
-            "the system malloc (glibc)"
-            if report.get("allocator", "default") == "default"
-            else f"`LD_PRELOAD={report['allocator']}` in every engine's process"
-        ),
+        "- Host allocator: " + _allocator_line(report.get("allocator", "default")),
         f"- FP32 peak: {m['peak_derivation']}; {m['fma_pipes_rule']}."
         + (
             f" Empirical ceiling: one 2048x2048x2048 matmul under XLA reaches {m['xla_matmul_2048_flops'] / 1e9:.0f} GFLOP/s "

@@ -420,12 +420,16 @@ def parse_args(argv=None):
     )
     p.add_argument(
         "--allocator",
-        choices=("default", "tcmalloc"),
+        choices=("default", "system", "tcmalloc"),
         default="default",
-        help="tcmalloc: preload it into every engine's process (LD_PRELOAD); default: the system malloc",
+        help="tcmalloc: preload it into every engine's process (LD_PRELOAD); default: the system malloc, which "
+        "our JAX engines set to keep freed buffers as vitjax's entry points do (vitjax.hostmem); system: "
+        "glibc left as it comes everywhere (VITJAX_MALLOC=system)",
     )
     p.add_argument("--out", default=str(ROOT / "benchmarks" / "results"))
     args = p.parse_args(argv)
+    if args.allocator == "system":
+        os.environ["VITJAX_MALLOC"] = "system"
     if args.allocator == "tcmalloc":
         library = tcmalloc_library()
         if library is None:
@@ -468,7 +472,7 @@ def main(argv=None) -> dict:
         "device": args.device,
         "threads": args.threads,
         "xla_flags": os.environ.get("XLA_FLAGS", ""),
-        "allocator": args.allocator if args.allocator == "default" else os.environ["LD_PRELOAD"],
+        "allocator": os.environ["LD_PRELOAD"] if args.allocator == "tcmalloc" else args.allocator,
         "machine": info,
         "versions": versions(),
         "settings": {

@@ -535,6 +535,12 @@ def serve(engine_name: str, model_name: str, work: Path, device: str, threads: i
 
     from interop.measure import timed
 
+    if engine_name.startswith("jax"):
+        # What vitjax's entry points do (python -m vitjax.main, interop serve): glibc keeps freed step
+        # buffers for reuse (VITJAX_MALLOC=system turns it off). The peers run on the allocator as it comes.
+        from vitjax.hostmem import keep_freed_memory
+
+        keep_freed_memory()
     try:
         engine, load_s = timed(lambda: make_engine(engine_name, model_name, work, device, threads))
         reply(

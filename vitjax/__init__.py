@@ -1,5 +1,6 @@
 """vitjax: PaddleClas's DeiT and TNT vision transformers in JAX/Flax."""
 
+from vitjax.hostmem import keep_freed_memory
 from vitjax.models import (
     EvalTransform,
     Intermediates,
@@ -25,6 +26,7 @@ __all__ = [
     "create_model",
     "forward_intermediates",
     "get_spec",
+    "keep_freed_memory",
     "list_models",
     "load_pdparams",
     "load_pretrained",

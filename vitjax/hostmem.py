@@ -7,11 +7,22 @@ end. glibc's ``malloc`` serves a request that large with a fresh ``mmap`` and re
 faults and ~0.9 s of kernel time per DeiT-tiny step at batch 32 on 2 cores. tcmalloc keeps
 freed memory for reuse; preloading it (``LD_PRELOAD=libtcmalloc_minimal.so.4``, Debian/Ubuntu
 package ``libtcmalloc-minimal4``) removes those faults (docs/performance.md).
+
+Without a preload, :func:`keep_freed_memory` gets the same effect from glibc itself: it
+turns off ``mmap`` for large blocks and the trimming of the heap's top (``mallopt``), so a
+freed step buffer stays mapped and the next step reuses it without faulting. The training and
+serving entry points call it at start (``VITJAX_MALLOC=system`` leaves glibc as it is); a
+user's own loop can call ``vitjax.keep_freed_memory()`` before its first step. The price is
+tcmalloc's too: memory freed at the heap's top is kept for reuse rather than returned to the
+system, so the process's resident size stays at its peak.
 """
 
 from __future__ import annotations
 
+import ctypes
 import ctypes.util
+import os
+import platform
 from pathlib import Path
 
 _KNOWN = ("tcmalloc", "jemalloc", "mimalloc")
@@ -49,7 +60,37 @@ def tcmalloc_library() -> str | None:
 
 
 def allocator_advice(backend: str) -> str | None:
-    """A one-line hint for the training log when training on CPU under glibc's ``malloc``, else ``None``."""
-    if backend != "cpu" or host_allocator() != "glibc":
+    """A one-line hint for the training log when training on CPU under glibc's ``malloc`` as it comes, else ``None``."""
+    if backend != "cpu" or host_allocator() != "glibc" or _applied:
         return None
     return TCMALLOC_HINT.format(lib=tcmalloc_library() or "libtcmalloc_minimal.so.4 (package libtcmalloc-minimal4)")
+
+
+# glibc's mallopt parameters (malloc.h)
+_M_TRIM_THRESHOLD, _M_MMAP_MAX = -1, -4
+_applied = False
+
+
+def keep_freed_memory() -> bool:
+    """Makes glibc's ``malloc`` keep freed large blocks for reuse, as tcmalloc does; True when in effect.
+
+    Does nothing (False) under another allocator (tcmalloc, jemalloc, mimalloc are preloaded for
+    this very reason), off glibc, or when ``VITJAX_MALLOC=system``. Call it before the first large
+    allocation you want kept: blocks already ``mmap``-ed are returned to the system when freed.
+    """
+    global _applied
+    if _applied:
+        return True
+    if os.environ.get("VITJAX_MALLOC", "keep") == "system" or host_allocator() != "glibc":
+        return False
+    if platform.libc_ver()[0] != "glibc":
+        return False
+    try:
+        libc = ctypes.CDLL(None)
+        mallopt = libc.mallopt
+    except (OSError, AttributeError):
+        return False
+    mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
+    # No mmap for large blocks (they come from the heap), and never trim the heap's top.
+    _applied = bool(mallopt(_M_MMAP_MAX, 0)) and bool(mallopt(_M_TRIM_THRESHOLD, 2**31 - 1))
+    return _applied

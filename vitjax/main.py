@@ -17,6 +17,8 @@ from pathlib import Path
 from absl import app, flags
 from ml_collections import config_flags
 
+from vitjax.hostmem import keep_freed_memory
+
 DEFAULT_CONFIG = str(Path(__file__).resolve().parent / "default_config.py")
 
 config_flags.DEFINE_config_file("config", DEFAULT_CONFIG, "a Python config file (configs/*.py)", lock_config=True)
@@ -38,6 +40,7 @@ def initialize_distributed(dist_config) -> None:
 
 def main(argv) -> int:
     del argv
+    keep_freed_memory()  # before XLA's first buffer: glibc keeps freed step buffers mapped (vitjax.hostmem)
     logging.getLogger("jax._src.xla_bridge").setLevel(logging.ERROR)
     config = flags.FLAGS.config
     initialize_distributed(config.distributed)

@@ -77,6 +77,9 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 
 
 def run(args) -> int:
+    from vitjax.hostmem import keep_freed_memory
+
+    keep_freed_memory()  # before the engine's first buffers (vitjax.hostmem; VITJAX_MALLOC=system: off)
     try:
         import uvicorn  # noqa: F401  (only whether the serve extra is installed)
     except ImportError:

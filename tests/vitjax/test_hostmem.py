@@ -46,3 +46,40 @@ def test_a_preloaded_tcmalloc_is_seen_and_silences_the_advice():
         check=True,
     )
     assert out.stdout.split() == ["tcmalloc", "None"]
+
+
+FAULTS = """
+import resource, sys
+import numpy as np
+from vitjax.hostmem import allocator_advice, keep_freed_memory
+applied = keep_freed_memory()
+def faults():
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+block = np.ones(256 << 20, np.uint8)
+del block
+before = faults()
+block = np.ones(256 << 20, np.uint8)  # the same size again, as a training step's buffer is
+print(applied, faults() - before, allocator_advice("cpu") is None)
+"""
+
+
+def _second_block_faults(setting: str) -> tuple[bool, int, bool]:
+    env = dict(os.environ, VITJAX_MALLOC=setting)
+    env.pop("LD_PRELOAD", None)
+    out = subprocess.run([sys.executable, "-c", FAULTS], env=env, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    applied, faults, no_advice = out.stdout.split()
+    return applied == "True", int(faults), no_advice == "True"
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's mallopt and /proc are Linux's")
+def test_keep_freed_memory_lets_a_freed_block_be_reused_without_page_faults():
+    applied, kept_faults, no_advice = _second_block_faults("keep")
+    system_applied, system_faults, system_no_advice = _second_block_faults("system")
+    if host_allocator() != "glibc":
+        pytest.skip(f"this process runs on {host_allocator()}, not glibc")
+    assert applied and not system_applied
+    # Under glibc as it comes, a 256 MB block is a fresh mmap every time: every page faults again
+    # (4 KiB pages or 2 MiB transparent huge pages); kept, the second block reuses the first's pages.
+    assert system_faults >= 100 and kept_faults <= system_faults // 20, (kept_faults, system_faults)
+    assert no_advice and not system_no_advice  # the LD_PRELOAD hint is for glibc left as it comes
