@@ -116,6 +116,15 @@ def restore_latest_state(manager: ocp.CheckpointManager, abstract_state: Any, sh
     if latest is None:
         return None
     target = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract_state, shardings)
+    item = Path(manager.directory) / str(latest) / STATE_ITEM
+    with ocp.StandardCheckpointer() as checkpointer:
+        saved = set(checkpointer.metadata(item).item_metadata.keys())
+    if saved != set(_saved_fields(target)):
+        raise CheckpointError(
+            f"{item.parent}: the checkpoint holds {', '.join(sorted(saved))} but this config trains "
+            f"{', '.join(sorted(_saved_fields(target)))} (ema_params exists only with ema.decay > 0): rerun with the "
+            "config that wrote it, or start a new workdir with init.checkpoint set to this one"
+        )
     restored = manager.restore(
         latest, args=ocp.args.Composite(**{STATE_ITEM: ocp.args.StandardRestore(_saved_fields(target))})
     )[STATE_ITEM]

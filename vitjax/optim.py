@@ -107,10 +107,11 @@ def lr_multipliers(params: Any, opt_config, depth: int) -> Any | None:
     names = [_path_name(kp) for kp, _ in jax.tree_util.tree_flatten_with_path(params)[0]]
     for pattern, mult in mults:
         if not any(re.search(pattern, name) for name in names):
-            tops = sorted({name.split("/")[0] for name in names})
+            tops = sorted({name.split("/")[0] for name in names if not re.fullmatch(r"blocks_\d+", name.split("/")[0])})
+            blocks = f"blocks_0 ... blocks_{depth - 1}, " if depth else ""
             raise ValueError(
                 f"optimizer.lr_mults: {pattern!r} matches no parameter; parameter paths look like "
-                f"{names[len(names) // 2]!r}, under {', '.join(tops[:8])}{', ...' if len(tops) > 8 else ''}"
+                f"{names[len(names) // 2]!r}, under {blocks}{', '.join(tops)}"
             )
         if mult < 0:
             raise ValueError(f"optimizer.lr_mults: {pattern!r} has multiplier {mult}; expected >= 0")

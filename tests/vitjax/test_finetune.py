@@ -388,3 +388,14 @@ def test_bf16_compute_keeps_parameters_optimizer_state_and_ema_in_float32(tmp_pa
     train.train_and_evaluate(c, tmp_path)
     for ema in (False, True):
         assert {v.dtype for v in _checkpointed(tmp_path, 1, ema).values()} == {np.dtype("float32")}
+
+
+def test_resuming_with_the_ema_switched_is_a_one_line_error_naming_both_sides(tmp_path):
+    from vitjax import train
+    from vitjax.checkpoints import CheckpointError
+
+    train.train_and_evaluate(tiny_config(num_steps=1, **{"ema.decay": 0.5}), tmp_path)
+    with pytest.raises(
+        CheckpointError, match=r"holds ema_params, opt_state, params, step but this config trains opt_state"
+    ):
+        train.train_and_evaluate(tiny_config(num_steps=2), tmp_path)
