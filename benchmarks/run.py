@@ -63,9 +63,19 @@ class WorkerError(RuntimeError):
 class Worker:
     """One engine process; ``ask`` sends a command and waits for its answer."""
 
-    def __init__(self, engine: str, model: str, work: Path, device: str, threads: int, log_dir: Path):
+    def __init__(
+        self,
+        engine: str,
+        model: str,
+        work: Path,
+        device: str,
+        threads: int,
+        log_dir: Path,
+        extra_env: dict[str, str] | None = None,
+        label: str | None = None,
+    ):
         self.engine = engine
-        env = _worker_env(threads, device)
+        env = dict(_worker_env(threads, device), **(extra_env or {}))
         if device == "cpu":
             env["CUDA_VISIBLE_DEVICES"] = ""
         if engine in ENGINE_XLA_FLAGS:
@@ -73,7 +83,7 @@ class Worker:
                 raise WorkerError(f"{engine}: CPU-only XLA flags")
             env["XLA_FLAGS"] = (env.get("XLA_FLAGS", "") + " " + ENGINE_XLA_FLAGS[engine]).strip()
         log_dir.mkdir(parents=True, exist_ok=True)
-        self.log_path = log_dir / f"{model}.{engine}.log"
+        self.log_path = log_dir / f"{model}.{label or engine}.log"
         self._log = open(self.log_path, "w")
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "benchmarks.worker", "serve", engine, model, str(work), device, str(threads)],
