@@ -43,7 +43,9 @@ def portable_predictor(path: str | os.PathLike, backend: str, *, threads: int = 
         return predictor, meta["vitjax.model"], meta["vitjax.output"] == "probabilities", _transform(transform)
     if backend != "jax-export":
         raise InferenceModelError(f"{path}: a {ARTIFACT_SUFFIX} artifact runs on --backend jax-export, not {backend}")
-    predictor = create_predictor("jax-export", artifact_path=path, softmax=False, max_batch=max_batch)
+    # No limit of the server's own: it pads batches to powers of two (one compile each), which may
+    # exceed --max-batch-size; the batcher bounds the batch, the file's own limit (if any) still holds.
+    predictor = create_predictor("jax-export", artifact_path=path, softmax=False, max_batch=None)
     return predictor, predictor.model_name, False, _transform(predictor.metadata["eval_transform"])
 
 

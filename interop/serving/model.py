@@ -34,7 +34,7 @@ class ServedModel:
     labels: list[str]
     outputs_probabilities: bool  # False: the predictor returns logits and we apply softmax
     source: str
-    pad_to_buckets: bool = False  # jax: run batches padded to powers of two (one compile per bucket)
+    pad_to_buckets: bool = False  # jax, jax-export: run batches padded to powers of two (one compile per bucket)
     _workdir: tempfile.TemporaryDirectory | None = dataclasses.field(default=None, repr=False)
 
     @property
@@ -180,7 +180,7 @@ def load_served_model(
         labels=names,
         outputs_probabilities=softmax_out,
         source=str(path),
-        pad_to_buckets=backend == "jax",
+        pad_to_buckets=backend in ("jax", "jax-export"),  # JAX compiles once per batch size
         _workdir=workdir,
     )
 
