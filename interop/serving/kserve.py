@@ -15,13 +15,15 @@ the raw data of each input that has ``"parameters": {"binary_data_size": k}``, i
 (``FP32``/``UINT8`` little-endian, ``BYTES`` as 4-byte little-endian lengths each followed by
 its bytes); the answer is binary too when the request asks (``"binary_data_output": true``
 in its parameters, or ``"binary_data": true`` on the output). Request bodies may be
-``Content-Encoding: gzip`` or ``deflate`` (the decompressed size is held to the body limit).
+``Content-Encoding: gzip`` or ``deflate`` (the decompressed size is held to the body limit), and
+the answer is compressed the same way when the request's ``Accept-Encoding`` asks for it.
 ``/v2/models/{name}/versions/1/...`` is the same model as ``/v2/models/{name}/...``.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import gzip
 import json
 import math
 import time
@@ -61,6 +63,23 @@ def decompress(body: bytes, encoding: str, limit: int) -> bytes:
     if len(data) > limit or inflater.unconsumed_tail:
         raise BodyTooLarge(f"decompressed body exceeds the limit of {limit} bytes")
     return data
+
+
+def response_encoding(accept_encoding: str) -> str | None:
+    """``gzip`` or ``deflate`` when the client accepts it (in its order of preference, q > 0), else None."""
+    best, best_q = None, 0.0
+    for item in accept_encoding.split(","):
+        name, _, params = item.strip().partition(";")
+        name = name.strip().lower()
+        q = 1.0
+        if params.strip().startswith("q="):
+            try:
+                q = float(params.strip()[2:])
+            except ValueError:
+                q = 0.0
+        if name in ("gzip", "deflate") and q > best_q:
+            best, best_q = name, q
+    return best
 
 
 def split_binary(body: bytes, header_length: str | None) -> tuple[Any, memoryview]:
@@ -355,17 +374,22 @@ def add_kserve_routes(app: FastAPI, state) -> KServeModel:
         response: dict[str, Any] = {"model_name": model.name, "model_version": "1", "outputs": [output]}
         if "id" in payload:
             response["id"] = payload["id"]
+        headers: dict[str, str] = {}
         if not binary_out:
             output["data"] = result.json_data()
-            return JSONResponse(response)
-        raw = result.raw_bytes()
-        output["parameters"] = {"binary_data_size": len(raw)}
-        header = json.dumps(response).encode()
-        return Response(
-            header + raw,
-            media_type="application/octet-stream",
-            headers={"Inference-Header-Content-Length": str(len(header))},
-        )
+            body, content_type = json.dumps(response).encode(), "application/json"
+        else:
+            raw = result.raw_bytes()
+            output["parameters"] = {"binary_data_size": len(raw)}
+            header = json.dumps(response).encode()
+            body, content_type = header + raw, "application/octet-stream"
+            headers["Inference-Header-Content-Length"] = str(len(header))  # of the header before compression
+        encoding = response_encoding(request.headers.get("accept-encoding", ""))
+        if encoding:
+            body = gzip.compress(body, compresslevel=6) if encoding == "gzip" else zlib.compress(body, 6)
+            headers["Content-Encoding"] = encoding
+        headers["Vary"] = "Accept-Encoding"
+        return Response(body, media_type=content_type, headers=headers)
 
     async def model_config_route(name: str, version: str | None = None) -> dict[str, Any]:
         v2.check(name, version)

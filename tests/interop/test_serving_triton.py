@@ -30,7 +30,13 @@ def test_tritonclient_fp32_and_bytes_inputs_give_the_predictor_probabilities(
         x = httpclient.InferInput("x", list(images.shape), "FP32")
         x.set_data_from_numpy(images, binary_data=binary)
         outputs = [httpclient.InferRequestedOutput("probabilities", binary_data=binary)]
-        result = client.infer(NAME, [x], outputs=outputs, request_compression_algorithm=compression)
+        result = client.infer(
+            NAME,
+            [x],
+            outputs=outputs,
+            request_compression_algorithm=compression,
+            response_compression_algorithm=compression,
+        )
         np.testing.assert_allclose(result.as_numpy("probabilities"), expected, rtol=0, atol=ATOL)
         if binary:  # encoded images; no outputs named: tritonclient asks for binary outputs (binary_data_output)
             blobs = httpclient.InferInput("images", [2], "BYTES")
@@ -141,4 +147,43 @@ def test_triton_metric_names_count_requests_on_metrics(server, exported, photos)
     assert after["nv_inference_count_total"] - before["nv_inference_count_total"] == 2
     assert (
         after["nv_inference_compute_infer_duration_us_total"] > before["nv_inference_compute_infer_duration_us_total"]
+    )
+
+
+@pytest.mark.parametrize("accept, expected", [
+    ("gzip", "gzip"), ("deflate", "deflate"), ("br, deflate;q=0.5, gzip;q=0.9", "gzip"), ("gzip;q=0", None),
+    ("identity", None), ("", None),
+])  # fmt: skip
+def test_the_answer_is_compressed_as_the_client_accepts(accept, expected):
+    from interop.serving.kserve import response_encoding
+
+    assert response_encoding(accept) == expected
+
+
+@pytest.mark.parametrize("encoding", ["gzip", "deflate"])
+def test_a_v2_answer_is_sent_compressed_when_asked(server, exported, photos, encoding):
+    import gzip
+    import json
+    import urllib.request
+    import zlib
+
+    images = photo_batch(photos[:1], NAME)
+    body = json.dumps(
+        {
+            "inputs": [
+                {"name": "x", "datatype": "FP32", "shape": list(images.shape), "data": images.reshape(-1).tolist()}
+            ]
+        }
+    ).encode()
+    request = urllib.request.Request(
+        f"{server}/v2/models/{NAME}/infer",
+        data=body,
+        headers={"Content-Type": "application/json", "Accept-Encoding": encoding},
+    )
+    with urllib.request.urlopen(request, timeout=60) as reply:
+        assert reply.headers["Content-Encoding"] == encoding
+        raw = reply.read()
+    answer = json.loads(gzip.decompress(raw) if encoding == "gzip" else zlib.decompress(raw))
+    assert (
+        answer["outputs"][0]["shape"][0] == 1 and len(answer["outputs"][0]["data"]) == answer["outputs"][0]["shape"][1]
     )
