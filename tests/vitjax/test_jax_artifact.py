@@ -170,6 +170,26 @@ def test_a_failed_export_leaves_no_file_and_an_existing_one_is_kept(tmp_path, mo
     assert sorted(p.name for p in tmp_path.iterdir()) == ["keep.jaxexport"]
 
 
+def test_a_registered_name_exports_its_pretrained_weights(tmp_path, cache, monkeypatch):
+    """``SRC`` may be a model name: its pretrained weights (here served from 127.0.0.1) are downloaded."""
+    from weight_server import serving
+
+    from vitjax.weights import pretrained
+
+    name = "DeiT_test_distilled_patch8_32"
+    variables = init_variables(name, seed=5)
+    weights = tmp_path / "w.pdparams"
+    vitjax.save_pdparams(variables, name, weights)
+    with serving({"/w.pdparams": weights.read_bytes()}) as server:
+        monkeypatch.setitem(
+            pretrained._REGISTRY, name, pretrained.register_pretrained(name, server.base + "/w.pdparams")
+        )
+        path = export_jax_artifact(name, tmp_path / "p.jaxexport")
+    assert read_sidecar(path)["model"] == name
+    x = images(2, seed=6)
+    np.testing.assert_array_equal(load_jax_artifact(path)(x), jax_logits(variables, name, x))
+
+
 def test_a_missing_or_foreign_sidecar_is_one_line(tmp_path):
     path = tmp_path / "m.jaxexport"
     path.write_bytes(FIXTURE.read_bytes())
