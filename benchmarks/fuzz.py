@@ -479,13 +479,9 @@ def run_campaign(
 
 
 def _cpu_name() -> str:
-    try:
-        for line in subprocess.run(["lscpu"], capture_output=True, text=True, timeout=10).stdout.splitlines():
-            if line.startswith("Model name:"):
-                return line.split(":", 1)[1].strip()
-    except (OSError, subprocess.SubprocessError):
-        pass
-    return platform.processor() or platform.machine()
+    from benchmarks import machine
+
+    return machine.describe(measure_clock=False)["cpu"]
 
 
 def _markdown(report: dict) -> str:

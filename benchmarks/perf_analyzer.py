@@ -22,7 +22,6 @@ import csv
 import io
 import json
 import os
-import platform
 import subprocess
 import sys
 import tempfile
@@ -62,13 +61,9 @@ def _wait_ready(url: str, process: subprocess.Popen, seconds: float = 600) -> No
 
 
 def _cpu_name() -> str:
-    try:
-        for line in subprocess.run(["lscpu"], capture_output=True, text=True, timeout=10).stdout.splitlines():
-            if line.startswith("Model name:"):
-                return line.split(":", 1)[1].strip()
-    except (OSError, subprocess.SubprocessError):
-        pass
-    return platform.processor() or platform.machine()
+    from benchmarks import machine
+
+    return machine.describe(measure_clock=False)["cpu"]
 
 
 def main(argv: list[str] | None = None) -> None:
