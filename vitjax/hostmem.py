@@ -8,9 +8,13 @@ faults and ~0.9 s of kernel time per DeiT-tiny step at batch 32 on 2 cores. tcma
 freed memory for reuse; preloading it (``LD_PRELOAD=libtcmalloc_minimal.so.4``, Debian/Ubuntu
 package ``libtcmalloc-minimal4``) removes those faults (docs/performance.md).
 
-Without a preload, :func:`keep_freed_memory` gets the same effect from glibc itself: it
-turns off ``mmap`` for large blocks and the trimming of the heap's top (``mallopt``), so a
-freed step buffer stays mapped and the next step reuses it without faulting. The training and
+Without a preload, :func:`keep_freed_memory` gets most of that from glibc itself (``mallopt``):
+one arena for every thread (XLA allocates from its worker threads, and a thread's own arena
+serves any block over 64 MB with ``mmap`` whatever the other settings say), no ``mmap`` for large
+blocks, and no trimming of the heap's top, so a freed step buffer stays mapped and the next step
+reuses it without faulting. The one arena costs a lock on every allocation (the earlier
+measurement: DeiT-tiny's step at batch 32 in 2.05 s, against 2.35 s on glibc as it comes and 1.82 s
+under tcmalloc; docs/performance.md). The training and
 serving entry points call it at start (``VITJAX_MALLOC=system`` leaves glibc as it is); a
 user's own loop can call ``vitjax.keep_freed_memory()`` before its first step. The price is
 tcmalloc's too: memory freed at the heap's top is kept for reuse rather than returned to the
@@ -67,7 +71,7 @@ def allocator_advice(backend: str) -> str | None:
 
 
 # glibc's mallopt parameters (malloc.h)
-_M_TRIM_THRESHOLD, _M_MMAP_MAX = -1, -4
+_M_TRIM_THRESHOLD, _M_MMAP_MAX, _M_ARENA_MAX = -1, -4, -8
 _applied = False
 
 
@@ -76,7 +80,8 @@ def keep_freed_memory() -> bool:
 
     Does nothing (False) under another allocator (tcmalloc, jemalloc, mimalloc are preloaded for
     this very reason), off glibc, or when ``VITJAX_MALLOC=system``. Call it before the first large
-    allocation you want kept: blocks already ``mmap``-ed are returned to the system when freed.
+    allocation you want kept and before JAX starts its threads (threads that already have an
+    arena keep it; blocks already ``mmap``-ed are returned to the system when freed).
     """
     global _applied
     if _applied:
@@ -91,6 +96,9 @@ def keep_freed_memory() -> bool:
     except (OSError, AttributeError):
         return False
     mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
-    # No mmap for large blocks (they come from the heap), and never trim the heap's top.
-    _applied = bool(mallopt(_M_MMAP_MAX, 0)) and bool(mallopt(_M_TRIM_THRESHOLD, 2**31 - 1))
+    # One arena (threads' own arenas mmap large blocks regardless), no mmap for large blocks (they
+    # come from the heap), and never trim the heap's top. Before XLA starts its threads.
+    _applied = (
+        bool(mallopt(_M_ARENA_MAX, 1)) and bool(mallopt(_M_MMAP_MAX, 0)) and bool(mallopt(_M_TRIM_THRESHOLD, 2**31 - 1))
+    )
     return _applied

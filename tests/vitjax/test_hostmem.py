@@ -49,17 +49,23 @@ def test_a_preloaded_tcmalloc_is_seen_and_silences_the_advice():
 
 
 FAULTS = """
-import resource, sys
+import resource, sys, threading
 import numpy as np
 from vitjax.hostmem import allocator_advice, keep_freed_memory
 applied = keep_freed_memory()
 def faults():
     return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-block = np.ones(256 << 20, np.uint8)
-del block
-before = faults()
-block = np.ones(256 << 20, np.uint8)  # the same size again, as a training step's buffer is
-print(applied, faults() - before, allocator_advice("cpu") is None)
+counted = {}
+def step():  # on a worker thread, as XLA allocates its step buffer
+    block = np.ones(256 << 20, np.uint8)
+    del block
+    before = faults()
+    block = np.ones(256 << 20, np.uint8)  # the same size again, as the next step's buffer is
+    counted["faults"] = faults() - before
+worker = threading.Thread(target=step)
+worker.start()
+worker.join()
+print(applied, counted["faults"], allocator_advice("cpu") is None)
 """
 
 
@@ -81,5 +87,5 @@ def test_keep_freed_memory_lets_a_freed_block_be_reused_without_page_faults():
     assert applied and not system_applied
     # Under glibc as it comes, a 256 MB block is a fresh mmap every time: every page faults again
     # (4 KiB pages or 2 MiB transparent huge pages); kept, the second block reuses the first's pages.
-    assert system_faults >= 100 and kept_faults <= system_faults // 20, (kept_faults, system_faults)
+    assert system_faults >= 50 and kept_faults <= system_faults // 20, (kept_faults, system_faults)
     assert no_advice and not system_no_advice  # the LD_PRELOAD hint is for glibc left as it comes
