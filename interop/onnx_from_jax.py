@@ -14,7 +14,7 @@ what it imports never import Paddle or TensorFlow (a test runs it in a subproces
 
 The converter is jax2onnx 0.11.2, the newest release whose requirements fit beside ours: every
 later one requires ``onnx>=1.20.1`` (Paddle2ONNX 2.1, the newest, requires ``onnx<=1.17.0``), and
-0.13.1 on ``orbax-checkpoint<0.11.37`` (our checkpoints need ``>=0.12.8``). 0.11.2 cannot express
+every one from 0.13.1 ``orbax-checkpoint<0.11.37`` (our checkpoints need ``>=0.12.8``). 0.11.2 cannot express
 TNT with a symbolic batch: TNT folds the batch into its patches (``[16*N, ...]``) and 0.11.2's
 ``broadcast_in_dim`` and ``pad`` lowerings accept only dimensions it saw as inputs ("no origin
 recorded for symbolic dim '4*N'"). So under jax2onnx < 0.12, TNT is exported as a loop over the
