@@ -20,7 +20,9 @@ TNT with a symbolic batch: TNT folds the batch into its patches (``[16*N, ...]``
 recorded for symbolic dim '4*N'"). So under jax2onnx < 0.12, TNT is exported as a loop over the
 images of the batch (``lax.map``: an ONNX ``Loop`` whose body sees one image, static shapes);
 DeiT always, and TNT under jax2onnx >= 0.12, as one batched graph. docs/deployment.md has the
-measured cost of the loop.
+measured cost of the loop. On JAX >= 0.12 (the Python 3.12 lock) jax2onnx 0.11's loop lowering
+recurses forever (JAX 0.12's ``Jaxpr.jaxpr`` is the jaxpr itself), so there TNT is refused with
+that reason; DeiT converts on both.
 """
 
 from __future__ import annotations
@@ -188,6 +190,13 @@ def export_onnx_from_jax(
     facts = model_facts(variables, name)
     require_jax2onnx()
     per_image = needs_per_image_loop(name)
+    if per_image and _version("jax") >= (0, 12):
+        # JAX 0.12's Jaxpr has a .jaxpr that is itself; jax2onnx 0.11's scan lowering walks it forever.
+        raise InferenceModelError(
+            f"{out}: jax2onnx {_version('jax2onnx')[0]}.{_version('jax2onnx')[1]} cannot express {name} on "
+            f"JAX >= 0.12 (its loop lowering recurses on this JAX's jaxprs, and it cannot fold the batch into "
+            f"TNT's patches); export TNT with JAX 0.10 (the Python 3.11 lock) or a jax2onnx >= 0.12"
+        )
     forward = forward_nchw(variables, name, facts["img_size"], facts["num_classes"], softmax, per_image)
     try:
         model = convert(forward, facts["img_size"], name, opset)

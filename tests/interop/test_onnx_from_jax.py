@@ -121,6 +121,21 @@ def test_a_model_the_converter_cannot_express_is_one_line_and_leaves_no_file(tmp
     assert list(tmp_path.iterdir()) == []
 
 
+def test_tnt_on_jax_0_12_with_jax2onnx_0_11_is_refused_with_the_reason(tmp_path, monkeypatch):
+    if _version("jax2onnx") >= (0, 12):
+        pytest.skip("only jax2onnx < 0.12 needs the per-image loop")
+    import interop.onnx_from_jax as module
+
+    real = module._version
+    monkeypatch.setattr(module, "_version", lambda d: (0, 12) if d == "jax" else real(d))
+    out = tmp_path / "tnt.onnx"
+    with pytest.raises(
+        InferenceModelError, match=rf"^{out}: jax2onnx 0.11 cannot express TNT_test_patch16_32 on JAX >= 0.12"
+    ):
+        export_onnx_from_jax(init_variables("TNT_test_patch16_32"), out, "TNT_test_patch16_32")
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_an_existing_file_is_kept_unless_overwrite(tmp_path):
     out = tmp_path / "model.onnx"
     out.write_bytes(b"keep me")
