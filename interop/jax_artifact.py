@@ -132,6 +132,12 @@ def read_sidecar(path: str | os.PathLike) -> dict:
     missing = [k for k in ("model", "img_size", "num_classes", "eval_transform", "jax_version") if k not in meta]
     if missing:
         raise ArtifactError(f"{side}: sidecar lacks {', '.join(missing)}")
+    numbers = ("img_size", "num_classes", "format_version", "calling_convention_version", "max_batch")
+    bad = [
+        k for k in numbers if meta.get(k) is not None and (isinstance(meta[k], bool) or not isinstance(meta[k], int))
+    ]
+    if bad:
+        raise ArtifactError(f"{side}: sidecar fields {', '.join(bad)} must be whole numbers")
     if int(meta.get("format_version", 0)) > FORMAT_VERSION:
         raise ArtifactError(f"{side}: sidecar format {meta['format_version']} is newer than this reader's")
     return meta
@@ -228,7 +234,8 @@ def export_jax_artifact(
         "jaxlib_version": version("jaxlib"),
         "calling_convention_version": exported.calling_convention_version,
     }
-    with atomic_file(out) as tmp_out, atomic_file(side) as tmp_side:
+    # The blob lands before its sidecar: a failure between the two never pairs a new sidecar with an old blob.
+    with atomic_file(side) as tmp_side, atomic_file(out) as tmp_out:
         tmp_out.write_bytes(bytes(blob))
         tmp_side.write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
     return out

@@ -41,7 +41,7 @@ _PADDLE_DTYPES = {
 MAX_DIMS = 32  # far more than any tensor has; bounds the work per description
 
 
-def _read_varint(data: bytes, pos: int, end: int | None = None) -> tuple[int, int]:
+def read_varint(data: bytes, pos: int, end: int | None = None) -> tuple[int, int]:
     """A protobuf base-128 varint at ``pos`` (at most 10 bytes, before ``end``): ``(value, position after it)``."""
     end = len(data) if end is None else end
     value = 0
@@ -70,22 +70,22 @@ def _tensor_desc(desc: bytes) -> tuple[np.dtype, tuple[int, ...]]:
     """Decodes Paddle's ``TensorDesc`` message (field 1: data type, field 2: dims)."""
     pos, dtype, dims = 0, None, []
     while pos < len(desc):
-        tag, pos = _read_varint(desc, pos)
+        tag, pos = read_varint(desc, pos)
         field, wire = tag >> 3, tag & 7
         if wire == 0:
-            value, pos = _read_varint(desc, pos)
+            value, pos = read_varint(desc, pos)
             if field == 1:
                 dtype = value
             elif field == 2:
                 dims.append(_dim(value))
         elif wire == 2:
-            length, pos = _read_varint(desc, pos)
+            length, pos = read_varint(desc, pos)
             end = pos + length
             if end > len(desc):
                 raise ValueError("a field runs past the end of the tensor description")
             if field == 2:  # packed dims
                 while pos < end:
-                    value, pos = _read_varint(desc, pos, end)
+                    value, pos = read_varint(desc, pos, end)
                     dims.append(_dim(value))
             pos = end
         elif wire in (1, 5):  # fixed 64/32-bit fields: skipped

@@ -2,8 +2,8 @@
 
 Paddle reads ``inference.json`` (PIR) and ``inference.pdmodel`` (protobuf ``ProgramDesc``)
 with its own C++ parsers, which abort with a C++ trace on some damaged files. These checks
-run first, in Python, without recursion: the JSON must parse as one object nested at most
-``MAX_JSON_DEPTH`` deep, the protobuf's top-level fields must be framed within the file, and
+run first, in Python: the JSON must parse (Python's parser: linear) as one object nested at most
+``MAX_JSON_DEPTH`` deep (measured without recursion), the protobuf's top-level fields must be framed within the file, and
 either must be at most ``MAX_PROGRAM_BYTES``. What the program then computes is Paddle's to
 read (see docs/security.md).
 """
@@ -11,64 +11,57 @@ read (see docs/security.md).
 from __future__ import annotations
 
 import json
-import re
+import sys
 from pathlib import Path
-
-import numpy as np
+from typing import Any
 
 from interop.errors import InferenceModelError
+from interop.inference.pdiparams import read_varint
 
 MAX_PROGRAM_BYTES = 512 << 20
 MAX_JSON_DEPTH = 64  # Paddle 3.3's PIR programs of our models nest 8-10 deep
-_JSON_STRING = re.compile(rb'"(?:[^"\\]|\\.)*"', re.DOTALL)
 
 
-def json_depth(data: bytes) -> int:
-    """The deepest nesting of ``[``/``{`` in JSON text, strings excluded (no recursion)."""
-    structure = np.frombuffer(_JSON_STRING.sub(b'""', data), np.uint8)
-    steps = np.zeros(structure.shape, np.int64)
-    steps[(structure == ord("[")) | (structure == ord("{"))] = 1
-    steps[(structure == ord("]")) | (structure == ord("}"))] = -1
-    return int(np.cumsum(steps).max(initial=0))
+def json_depth(value: Any) -> int:
+    """The deepest nesting of lists and dicts in a parsed JSON value (no recursion)."""
+    deepest, pending = 0, [(value, 1)]
+    while pending:
+        item, depth = pending.pop()
+        if isinstance(item, dict):
+            item = list(item.values())
+        if isinstance(item, list):
+            deepest = max(deepest, depth)
+            pending.extend((child, depth + 1) for child in item if isinstance(child, (list, dict)))
+    return deepest
 
 
 def _check_json(path: Path, data: bytes) -> None:
-    depth = json_depth(data)
-    if depth > MAX_JSON_DEPTH:
-        raise InferenceModelError(f"{path}: JSON nested {depth} deep (at most {MAX_JSON_DEPTH})")
+    # Python's JSON parser is linear, and refuses nesting past the recursion limit with RecursionError.
     try:
         program = json.loads(data)
-    except (ValueError, RecursionError) as e:  # UnicodeDecodeError and JSONDecodeError are ValueErrors
+    except RecursionError:
+        raise InferenceModelError(f"{path}: JSON nested deeper than {sys.getrecursionlimit()} levels") from None
+    except ValueError as e:  # UnicodeDecodeError and JSONDecodeError are ValueErrors
         raise InferenceModelError(f"{path}: not a PIR program (invalid JSON: {e})") from None
     if not isinstance(program, dict):
         raise InferenceModelError(f"{path}: not a PIR program (a JSON {type(program).__name__}, not an object)")
-
-
-def _varint(data: bytes, pos: int) -> tuple[int, int]:
-    value = 0
-    for shift in range(0, 70, 7):
-        if pos >= len(data):
-            raise ValueError("a number runs past the end")
-        byte = data[pos]
-        pos += 1
-        value |= (byte & 0x7F) << shift
-        if not byte & 0x80:
-            return value, pos
-    raise ValueError("a number is longer than 10 bytes")
+    depth = json_depth(program)
+    if depth > MAX_JSON_DEPTH:
+        raise InferenceModelError(f"{path}: JSON nested {depth} deep (at most {MAX_JSON_DEPTH})")
 
 
 def _check_protobuf(path: Path, data: bytes) -> None:
     pos = 0
     try:
         while pos < len(data):
-            tag, pos = _varint(data, pos)
+            tag, pos = read_varint(data, pos)
             wire = tag & 7
             if tag >> 3 == 0:
                 raise ValueError("field number 0")
             if wire == 0:
-                _, pos = _varint(data, pos)
+                _, pos = read_varint(data, pos)
             elif wire == 2:
-                length, pos = _varint(data, pos)
+                length, pos = read_varint(data, pos)
                 if length > len(data) - pos:
                     raise ValueError(f"a field of {length} bytes runs past the end")
                 pos += length

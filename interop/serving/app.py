@@ -297,7 +297,9 @@ async def _start_grpc(state: ServingState, v2):
         return None
     from interop.serving.grpc_service import create_grpc_server
 
-    server = create_grpc_server(v2, max_message_bytes=state.config.max_body_bytes)
+    server = create_grpc_server(
+        v2, max_message_bytes=state.config.max_body_bytes, max_concurrent_rpcs=state.config.max_connections
+    )
     host, _, port = state.config.grpc_address.rpartition(":")
     state.grpc_port = server.add_insecure_port(f"{host}:{port}")
     if not state.grpc_port:

@@ -344,14 +344,16 @@ def _handler(service: InferenceService, method: str):
     )
 
 
-def create_grpc_server(v2: KServeModel, *, max_message_bytes: int) -> grpc.aio.Server:
+def create_grpc_server(v2: KServeModel, *, max_message_bytes: int, max_concurrent_rpcs: int) -> grpc.aio.Server:
     """A ``grpc.aio`` server with the inference service (not yet bound or started)."""
     service = InferenceService(v2)
     options = [
         ("grpc.max_receive_message_length", max_message_bytes),
         ("grpc.max_send_message_length", max_message_bytes),
     ]
-    server = grpc.aio.server(options=options)
+    # At most max_concurrent_rpcs calls at once (the rest get RESOURCE_EXHAUSTED); the HTTP side's
+    # per-connection timeouts are uvicorn's, gRPC's are its own keepalive settings.
+    server = grpc.aio.server(options=options, maximum_concurrent_rpcs=max_concurrent_rpcs)
     handlers = {method: _handler(service, method) for method in METHODS}
     server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE, handlers),))
     return server

@@ -60,6 +60,10 @@ def decompress(body: bytes, encoding: str, limit: int) -> bytes:
         data = inflater.decompress(body, limit + 1)
     except zlib.error as e:
         raise MalformedRequest(f"body is not valid {encoding} ({e})") from None
+    if not inflater.eof and not inflater.unconsumed_tail and len(data) <= limit:
+        raise MalformedRequest(f"body is a truncated {encoding} stream")
+    if inflater.unused_data:
+        raise MalformedRequest(f"body has {len(inflater.unused_data)} bytes after its {encoding} stream")
     if len(data) > limit or inflater.unconsumed_tail:
         raise BodyTooLarge(f"decompressed body exceeds the limit of {limit} bytes")
     return data
@@ -86,7 +90,8 @@ def split_binary(body: bytes, header_length: str | None) -> tuple[Any, memoryvie
     """The JSON header and the binary tensor data after it (Triton's binary tensor extension)."""
     if header_length is None:
         return parse_json(body), memoryview(b"")
-    if not header_length.strip().isdigit() or int(header_length) > len(body):
+    digits = header_length.strip()
+    if not (digits.isascii() and digits.isdigit()) or int(digits) > len(body):
         raise MalformedRequest(
             f"Inference-Header-Content-Length {header_length!r} is not a length within the {len(body)}-byte body"
         )

@@ -187,3 +187,23 @@ def test_a_v2_answer_is_sent_compressed_when_asked(server, exported, photos, enc
     assert (
         answer["outputs"][0]["shape"][0] == 1 and len(answer["outputs"][0]["data"]) == answer["outputs"][0]["shape"][1]
     )
+
+
+@pytest.mark.parametrize("body, encoding, problem", [
+    (__import__("gzip").compress(b'{"inputs": []}')[:-9], "gzip", "truncated gzip stream"),
+    (__import__("zlib").compress(b'{"inputs": []}') + b"junk", "deflate", "4 bytes after its deflate stream"),
+])  # fmt: skip
+def test_truncated_or_padded_compressed_bodies_are_400s(body, encoding, problem):
+    from interop.serving.errors import MalformedRequest
+    from interop.serving.kserve import decompress
+
+    with pytest.raises(MalformedRequest, match=problem):
+        decompress(body, encoding, 1 << 20)
+
+
+def test_a_header_length_in_non_ascii_digits_is_a_400_not_a_500():
+    from interop.serving.errors import MalformedRequest
+    from interop.serving.kserve import split_binary
+
+    with pytest.raises(MalformedRequest, match="is not a length within"):
+        split_binary(b'{"inputs": []}', "\u00b2")

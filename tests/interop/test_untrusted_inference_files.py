@@ -169,13 +169,17 @@ def test_real_programs_pass_the_framing_check(tmp_path):
     out = interop.export_inference_model(variables, "DeiT_test_patch8_32", tmp_path / "pir")
     program = Path(out) / "inference.json"
     check_program_file(program)
-    assert 2 < json_depth(program.read_bytes()) <= MAX_JSON_DEPTH // 2
+    import json
+
+    assert 2 < json_depth(json.loads(program.read_bytes())) <= MAX_JSON_DEPTH // 2
 
 
 @pytest.mark.parametrize(
     "name, content, reason",
     [
-        ("inference.json", b"[" * 200_000 + b"]" * 200_000, "JSON nested 200000 deep"),
+        ("inference.json", b"[" * 200_000 + b"]" * 200_000, "JSON nested deeper than"),
+        ("inference.json", b'{"a":' * 100 + b"1" + b"}" * 100, "JSON nested 100 deep (at most 64)"),
+        ("inference.json", b'"' + b'\\"' * 200_000, "invalid JSON"),  # an unclosed string: once quadratic
         ("inference.json", b'{"a": [1, 2', "invalid JSON"),
         ("inference.json", b"[1, 2]", "a JSON list, not an object"),
         ("inference.json", b"\xff\xfe{}", "invalid JSON"),

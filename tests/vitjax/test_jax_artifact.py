@@ -211,3 +211,15 @@ def write_fixture() -> None:
 if __name__ == "__main__" and "--write-fixture" in sys.argv:
     FIXTURES.mkdir(parents=True, exist_ok=True)
     write_fixture()
+
+
+@pytest.mark.parametrize("field, value", [("img_size", "224px"), ("num_classes", 1.5), ("max_batch", True)])
+def test_a_sidecar_with_a_non_number_is_a_one_line_artifact_error(tmp_path, field, value):
+    from interop.jax_artifact import FORMAT, ArtifactError, read_sidecar, sidecar_path
+
+    blob = tmp_path / "m.jaxexport"
+    blob.write_bytes(b"\0")
+    meta = {"format": FORMAT, "model": "m", "img_size": 32, "num_classes": 10, "eval_transform": {}, "jax_version": "0"}
+    sidecar_path(blob).write_text(json.dumps({**meta, field: value}))
+    with pytest.raises(ArtifactError, match=rf"m.jaxexport.json: sidecar fields {field} must be whole numbers"):
+        read_sidecar(blob)

@@ -161,6 +161,35 @@ def test_item4_deeply_nested_keys_neither_crash_nor_recurse(tmp_path, depth):
     assert "TYPED" in result.stdout and "nested more than" in result.stdout, result.stdout + result.stderr[-500:]
 
 
+def test_shared_tuples_as_a_key_are_refused_before_hashing(tmp_path):
+    # A tuple of 100 copies of a tuple of 100 copies ... 8 levels deep (2 KB): hashing it is 100^8 calls.
+    def level(n: int) -> bytes:  # the tuple built in place once, then 99 memo references to it
+        if n == 1:
+            return b"(" + b"K\x01" * 100 + b"t"
+        return b"(" + level(n - 1) + b"q" + bytes([n]) + (b"h" + bytes([n])) * 99 + b"t"
+
+    path = tmp_path / "hash.pdparams"
+    path.write_bytes(b"\x80\x02}" + level(8) + b"K\x01s.")
+    assert len(path.read_bytes()) < 2500
+    result = run_isolated(
+        f"""
+        from vitjax.weights.pdparams import read_pdparams, PdparamsError
+        try:
+            read_pdparams({str(path)!r})
+        except PdparamsError as e:
+            print("TYPED", e)
+    """,
+        timeout=60,
+    )
+    assert "TYPED" in result.stdout and "a dict key is a tuple" in result.stdout, result.stdout + result.stderr[-500:]
+
+
+def test_tuples_in_data_hold_no_arrays_or_markers(tmp_path):
+    path = tmp_path / "tuple.pdparams"
+    path.write_bytes(pickle.dumps({"w": (np.ones(2, np.float32),)}, protocol=4))
+    refused(path, reason="a tuple holds a _PendingArray where data belongs")
+
+
 def test_item5_dtype_state_is_never_applied(tmp_path):
     before = (np.dtype("float32").itemsize, np.dtype("float32").alignment, np.dtype("float32").byteorder)
     path = tmp_path / "dtype.pdparams"

@@ -342,10 +342,12 @@ def _finish(root: Any) -> Any:
             for key in value:
                 value[key] = resolve(value[key])
                 pending.append((value[key], depth + 1))
-        else:
+        else:  # tuples hold atoms and tuples only, in data (arrays, dtypes and markers are for REDUCE/BUILD)
             for item in value:
-                if isinstance(item, (_PendingDtype, _Global, _Mark)):
-                    resolve(item)
+                if isinstance(item, tuple):
+                    pending.append((item, depth + 1))
+                elif not isinstance(item, (*_KEY_TYPES, bytes)):
+                    raise SafePickleError(f"a tuple holds a {_describe(item)} where data belongs")
     return root
 
 
@@ -568,15 +570,15 @@ def _op_table() -> dict[int, Any]:
     return ops
 
 
-_HASHABLE = (str, int, float, bool, type(None), tuple)
+_KEY_TYPES = (str, int, float, bool, type(None))
 
 
 def _set_items(target: dict, items: list[Any]) -> None:
     for key, value in zip(items[::2], items[1::2]):
-        if not isinstance(key, _HASHABLE) or (
-            isinstance(key, tuple) and not all(isinstance(k, _HASHABLE) for k in key)
-        ):
-            raise SafePickleError(f"a dict key is a {_describe(key)}")
+        # Atoms only: Paddle's keys are strings (and ints); a tuple key could nest shared tuples whose
+        # hash Python recomputes per level (a 2 KB file with 100^8 hash calls).
+        if not isinstance(key, _KEY_TYPES):
+            raise SafePickleError(f"a dict key is a {_describe(key)}, not a string or number")
         target[key] = value
 
 
