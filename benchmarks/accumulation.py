@@ -27,8 +27,8 @@ import optax
 
 import vitjax
 from benchmarks import machine
-from vitjax.configlib import base_config
-from vitjax.steps import TrainState, make_train_step
+from vitjax.training.config import base_config
+from vitjax.training.steps import TrainState, make_train_step
 
 RESULTS = Path(__file__).resolve().parent / "results"
 

@@ -2,7 +2,7 @@
 
 timm builds DeiT and TNT under its own names (``deit_tiny_patch16_224``, ``tnt_s_patch16_224``)
 with the same parameter names as PaddleClas, so our variables go to timm through PaddleClas's
-``state_dict`` (``vitjax.weights.variables_to_state_dict``) and three layout changes:
+``state_dict`` (``vitjax.variables_to_state_dict``) and three layout changes:
 
 * ``Linear.weight``: Paddle stores ``[in, out]``, PyTorch ``[out, in]`` (transposed);
 * ``Conv2D.weight``: ``[out, in, kh, kw]`` on both sides (unchanged);

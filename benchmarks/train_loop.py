@@ -81,7 +81,7 @@ def model_config_name(model: str) -> str:
 
 
 def loop_seconds(config, workdir: Path) -> float:
-    from vitjax import train
+    from vitjax.training import train
 
     started = time.perf_counter()
     train.train_and_evaluate(config, workdir)
@@ -89,7 +89,7 @@ def loop_seconds(config, workdir: Path) -> float:
 
 
 def data_wait(workdir: Path) -> float:
-    from vitjax import reporting
+    from vitjax.training import reporting
 
     waits = [r["data_wait"] for r in reporting.read_metrics(workdir) if r["kind"] == "train" and "data_wait" in r]
     return float(waits[-1]) if waits else math.nan
@@ -100,8 +100,8 @@ def bare_step_seconds(config, workdir: Path, steps: int) -> list[float]:
     import jax
 
     import vitjax
-    from vitjax import train
-    from vitjax.optim import lr_schedule, make_optimizer
+    from vitjax.training import train
+    from vitjax.training.optim import lr_schedule, make_optimizer
 
     exp = train.Experiment(config, workdir)
     c = exp.config

@@ -94,7 +94,7 @@ def prepare(model_name: str, out_dir: Path) -> dict[str, float]:
     size = vitjax.get_spec(model_name).img_size
     model = vitjax.create_model(model_name)
     variables = jax.jit(model.init)(jax.random.key(SEED), np.zeros((1, size, size, 3), np.float32))
-    np.savez(out_dir / "state.npz", **interop.variables_to_state_dict(variables, model_name))
+    np.savez(out_dir / "state.npz", **vitjax.variables_to_state_dict(variables, model_name))
     _, export_paddle_s = timed(
         lambda: interop.export_inference_model(variables, model_name, out_dir / "paddle", softmax=False)
     )
@@ -190,11 +190,11 @@ def deploy_predictor(engine: str, model_name: str, work: Path, device: str, thre
     * ``onnxruntime``: ``OnnxRuntimePredictor`` with ``threads`` intra-op threads; on a GPU
       with the CUDA provider (unavailable without it, never a silent CPU run).
     """
-    import interop
+    import vitjax
     from interop.deploy import JaxPredictor, OnnxRuntimePredictor, create_predictor
 
     if engine in JAX_INFERENCE_ENGINES:
-        variables = interop.state_dict_to_variables(_load_state(work), model_name)
+        variables = vitjax.state_dict_to_variables(_load_state(work), model_name)
         if engine == "jax-bf16":
             return JaxPredictor(variables, model_name, softmax=False, dtype="bfloat16")
         return create_predictor(
@@ -284,9 +284,8 @@ class JaxTrainEngine(TrainEngine):
         import jax
         import optax
 
-        import interop
         import vitjax
-        from vitjax.model_init import resolve_matmul
+        from vitjax.training.model_init import resolve_matmul
 
         self.jax = jax
         self.img_size = vitjax.get_spec(model_name).img_size
@@ -294,7 +293,7 @@ class JaxTrainEngine(TrainEngine):
         model = vitjax.create_model(
             model_name, matmul=self.info["matmul"]
         )  # drop rates 0, as the Paddle mirror has none
-        params = interop.state_dict_to_variables(_load_state(work), model_name)["params"]
+        params = vitjax.state_dict_to_variables(_load_state(work), model_name)["params"]
         tx = optax.adamw(
             LR, b1=0.9, b2=0.999, eps=1e-8, weight_decay=WEIGHT_DECAY
         )  # decays every parameter, as Paddle's AdamW

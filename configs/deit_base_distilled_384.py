@@ -1,6 +1,6 @@
 """DeiT_base_distilled_patch16_384 on ImageNet: PaddleClas's DeiT recipe at 384 pixels."""
 
-from vitjax.configlib import imagenet_config
+from vitjax.training.config import imagenet_config
 
 
 def get_config(arg=None):

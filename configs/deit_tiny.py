@@ -1,6 +1,6 @@
 """DeiT_tiny_patch16_224 on ImageNet with PaddleClas's DeiT recipe."""
 
-from vitjax.configlib import imagenet_config
+from vitjax.training.config import imagenet_config
 
 
 def get_config(arg=None):

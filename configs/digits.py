@@ -1,3 +1,3 @@
-"""The embedded default (``vitjax/default_config.py``): a small DeiT on scikit-learn's digits."""
+"""The embedded default (``vitjax/training/default_config.py``): a small DeiT on scikit-learn's digits."""
 
-from vitjax.default_config import get_config  # noqa: F401
+from vitjax.training.default_config import get_config  # noqa: F401

@@ -8,7 +8,7 @@ of class folders. A batch of 512 in 8 micro-batches of 64 (``accum_steps``); hal
 ``accum_steps`` on an accelerator with twice the memory, or add ``--config.model.dtype=bfloat16``.
 """
 
-from vitjax.configlib import finetune_config
+from vitjax.training.config import finetune_config
 
 
 def get_config(arg=None):

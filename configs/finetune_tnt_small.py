@@ -8,7 +8,7 @@ of class folders. A batch of 512 in 16 micro-batches of 32 (``accum_steps``); ha
 ``accum_steps`` on an accelerator with twice the memory, or add ``--config.model.dtype=bfloat16``.
 """
 
-from vitjax.configlib import finetune_config
+from vitjax.training.config import finetune_config
 
 
 def get_config(arg=None):

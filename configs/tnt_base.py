@@ -1,6 +1,6 @@
 """TNT_base on ImageNet with PaddleClas's TNT recipe (momentum SGD, piecewise decay, 120 epochs)."""
 
-from vitjax.configlib import imagenet_config
+from vitjax.training.config import imagenet_config
 
 
 def get_config(arg=None):

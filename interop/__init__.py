@@ -1,36 +1,33 @@
-"""Interop with PaddleClas: ``.pdparams`` weights, Paddle inference models, deployment.
+"""Interop with PaddleClas: Paddle inference models, ONNX, deployment and serving.
 
-Importing this package does not import Paddle; the functions that need it import it
-when called. Interop's own errors derive from :class:`InteropError` (:mod:`interop.errors`);
-those of the weights layer beneath from :class:`WeightsError` (:mod:`vitjax.weights.errors`).
+Importing this package imports neither Paddle nor our model code: each name loads its module on
+first use, and the functions that need Paddle import it when called. Interop's own errors derive
+from :class:`InteropError` (:mod:`interop.errors`); those of the weights layer beneath from
+:class:`vitjax.WeightsError`.
+
+``.pdparams`` weights need no Paddle and have one public door, the ``vitjax`` namespace
+(``vitjax.load_pdparams``, ``vitjax.save_pdparams``, ...). Their old names here still work and say so.
 """
 
-from interop.errors import InferenceModelError, InteropError
-from interop.inference import (
-    ImportedModel,
-    export_inference_model,
-    export_onnx,
-    load_inference_model,
-    read_inference_model,
-)
-from vitjax.weights.convert import (
-    guess_model,
-    load_pdparams,
-    save_pdparams,
-    state_dict_to_variables,
-    variables_to_state_dict,
-)
-from vitjax.weights.errors import PdparamsError, WeightMismatchError, WeightsError
-from vitjax.weights.pdparams import read_pdparams, write_pdparams
+from __future__ import annotations
 
-__all__ = [
-    "ImportedModel",
-    "InferenceModelError",
-    "InteropError",
-    "export_inference_model",
-    "export_onnx",
-    "load_inference_model",
-    "read_inference_model",
+import importlib
+import warnings
+from typing import TYPE_CHECKING, Any
+
+# Public name -> the module that defines it.
+_PUBLIC = {
+    "InferenceModelError": "interop.errors",
+    "InteropError": "interop.errors",
+    "ImportedModel": "interop.inference",
+    "export_inference_model": "interop.inference",
+    "export_onnx": "interop.inference",
+    "load_inference_model": "interop.inference",
+    "read_inference_model": "interop.inference",
+}
+
+# The weights API that moved to `vitjax` (this package re-exported it before).
+_MOVED_TO_VITJAX = (
     "PdparamsError",
     "WeightMismatchError",
     "WeightsError",
@@ -41,4 +38,34 @@ __all__ = [
     "state_dict_to_variables",
     "variables_to_state_dict",
     "write_pdparams",
-]
+)
+
+__all__ = sorted(_PUBLIC)
+
+
+def __getattr__(name: str) -> Any:
+    if name in _PUBLIC:
+        value = getattr(importlib.import_module(_PUBLIC[name]), name)
+        globals()[name] = value
+        return value
+    if name in _MOVED_TO_VITJAX:
+        warnings.warn(f"interop.{name} is vitjax.{name} (no Paddle needed); use that", DeprecationWarning, stacklevel=2)
+        import vitjax
+
+        return getattr(vitjax, name)
+    raise AttributeError(f"module 'interop' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_PUBLIC))
+
+
+if TYPE_CHECKING:
+    from interop.errors import InferenceModelError, InteropError
+    from interop.inference import (
+        ImportedModel,
+        export_inference_model,
+        export_onnx,
+        load_inference_model,
+        read_inference_model,
+    )

@@ -114,8 +114,8 @@ class JaxPredictor(Predictor):
         import jax
         import jax.numpy as jnp
 
-        from vitjax.model_init import resolve_matmul
         from vitjax.models.registry import create_model, get_spec
+        from vitjax.training.model_init import resolve_matmul
         from vitjax.weights.convert import infer_num_classes, variables_to_state_dict
 
         state = variables_to_state_dict(variables, model_name)

@@ -10,7 +10,7 @@
   * :class:`InputShapeError`: a batch that does not fit a model's input.
   * :class:`PaddleImportOrderError`: Paddle asked for after TensorFlow was imported.
 
-Weights errors come from the Paddle-free layer beneath (:class:`vitjax.weights.WeightsError`:
+Weights errors come from the Paddle-free layer beneath (:class:`vitjax.WeightsError`:
 ``PdparamsError``, ``WeightMismatchError``), which never imports interop; catch
 ``(WeightsError, InteropError)`` for both. Each class keeps the built-in base its callers
 have always caught (``ValueError`` or ``RuntimeError``).

@@ -50,7 +50,7 @@ def portable_predictor(path: str | os.PathLike, backend: str, *, threads: int = 
 
 
 def _transform(fields: dict):
-    from vitjax.models.registry import EvalTransform
+    from vitjax.eval_transform import EvalTransform
 
     return EvalTransform(
         int(fields["resize_short"]),

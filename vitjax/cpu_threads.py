@@ -9,7 +9,7 @@ forward pass. Measured on 2 cores (Zen 4), DeiT-tiny at batch 1 with 300 ms betw
 33-34 ms per call with free threads, 22 ms with each worker pinned to its own core (back to
 back, with no idle gaps: 21 ms either way); training steps, which never leave the workers
 idle, gain nothing. ONNX Runtime avoids the same cost by spinning its threads between calls.
-``python -m benchmarks.thread_pinning`` measures it on another machine.
+``python -m benchmarks.studies.thread_pinning`` measures it on another machine.
 
 So inference predictors pin the workers (``interop.deploy.JaxPredictor(pin_threads=True)``),
 and training leaves them free. Pinning is process-wide (every JAX computation in the

@@ -19,12 +19,12 @@ import jax.numpy as jnp
 import numpy as np
 from PIL import Image
 
-from vitjax import reporting
 from vitjax.data.transforms import center_crop, load_rgb, normalize, resize_short
-from vitjax.evaluation import class_names
-from vitjax.experiment import Experiment, to_host
 from vitjax.files import atomic_file
 from vitjax.models.features import class_token_rollout, forward_intermediates
+from vitjax.training import reporting
+from vitjax.training.evaluation import class_names
+from vitjax.training.experiment import Experiment, to_host
 
 CHUNK = 16  # images per forward pass
 

@@ -1,4 +1,6 @@
-"""Writing files and directories so that they appear complete or not at all.
+"""Where vitjax keeps files, and writing them so that they appear complete or not at all.
+
+:func:`cache_root` is the one cache directory (downloaded weights, built kernels).
 
 Both helpers hand out a temporary path beside the target (same directory, so the final
 ``os.replace`` is an atomic rename on one filesystem) named ``.<name>.<random>.partial``.
@@ -11,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
+import sys
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -69,3 +72,16 @@ def atomic_directory(path: str | os.PathLike) -> Iterator[Path]:
             os.replace(tmp, path)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def cache_root() -> Path:
+    """``$VITJAX_CACHE``, else ``~/.cache/vitjax`` (``$XDG_CACHE_HOME``), ``~/Library/Caches/vitjax``
+    on macOS, ``%LOCALAPPDATA%\\vitjax\\Cache`` on Windows."""
+    if os.environ.get("VITJAX_CACHE"):
+        return Path(os.environ["VITJAX_CACHE"]).expanduser()
+    if sys.platform == "win32":
+        base = os.environ.get("LOCALAPPDATA") or str(Path.home() / "AppData" / "Local")
+        return Path(base) / "vitjax" / "Cache"
+    if sys.platform == "darwin":
+        return Path.home() / "Library" / "Caches" / "vitjax"
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "vitjax"

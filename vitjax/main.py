@@ -19,7 +19,7 @@ from ml_collections import config_flags
 
 from vitjax.hostmem import keep_freed_memory
 
-DEFAULT_CONFIG = str(Path(__file__).resolve().parent / "default_config.py")
+DEFAULT_CONFIG = str(Path(__file__).resolve().parent / "training" / "default_config.py")
 
 config_flags.DEFINE_config_file("config", DEFAULT_CONFIG, "a Python config file (configs/*.py)", lock_config=True)
 flags.DEFINE_string("workdir", None, "where checkpoints, metrics and plots go", required=True)
@@ -45,7 +45,8 @@ def main(argv) -> int:
     config = flags.FLAGS.config
     initialize_distributed(config.distributed)
 
-    from vitjax import explain, train
+    from vitjax import explain
+    from vitjax.training import train
 
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s", force=True)
     for noisy in ("absl", "orbax", "jax", "tensorflow"):  # keep the progress lines readable

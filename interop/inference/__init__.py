@@ -17,47 +17,70 @@ One module per job; read the one you need:
   :func:`load_inference_model`).
 * :mod:`~interop.inference.to_onnx`: a PIR directory -> ONNX (:func:`export_onnx`).
 
-Importing this package does not import Paddle.
+Importing this package imports neither Paddle nor our model code: each name loads its module on
+first use.
 """
 
-from interop.errors import InferenceModelError, LayerOrderMismatch
-from interop.inference.export import export_inference_model, resolve_variables
-from interop.inference.files import (
-    INFO_FILE,
-    INPUT_NAME,
-    MODEL_PREFIX,
-    PARAMS_FILE,
-    PROGRAM_FILES,
-    Format,
-    InferenceModelFiles,
-    locate_inference_model,
-)
-from interop.inference.importing import IMPORT_ATOL, ImportedModel, load_inference_model, read_inference_model
-from interop.inference.keys import structured_state_by_order
-from interop.inference.pdiparams import read_structured_names, scan_params_file
-from interop.inference.program import LoadedProgram
-from interop.inference.to_onnx import export_onnx
+from __future__ import annotations
 
-__all__ = [
-    "IMPORT_ATOL",
-    "INFO_FILE",
-    "INPUT_NAME",
-    "MODEL_PREFIX",
-    "PARAMS_FILE",
-    "PROGRAM_FILES",
-    "Format",
-    "ImportedModel",
-    "InferenceModelError",
-    "InferenceModelFiles",
-    "LayerOrderMismatch",
-    "LoadedProgram",
-    "export_inference_model",
-    "export_onnx",
-    "load_inference_model",
-    "locate_inference_model",
-    "read_inference_model",
-    "read_structured_names",
-    "resolve_variables",
-    "scan_params_file",
-    "structured_state_by_order",
-]
+import importlib
+from typing import TYPE_CHECKING, Any
+
+# Public name -> the module that defines it.
+_PUBLIC = {
+    "IMPORT_ATOL": "interop.inference.importing",
+    "INFO_FILE": "interop.inference.files",
+    "INPUT_NAME": "interop.inference.files",
+    "MODEL_PREFIX": "interop.inference.files",
+    "PARAMS_FILE": "interop.inference.files",
+    "PROGRAM_FILES": "interop.inference.files",
+    "Format": "interop.inference.files",
+    "ImportedModel": "interop.inference.importing",
+    "InferenceModelError": "interop.errors",
+    "InferenceModelFiles": "interop.inference.files",
+    "LayerOrderMismatch": "interop.errors",
+    "LoadedProgram": "interop.inference.program",
+    "export_inference_model": "interop.inference.export",
+    "export_onnx": "interop.inference.to_onnx",
+    "load_inference_model": "interop.inference.importing",
+    "locate_inference_model": "interop.inference.files",
+    "read_inference_model": "interop.inference.importing",
+    "read_structured_names": "interop.inference.pdiparams",
+    "resolve_variables": "interop.inference.export",
+    "scan_params_file": "interop.inference.pdiparams",
+    "structured_state_by_order": "interop.inference.keys",
+}
+
+__all__ = sorted(_PUBLIC)
+
+
+def __getattr__(name: str) -> Any:
+    if name in _PUBLIC:
+        value = getattr(importlib.import_module(_PUBLIC[name]), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'interop.inference' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_PUBLIC))
+
+
+if TYPE_CHECKING:
+    from interop.errors import InferenceModelError, LayerOrderMismatch
+    from interop.inference.export import export_inference_model, resolve_variables
+    from interop.inference.files import (
+        INFO_FILE,
+        INPUT_NAME,
+        MODEL_PREFIX,
+        PARAMS_FILE,
+        PROGRAM_FILES,
+        Format,
+        InferenceModelFiles,
+        locate_inference_model,
+    )
+    from interop.inference.importing import IMPORT_ATOL, ImportedModel, load_inference_model, read_inference_model
+    from interop.inference.keys import structured_state_by_order
+    from interop.inference.pdiparams import read_structured_names, scan_params_file
+    from interop.inference.program import LoadedProgram
+    from interop.inference.to_onnx import export_onnx

@@ -61,7 +61,7 @@ def resolve_variables(source: Variables | str | os.PathLike, model_name: str | N
         return name, state_dict_to_variables(state, name, source=str(path))
     if model_name is None:
         raise InferenceModelError(f"{path}: pass the model name for an orbax checkpoint or workdir")
-    from vitjax.checkpoints import load_variables
+    from vitjax.training.checkpoints import load_variables
 
     return model_name, load_variables(path)
 

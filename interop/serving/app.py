@@ -65,6 +65,7 @@ class ServingState:
             model.predict_probs,
             max_batch_size=config.max_batch_size,
             max_wait_ms=config.max_wait_ms,
+            decode_wait_ms=config.decode_wait_ms,
             max_queue_images=config.max_queue_images,
             metrics=self.metrics,
         )
@@ -106,17 +107,23 @@ class ServingState:
     async def preprocess_all(self, blobs: list[tuple[str, bytes]]) -> np.ndarray:
         """Decodes and transforms every image on the decode threads; the first bad one fails the request."""
         loop = asyncio.get_running_loop()
-        jobs = [
-            loop.run_in_executor(
-                self.decoder, _preprocess_one, data, self.model.transform, self.config.max_pixels, name
-            )
-            for name, data in blobs
-        ]
-        results = await asyncio.gather(*jobs, return_exceptions=True)
-        for result in results:
-            if isinstance(result, BaseException):
-                raise result
-        return np.stack(results)
+        expected = self.batcher.expect(len(blobs))  # a batch about to run may wait for these (see batcher)
+        coming = False
+        try:
+            jobs = [
+                loop.run_in_executor(
+                    self.decoder, _preprocess_one, data, self.model.transform, self.config.max_pixels, name
+                )
+                for name, data in blobs
+            ]
+            results = await asyncio.gather(*jobs, return_exceptions=True)
+            for result in results:
+                if isinstance(result, BaseException):
+                    raise result
+            coming = True
+            return np.stack(results)
+        finally:
+            expected.done(coming)
 
     async def classify(self, images: np.ndarray) -> np.ndarray:
         """NCHW batch -> probabilities, through the dynamic batcher, within the request timeout."""

@@ -36,6 +36,12 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, help="engine threads (default: all cores)")
     p.add_argument("--max-batch-size", type=int, default=8)
     p.add_argument("--max-wait-ms", type=float, default=5.0, help="how long the first image of a batch waits for more")
+    p.add_argument(
+        "--decode-wait-ms",
+        type=float,
+        default=50.0,
+        help="how much longer a batch that is not full waits for images being decoded at that moment (0: no longer)",
+    )
     p.add_argument("--max-queue", type=int, default=256, help="images waiting beyond which requests get 503")
     p.add_argument("--timeout", type=float, default=30.0, help="seconds a request may wait for its result (then 504)")
     p.add_argument("--max-body-mb", type=float, default=16.0, help="request body limit (then 413)")
@@ -96,6 +102,7 @@ def run(args) -> int:
     config = ServeConfig(
         max_batch_size=args.max_batch_size,
         max_wait_ms=args.max_wait_ms,
+        decode_wait_ms=args.decode_wait_ms,
         max_queue_images=args.max_queue,
         request_timeout_s=args.timeout,
         max_body_bytes=int(args.max_body_mb * 1024 * 1024),

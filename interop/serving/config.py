@@ -11,7 +11,9 @@ class ServeConfig:
 
     ``max_batch_size`` / ``max_wait_ms``: a batch runs as soon as it holds
     ``max_batch_size`` images or its first image has waited ``max_wait_ms`` (Triton's
-    ``max_queue_delay``). ``max_queue_images``: images waiting for a batch beyond which
+    ``max_queue_delay``). ``decode_wait_ms``: a batch not full after ``max_wait_ms`` waits up
+    to this much longer for images that arrived and are being decoded at that moment (only
+    while some are; 0 turns it off). ``max_queue_images``: images waiting for a batch beyond which
     a request is refused with 503. ``request_timeout_s``: a request whose results are
     not ready by then gets 504. ``max_body_bytes``: larger bodies get 413.
     ``max_pixels``: a decoded image may hold at most this many pixels, and so may the
@@ -30,6 +32,7 @@ class ServeConfig:
 
     max_batch_size: int = 8
     max_wait_ms: float = 5.0
+    decode_wait_ms: float = 50.0
     max_queue_images: int = 256
     request_timeout_s: float = 30.0
     max_body_bytes: int = 16 * 1024 * 1024
@@ -58,8 +61,8 @@ class ServeConfig:
         ):
             if getattr(self, field) < 1:
                 raise ValueError(f"ServeConfig.{field} must be >= 1, got {getattr(self, field)}")
-        if self.max_wait_ms < 0 or self.request_timeout_s <= 0:
-            raise ValueError("ServeConfig: max_wait_ms must be >= 0 and request_timeout_s > 0")
+        if self.max_wait_ms < 0 or self.decode_wait_ms < 0 or self.request_timeout_s <= 0:
+            raise ValueError("ServeConfig: max_wait_ms and decode_wait_ms must be >= 0 and request_timeout_s > 0")
         for field in ("header_timeout_s", "body_timeout_s", "keep_alive_timeout_s", "body_rate_window_s"):
             if getattr(self, field) <= 0:
                 raise ValueError(f"ServeConfig.{field} must be > 0, got {getattr(self, field)}")

@@ -344,15 +344,45 @@ def _handler(service: InferenceService, method: str):
     )
 
 
+def connection_options(config) -> list[tuple[str, int]]:
+    """grpcio's per-connection limits from the server's HTTP ones (:class:`~interop.serving.config.ServeConfig`).
+
+    gRPC runs over HTTP/2 in grpcio's own transport, which our HTTP connection guard never sees,
+    so the same limits are set through its channel arguments:
+
+    - a connection must finish its HTTP/2 handshake within ``header_timeout_s`` (a silent TCP
+      connection is closed then; grpcio's default is 120 s);
+    - a connection with no call in progress for ``keep_alive_timeout_s`` is sent GOAWAY and
+      closed (clients reconnect on their next call; grpcio's default: never);
+    - every connection is asked to go away after ``header_timeout_s + body_timeout_s`` (grpcio
+      adds up to 10% jitter) and is closed ``request_timeout_s`` after that, calls still open
+      included, so a call whose client stalls its request message holds its slot of
+      ``max_connections`` for a bounded time, not forever (grpcio's default: never);
+      well-behaved clients reconnect on GOAWAY and their calls in progress finish;
+    - the server pings every connection each ``body_timeout_s``; one whose peer does not answer
+      within ``header_timeout_s`` (a peer gone without closing) is dropped with its calls.
+    """
+    ms = lambda seconds: max(1, int(seconds * 1000))  # noqa: E731
+    return [
+        ("grpc.server_handshake_timeout_ms", ms(config.header_timeout_s)),
+        ("grpc.max_connection_idle_ms", ms(config.keep_alive_timeout_s)),
+        ("grpc.max_connection_age_ms", ms(config.header_timeout_s + config.body_timeout_s)),
+        ("grpc.max_connection_age_grace_ms", ms(config.request_timeout_s)),
+        ("grpc.keepalive_time_ms", ms(config.body_timeout_s)),
+        ("grpc.keepalive_timeout_ms", ms(config.header_timeout_s)),
+    ]
+
+
 def create_grpc_server(v2: KServeModel, *, max_message_bytes: int, max_concurrent_rpcs: int) -> grpc.aio.Server:
-    """A ``grpc.aio`` server with the inference service (not yet bound or started)."""
+    """A ``grpc.aio`` server with the inference service (not yet bound or started), with the connection
+    limits of :func:`connection_options` from the model's server configuration."""
     service = InferenceService(v2)
     options = [
         ("grpc.max_receive_message_length", max_message_bytes),
         ("grpc.max_send_message_length", max_message_bytes),
+        *connection_options(v2.config),
     ]
-    # At most max_concurrent_rpcs calls at once (the rest get RESOURCE_EXHAUSTED); the HTTP side's
-    # per-connection timeouts are uvicorn's, gRPC's are its own keepalive settings.
+    # At most max_concurrent_rpcs calls at once (the rest get RESOURCE_EXHAUSTED).
     server = grpc.aio.server(options=options, maximum_concurrent_rpcs=max_concurrent_rpcs)
     handlers = {method: _handler(service, method) for method in METHODS}
     server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE, handlers),))

@@ -17,7 +17,7 @@ from PIL import Image
 
 from interop.serving.errors import BadImage, EmptyInput, ImageTooLarge
 from vitjax.data.transforms import preprocess_eval, to_rgb
-from vitjax.models.registry import EvalTransform
+from vitjax.eval_transform import EvalTransform
 
 
 def set_pixel_limit(max_pixels: int) -> None:

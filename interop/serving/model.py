@@ -20,7 +20,7 @@ import numpy as np
 
 from interop.deploy import Predictor, create_predictor
 from interop.inference import InferenceModelError
-from vitjax.models.registry import EvalTransform, get_spec
+from vitjax.eval_transform import EvalTransform
 
 
 @dataclasses.dataclass
@@ -86,6 +86,8 @@ def softmax(logits: np.ndarray) -> np.ndarray:
 
 def transform_for(model_name: str, img_size: int) -> EvalTransform:
     """The family's PaddleClas eval transform; another resolution keeps its resize/crop ratio (as training does)."""
+    from vitjax.models.registry import get_spec  # model code only for a served Paddle directory
+
     spec = get_spec(model_name)
     t = spec.eval_transform
     if img_size == t.crop_size:

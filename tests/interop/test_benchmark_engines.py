@@ -19,7 +19,7 @@ from benchmarks.worker import INFERENCE_ENGINES, PredictorEngine, deploy_predict
 from interop.deploy import JaxPredictor, OnnxRuntimePredictor, PaddleInferencePredictor, create_predictor
 from interop.measure import call_times, latency_summary, timed, versions
 from vitjax.cpu_threads import process_cpus, xla_worker_threads
-from vitjax.model_init import resolve_matmul
+from vitjax.training.model_init import resolve_matmul
 
 MODEL = "DeiT_test_patch8_32"
 ROOT = Path(__file__).resolve().parents[2]

@@ -172,7 +172,7 @@ def run_cli(*args: str) -> subprocess.CompletedProcess:
 def weights_file(tmp_path_factory):
     name = "DeiT_test_distilled_patch8_32"
     path = tmp_path_factory.mktemp("weights") / f"{name}.pdparams"
-    interop.save_pdparams(init_variables(name, seed=7), name, path)
+    vitjax.save_pdparams(init_variables(name, seed=7), name, path)
     return path
 
 
@@ -226,7 +226,7 @@ def test_export_and_import_commands_round_trip_through_a_pdparams_file(weights_f
     result = run_cli("import", str(tmp_path / "model"), str(tmp_path / "back.pdparams"))
     assert result.returncode == 0, result.stderr[-2000:]
     assert "DeiT_test_distilled_patch8_32, legacy, softmax output" in result.stdout
-    original, back = interop.read_pdparams(weights_file), interop.read_pdparams(tmp_path / "back.pdparams")
+    original, back = vitjax.read_pdparams(weights_file), vitjax.read_pdparams(tmp_path / "back.pdparams")
     assert list(original) == list(back) and all(np.array_equal(original[k], back[k]) for k in original)
     result = run_cli("import", str(tmp_path / "nowhere"), str(tmp_path / "x.pdparams"))
     assert result.returncode == 2 and "no such inference model directory" in result.stderr

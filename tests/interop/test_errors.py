@@ -3,8 +3,7 @@
 import numpy as np
 import pytest
 
-import interop
-import vitjax.weights
+import vitjax
 from interop._paddle import PaddleImportOrderError
 from interop.deploy import BackendUnavailable, InputShapeError
 from interop.errors import InteropError, LayerOrderMismatch, first_line
@@ -21,14 +20,14 @@ def test_every_interop_error_is_an_interop_error(error):
 def test_errors_keep_the_builtin_bases_callers_catch():
     assert issubclass(InferenceModelError, ValueError) and issubclass(InputShapeError, ValueError)
     assert issubclass(BackendUnavailable, RuntimeError) and issubclass(PaddleImportOrderError, RuntimeError)
-    assert issubclass(interop.PdparamsError, vitjax.weights.WeightsError)
-    assert issubclass(interop.WeightMismatchError, vitjax.weights.WeightsError)
-    assert issubclass(vitjax.weights.WeightsError, ValueError)
+    assert issubclass(vitjax.PdparamsError, vitjax.WeightsError)
+    assert issubclass(vitjax.WeightMismatchError, vitjax.WeightsError)
+    assert issubclass(vitjax.WeightsError, ValueError)
 
 
 def test_an_inference_model_error_is_not_a_pdparams_error():
-    assert not issubclass(InferenceModelError, interop.PdparamsError)
-    assert not issubclass(interop.WeightMismatchError, interop.PdparamsError)
+    assert not issubclass(InferenceModelError, vitjax.PdparamsError)
+    assert not issubclass(vitjax.WeightMismatchError, vitjax.PdparamsError)
 
 
 def test_first_line_quotes_a_native_message_without_its_trace():

@@ -132,7 +132,7 @@ def test_a_model_exported_by_paddleclas_code_imports_back_with_identical_outputs
 
     variables = interop.load_inference_model(tmp_path)
     assert leaves_equal(
-        variables, interop.state_dict_to_variables({k: v.numpy() for k, v in model.state_dict().items()}, name)
+        variables, vitjax.state_dict_to_variables({k: v.numpy() for k, v in model.state_dict().items()}, name)
     )
     images = random_images(name, batch=3, seed=4)
     with paddle.no_grad():
@@ -151,7 +151,7 @@ def test_legacy_models_exported_by_paddleclas_with_paddle_2_6_import_with_identi
     imported = read_inference_model(model_dir)
     assert (imported.model_name, imported.format, imported.softmax, imported.num_classes) == (name, "legacy", True, 10)
 
-    state = interop.variables_to_state_dict(imported.variables, name)
+    state = vitjax.variables_to_state_dict(imported.variables, name)
     assert list(state) == list(expected["weight_keys"])
     sums = np.array([[v.astype(np.float64).sum(), (v.astype(np.float64) ** 2).sum()] for v in state.values()])
     np.testing.assert_allclose(sums, expected["weight_sums"], rtol=1e-12, atol=1e-12)
@@ -194,7 +194,7 @@ def test_exports_take_pdparams_files_and_refuse_to_overwrite(exported, tmp_path)
     name = "DeiT_test_patch8_32"
     variables, _ = exported[name]
     weights = tmp_path / "w.pdparams"
-    interop.save_pdparams(variables, name, weights)
+    vitjax.save_pdparams(variables, name, weights)
     out = interop.export_inference_model(weights, None, tmp_path / "model")  # the model is guessed from the file
     assert sorted(p.name for p in out.iterdir()) == ["inference.json", "inference.pdiparams"]
     with pytest.raises(InferenceModelError, match="already exists"):
@@ -204,7 +204,7 @@ def test_exports_take_pdparams_files_and_refuse_to_overwrite(exported, tmp_path)
 
 def test_a_failed_export_leaves_no_directory_behind(exported, tmp_path):
     variables, _ = exported["DeiT_test_patch8_32"]
-    with pytest.raises(interop.WeightMismatchError):
+    with pytest.raises(vitjax.WeightMismatchError):
         interop.export_inference_model(variables, "TNT_test_patch16_32", tmp_path / "model")
     assert list(tmp_path.iterdir()) == []
 

@@ -12,7 +12,6 @@ import jax
 import numpy as np
 import pytest
 
-import interop
 import vitjax
 from interop.deploy import InputShapeError, create_predictor
 from interop.errors import InferenceModelError
@@ -95,7 +94,7 @@ def test_the_server_answers_from_the_artifact_with_the_offline_top5(artifact):
 
 def test_cli_writes_the_artifact_without_importing_paddle_or_tensorflow(tmp_path):
     weights, out = tmp_path / "w.pdparams", tmp_path / "m.jaxexport"
-    interop.save_pdparams(init_variables(NAME, seed=2), NAME, weights)
+    vitjax.save_pdparams(init_variables(NAME, seed=2), NAME, weights)
     script = (
         "import json, runpy, sys\n"
         f"sys.argv = ['interop', 'jax-export', {str(weights)!r}, {str(out)!r}, '--max-batch', '16']\n"

@@ -14,7 +14,6 @@ import numpy as np
 import pytest
 from testutil import TEST_SIZE, model_params
 
-import interop
 import vitjax
 from interop.deploy import OnnxRuntimePredictor, create_predictor
 from interop.errors import InferenceModelError
@@ -89,7 +88,7 @@ def test_the_default_file_outputs_probabilities_and_says_what_it_holds(tmp_path)
 
 def test_cli_writes_the_file_without_importing_paddle_or_tensorflow(tmp_path):
     weights, out = tmp_path / "w.pdparams", tmp_path / "model.onnx"
-    interop.save_pdparams(init_variables(NAME, seed=2), NAME, weights)
+    vitjax.save_pdparams(init_variables(NAME, seed=2), NAME, weights)
     # The whole CLI path in a fresh interpreter; then what it imported.
     script = (
         "import json, runpy, sys\n"

@@ -12,7 +12,6 @@ import paddleclas_reference
 import pytest
 from testutil import model_params, nhwc, random_images
 
-import interop
 import vitjax
 from interop.paddle_models import build_paddle_model, load_numpy_state, state_dict_numpy
 
@@ -34,7 +33,7 @@ def test_flax_matches_paddle_mirror(name):
     layer = build_paddle_model(name)
     state = state_dict_numpy(layer)
     images = random_images(name, batch=2)
-    ours = flax_logits(name, interop.state_dict_to_variables(state, name), images)
+    ours = flax_logits(name, vitjax.state_dict_to_variables(state, name), images)
     ref = paddle_logits(layer, images)
     assert ours.shape == ref.shape == (2, 1000)
     np.testing.assert_allclose(ours, ref, rtol=0, atol=ATOL)
@@ -56,7 +55,7 @@ def test_pdparams_saved_by_paddleclas_load_with_identical_logits(name, tmp_path)
     path = tmp_path / f"{name}_pretrained.pdparams"
     paddle.save(model.state_dict(), str(path))  # exactly what PaddleClas ships
     images = random_images(name, batch=3, seed=1)
-    ours = flax_logits(name, interop.load_pdparams(path, name), images)
+    ours = flax_logits(name, vitjax.load_pdparams(path, name), images)
     np.testing.assert_allclose(ours, paddle_logits(model, images), rtol=0, atol=ATOL)
 
 
@@ -68,7 +67,7 @@ def test_pdparams_we_save_load_strictly_into_paddleclas(name, tmp_path):
     size = vitjax.get_spec(name).img_size
     variables = jax.jit(model.init)(jax.random.key(3), np.zeros((1, size, size, 3), np.float32))
     path = tmp_path / "ours.pdparams"
-    interop.save_pdparams(variables, name, path)
+    vitjax.save_pdparams(variables, name, path)
 
     reference = _paddleclas_model(name, num_classes=10)
     missing, unexpected = reference.set_state_dict(paddle.load(str(path)))
@@ -87,7 +86,7 @@ def test_weights_load_at_a_new_resolution(name, tmp_path):
     layer = build_paddle_model(name)
     path = tmp_path / "w.pdparams"
     paddle.save(layer.state_dict(), str(path))
-    variables = interop.load_pdparams(path, name, img_size=48)
+    variables = vitjax.load_pdparams(path, name, img_size=48)
     pos_key = "pos_embed" if "DeiT" in name else "patch_pos"
     arch = vitjax.get_spec(name).arch
     prefix = arch.num_prefix_tokens
@@ -95,7 +94,7 @@ def test_weights_load_at_a_new_resolution(name, tmp_path):
     assert resized.shape[1] == prefix + (48 // arch.patch_size) ** 2
     np.testing.assert_array_equal(resized[:, :prefix], layer.state_dict()[pos_key].numpy()[:, :prefix])
 
-    big = load_numpy_state(build_paddle_model(name, img_size=48), interop.variables_to_state_dict(variables, name))
+    big = load_numpy_state(build_paddle_model(name, img_size=48), vitjax.variables_to_state_dict(variables, name))
     images = random_images(name, batch=2, img_size=48)
     np.testing.assert_allclose(flax_logits(name, variables, images, img_size=48), paddle_logits(big, images), atol=ATOL)
 
@@ -103,7 +102,7 @@ def test_weights_load_at_a_new_resolution(name, tmp_path):
 @pytest.mark.slow
 def test_deit_base_224_weights_run_at_384():
     layer = build_paddle_model("DeiT_base_patch16_224")
-    variables = interop.state_dict_to_variables(state_dict_numpy(layer), "DeiT_base_patch16_224", img_size=384)
+    variables = vitjax.state_dict_to_variables(state_dict_numpy(layer), "DeiT_base_patch16_224", img_size=384)
     assert variables["params"]["pos_embed"].shape == (1, 1 + 24 * 24, 768)
     logits = flax_logits(
         "DeiT_base_patch16_224", variables, random_images("DeiT_base_patch16_224", 1, img_size=384), img_size=384

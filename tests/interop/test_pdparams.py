@@ -10,7 +10,7 @@ import numpy as np
 import paddle
 import pytest
 
-import interop
+import vitjax
 from interop.paddle_models import build_paddle_model
 from vitjax.weights.pdparams import PdparamsError, read_pdparams
 
@@ -35,7 +35,7 @@ def paddle_file(tmp_path):
 def test_round_trip_pdparams_to_flax_to_pdparams_is_bit_exact(name, paddle_file, tmp_path):
     src = paddle_file(name)
     out = tmp_path / "again.pdparams"
-    interop.save_pdparams(interop.load_pdparams(src, name), name, out)
+    vitjax.save_pdparams(vitjax.load_pdparams(src, name), name, out)
     before, after = paddle.load(str(src)), paddle.load(str(out))
     assert list(after) == [k for k in before if k != "StructuredToParameterName@@"]
     for key, value in after.items():
@@ -60,7 +60,7 @@ def test_malicious_pickle_is_refused_and_runs_nothing(tmp_path):
     path = tmp_path / "evil.pdparams"
     path.write_bytes(pickle.dumps({"head.weight": Exploit()}, protocol=4))
     with pytest.raises(PdparamsError, match=r"evil\.pdparams: refused to load: it references (posix|os)\.system"):
-        interop.load_pdparams(path, DEIT)
+        vitjax.load_pdparams(path, DEIT)
     assert not marker.exists()
     # The same file really does run code under plain pickle: the test is not vacuous.
     pickle.loads(path.read_bytes())
@@ -81,7 +81,7 @@ def test_bad_files_give_one_line_errors_naming_the_file(tmp_path, content, probl
     path = tmp_path / "bad.pdparams"
     path.write_bytes(content)
     with pytest.raises(PdparamsError) as info:
-        interop.load_pdparams(path, DEIT)
+        vitjax.load_pdparams(path, DEIT)
     message = str(info.value)
     assert message.startswith(str(path)) and problem in message and "\n" not in message
 
@@ -91,51 +91,51 @@ def test_truncated_and_missing_files(paddle_file, tmp_path):
     truncated = tmp_path / "cut.pdparams"
     truncated.write_bytes(good[: len(good) // 2])
     with pytest.raises(PdparamsError, match=r"cut\.pdparams: corrupt or truncated"):
-        interop.load_pdparams(truncated, DEIT)
+        vitjax.load_pdparams(truncated, DEIT)
     with pytest.raises(PdparamsError, match=r"nope\.pdparams: no such file"):
-        interop.load_pdparams(tmp_path / "nope.pdparams", DEIT)
+        vitjax.load_pdparams(tmp_path / "nope.pdparams", DEIT)
 
 
 def test_wrong_model_lists_missing_unexpected_and_misshaped_keys(paddle_file):
     path = paddle_file("DeiT_test_patch8_32")
-    with pytest.raises(interop.WeightMismatchError) as info:
-        interop.load_pdparams(path, TNT)
+    with pytest.raises(vitjax.WeightMismatchError) as info:
+        vitjax.load_pdparams(path, TNT)
     message = str(info.value)
     assert "does not fit TNT_test_patch16_32" in message
     assert "missing keys: patch_pos, pixel_pos" in message
     assert "unexpected keys: pos_embed, patch_embed.proj.weight" in message
-    with pytest.raises(interop.WeightMismatchError, match=r"missing keys: dist_token.*head_dist.weight"):
-        interop.load_pdparams(path, DEIT)
+    with pytest.raises(vitjax.WeightMismatchError, match=r"missing keys: dist_token.*head_dist.weight"):
+        vitjax.load_pdparams(path, DEIT)
 
 
 def test_new_head_for_fine_tuning(paddle_file):
     path = paddle_file(DEIT)
     with pytest.raises(
-        interop.WeightMismatchError,
+        vitjax.WeightMismatchError,
         match=r"mis-shaped keys: head.weight \(64, 1000\) \(expected \(64, 10\)\).*head='reinit'",
     ):
-        interop.load_pdparams(path, DEIT, num_classes=10)
-    reinit = interop.load_pdparams(path, DEIT, num_classes=10, head="reinit", seed=5)["params"]
+        vitjax.load_pdparams(path, DEIT, num_classes=10)
+    reinit = vitjax.load_pdparams(path, DEIT, num_classes=10, head="reinit", seed=5)["params"]
     assert reinit["head"]["kernel"].shape == (64, 10) and reinit["head_dist"]["kernel"].shape == (64, 10)
     assert np.all(reinit["head"]["bias"] == 0) and 0.01 < np.std(reinit["head"]["kernel"]) < 0.03
-    skipped = interop.load_pdparams(path, DEIT, num_classes=10, head="skip")["params"]
+    skipped = vitjax.load_pdparams(path, DEIT, num_classes=10, head="skip")["params"]
     assert "head" not in skipped and "head_dist" not in skipped
-    loaded = interop.load_pdparams(path, DEIT)["params"]
+    loaded = vitjax.load_pdparams(path, DEIT)["params"]
     np.testing.assert_array_equal(
         skipped["blocks_0"]["attn"]["qkv"]["kernel"], loaded["blocks_0"]["attn"]["qkv"]["kernel"]
     )
 
 
 def test_save_never_leaves_a_half_written_file(paddle_file, tmp_path):
-    good = interop.load_pdparams(paddle_file(DEIT), DEIT)
+    good = vitjax.load_pdparams(paddle_file(DEIT), DEIT)
     target = tmp_path / "out.pdparams"
-    interop.save_pdparams(good, DEIT, target)
+    vitjax.save_pdparams(good, DEIT, target)
     before = target.read_bytes()
 
     broken = jax.tree.map(lambda x: x, good)
     del broken["params"]["norm"]
-    with pytest.raises(interop.WeightMismatchError, match="missing keys: norm.scale, norm.bias"):
-        interop.save_pdparams(broken, DEIT, target)
+    with pytest.raises(vitjax.WeightMismatchError, match="missing keys: norm.scale, norm.bias"):
+        vitjax.save_pdparams(broken, DEIT, target)
     assert target.read_bytes() == before
 
     # A failure half-way through writing (here: an array that cannot be pickled,
@@ -143,7 +143,7 @@ def test_save_never_leaves_a_half_written_file(paddle_file, tmp_path):
     bad = jax.tree.map(lambda x: x, good)
     bad["params"]["norm"]["bias"] = np.array([lambda: None] * 64, dtype=object)
     with pytest.raises((pickle.PicklingError, AttributeError)):
-        interop.save_pdparams(bad, DEIT, target)
+        vitjax.save_pdparams(bad, DEIT, target)
     assert target.read_bytes() == before
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted([f"{DEIT}.pdparams", "out.pdparams"])
 

@@ -29,7 +29,7 @@ import interop
 import vitjax
 from interop.__main__ import main as interop_main
 from interop.pretrained import download_inference_model, inference_model_path, load_pretrained_inference_model
-from vitjax.weights import DownloadError, load_pretrained, register_pretrained
+from vitjax import DownloadError, load_pretrained, register_pretrained
 from vitjax.weights.download import RefusedDownload, UnsafeArchiveError, safe_extract_tar
 from vitjax.weights.pretrained import get_pretrained
 

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from PIL import Image
 from test_serving import exported  # noqa: F401  (a fixture: the exported test-size model)
-from test_serving_connections import serve_command
+from testutil import serve_command
 
 pytest.importorskip("uvicorn")
 

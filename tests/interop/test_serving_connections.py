@@ -10,55 +10,19 @@ from __future__ import annotations
 
 import contextlib
 import json
-import re
 import socket
 import threading
 import time
 
-import numpy as np
 import pytest
+from testutil import metric, png_bytes, serve_command, serving_in_thread, tiny_model
 
-import vitjax
-from interop.serving import ServeConfig, ServedModel, create_app
+from interop.serving import ServeConfig, create_app
 from interop.serving.client import Client
 
 uvicorn = pytest.importorskip("uvicorn")
-from interop.serving.connections import uvicorn_config  # noqa: E402  (needs uvicorn)
 
 HEAD = b"POST /classify HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: image/png\r\n"
-
-
-class _TinyPredictor:
-    """Probabilities from the first 10 input values: enough to tell a served request from a refused one."""
-
-    backend, img_size = "numpy", 32
-
-    def predict(self, images: np.ndarray) -> np.ndarray:
-        logits = images.reshape(len(images), -1)[:, :10].astype(np.float64)
-        e = np.exp(logits - logits.max(axis=1, keepdims=True))
-        return (e / e.sum(axis=1, keepdims=True)).astype(np.float32)
-
-
-def tiny_model() -> ServedModel:
-    return ServedModel(
-        name="tiny",
-        backend="numpy",
-        predictor=_TinyPredictor(),
-        transform=vitjax.get_spec("DeiT_test_patch8_32").eval_transform,
-        labels=[f"class {i}" for i in range(10)],
-        outputs_probabilities=True,
-        source="-",
-    )
-
-
-def png_bytes() -> bytes:
-    import io
-
-    from PIL import Image
-
-    out = io.BytesIO()
-    Image.fromarray(np.random.default_rng(0).integers(0, 256, (40, 40, 3), np.uint8)).save(out, format="PNG")
-    return out.getvalue()
 
 
 # Small limits, so that every timeout fires within a second or two.
@@ -76,28 +40,9 @@ QUICK = ServeConfig(
 
 @contextlib.contextmanager
 def serving(config: ServeConfig = QUICK):
-    """Our app under uvicorn with our connection guard, in a thread; yields ``(url, port)`` once ready."""
-    server = uvicorn.Server(
-        uvicorn_config(create_app(tiny_model(), config), host="127.0.0.1", port=0, log_level="warning")
-    )
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    try:
-        deadline = time.monotonic() + 60
-        while not server.started:
-            assert thread.is_alive() and time.monotonic() < deadline, "server did not start"
-            time.sleep(0.01)
-        port = server.servers[0].sockets[0].getsockname()[1]
-        url = f"http://127.0.0.1:{port}"
-        client = Client(url, timeout=10)
-        while client.get("/ready").status != 200:
-            assert time.monotonic() < deadline, "server never became ready"
-            time.sleep(0.02)
-        client.close()
-        yield url, port
-    finally:
-        server.should_exit = True
-        thread.join(30)
+    """Our app on the tiny model under uvicorn with our connection guard, in a thread; yields ``(url, port)`` once ready."""
+    with serving_in_thread(create_app(tiny_model(), config), ready_within_s=60) as url:
+        yield url, int(url.rsplit(":", 1)[1])
 
 
 def connect(port: int) -> socket.socket:
@@ -137,12 +82,6 @@ def assert_json_error(raw: bytes, status: int, contains: str = "") -> dict[str, 
     error = json.loads(body)["error"]
     assert error and "\n" not in error and contains in error, error
     return headers
-
-
-def metric(url: str, name: str, labels: str = "") -> float:
-    text = Client(url, timeout=10).get("/metrics").text
-    match = re.search(rf"^{re.escape(name)}{re.escape('{' + labels + '}') if labels else ''} (\S+)$", text, re.M)
-    return float(match.group(1)) if match else 0.0
 
 
 def drip(sock: socket.socket, stop: threading.Event, every_s: float = 0.2, limit_s: float = 15.0) -> None:
@@ -300,53 +239,6 @@ def test_a_client_gone_mid_upload_is_counted_as_a_disconnect_not_a_500():
 # --- the serve command itself, on the test-size model (fixtures from test_serving)
 
 from test_serving import exported  # noqa: E402,F401  (a fixture: the exported test-size model)
-
-
-@contextlib.contextmanager
-def serve_command(model_dir, *flags: str):
-    """``python -m interop serve`` on 127.0.0.1 in a subprocess; yields ``(proc, url)`` once ready."""
-    import os
-    import subprocess
-    import sys
-    from pathlib import Path
-
-    command = [
-        sys.executable,
-        "-m",
-        "interop",
-        "serve",
-        str(model_dir),
-        "--backend",
-        "onnxruntime",
-        "--port",
-        "0",
-        "--threads",
-        "1",
-        *flags,
-    ]
-    repo = Path(__file__).resolve().parents[2]
-    proc = subprocess.Popen(
-        command,
-        cwd=repo,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env={**os.environ, "PYTHONUNBUFFERED": "1"},
-    )
-    try:
-        line = proc.stdout.readline()
-        assert line.startswith("serving on http://127.0.0.1:"), line + proc.stderr.read()
-        url = line.split()[-1]
-        client, deadline = Client(url, timeout=10), time.monotonic() + 120
-        while client.get("/ready").status != 200:
-            assert time.monotonic() < deadline, "never ready"
-            time.sleep(0.05)
-        client.close()
-        yield proc, url
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-        proc.wait(30)
 
 
 def test_serve_command_outlasts_more_silent_and_slow_connections_than_its_limit(exported):

@@ -7,7 +7,10 @@ statistics must count gRPC requests beside HTTP ones.
 
 from __future__ import annotations
 
+import contextlib
 import socket
+import threading
+import time
 
 import numpy as np
 import pytest
@@ -169,3 +172,77 @@ def test_refusals_are_grpc_status_codes_and_statistics_count_both_protocols(grpc
         assert http_stats["model_stats"][0]["execution_count"] == int(after["execution_count"])
     finally:
         client.close()
+
+
+# --- connection limits: a gRPC client that goes silent must not keep its connection or its call slot
+
+
+@contextlib.contextmanager
+def tiny_grpc_server(**limits):
+    """The tiny numpy model with the gRPC service on, its connection limits at a second or two; yields the address."""
+    from testutil import serving_in_thread, tiny_model
+
+    from interop.serving import ServeConfig, create_app
+
+    config = ServeConfig(
+        max_batch_size=4,
+        max_wait_ms=1,
+        header_timeout_s=1.0,
+        body_timeout_s=1.0,
+        keep_alive_timeout_s=1.0,
+        request_timeout_s=1.0,
+        grpc_address=f"127.0.0.1:{_free_port()}",
+        **limits,
+    )
+    with serving_in_thread(create_app(tiny_model(), config), ready_within_s=60):
+        yield config.grpc_address
+
+
+def test_a_silent_grpc_connection_is_closed_after_the_header_timeout():
+    from test_serving_connections import read_until_closed
+
+    with tiny_grpc_server() as address:
+        host, _, port = address.rpartition(":")
+        with socket.create_connection((host, int(port)), timeout=10) as sock:
+            sock.settimeout(1)
+            read_until_closed(sock, limit_s=15)  # fails unless the server closes it (grpcio's default: 120 s)
+
+
+def test_calls_whose_request_never_arrives_give_their_slots_back():
+    """Two calls that send their headers and never their message hold both slots of ``max_connections=2``;
+    the connection age limit closes them, and a third client is then served."""
+    import grpc
+
+    method = "/inference.GRPCInferenceService/"
+    stop = threading.Event()
+
+    def never_sent():  # a request stream that sends nothing until the test ends
+        stop.wait(60)
+        yield b""
+
+    with tiny_grpc_server(max_connections=2) as address:
+        stalled_channels = [grpc.insecure_channel(address) for _ in range(2)]
+        other = grpc.insecure_channel(address)
+        live = other.unary_unary(method + "ServerLive", request_serializer=bytes, response_deserializer=bytes)
+        try:
+            stalled = [
+                channel.stream_unary(
+                    method + "ModelInfer", request_serializer=bytes, response_deserializer=bytes
+                ).future(never_sent(), timeout=60)
+                for channel in stalled_channels
+            ]
+            codes, deadline = [], time.monotonic() + 30  # the answers to ServerLive, in turn
+            while not ("RESOURCE_EXHAUSTED" in codes and codes[-1] == "OK"):  # both slots held, then given back
+                assert time.monotonic() < deadline, f"not refused then served within 30 s: {codes[-20:]}"
+                try:
+                    live(b"", timeout=5)
+                    codes.append("OK")
+                except grpc.RpcError as e:
+                    codes.append(e.code().name)
+                time.sleep(0.05)
+            for call in stalled:  # cut by the server, not left waiting
+                assert call.exception(timeout=30).code() == grpc.StatusCode.UNAVAILABLE
+        finally:
+            stop.set()
+            for channel in [*stalled_channels, other]:
+                channel.close()

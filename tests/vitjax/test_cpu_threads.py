@@ -99,7 +99,7 @@ def test_pinning_to_no_cpu_is_refused():
 
 @linux_only
 def test_the_pinning_benchmark_times_every_condition_and_leaves_the_workers_free():
-    from benchmarks.thread_pinning import CONDITIONS, time_conditions
+    from benchmarks.studies.thread_pinning import CONDITIONS, time_conditions
 
     x = jnp.ones((128, 128))
     matmul = jax.jit(lambda a: a @ a)

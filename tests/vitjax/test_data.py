@@ -10,12 +10,12 @@ import skimage.data
 from PIL import Image
 
 import vitjax
-from vitjax import train
-from vitjax.configlib import base_config
 from vitjax.data.augment import parse_randaugment, rand_augment, train_transform
 from vitjax.data.pipeline import EvalLoader, TrainLoader
 from vitjax.data.sources import DataError, DigitsSource, FileListSource, ImageFolderSource, TfdsSource, make_source
 from vitjax.data.transforms import ImageError, preprocess_eval
+from vitjax.training import train
+from vitjax.training.config import base_config
 
 PHOTOS = {
     "astronaut": skimage.data.astronaut(),
@@ -287,8 +287,8 @@ import pytest
 tests, root = sys.argv[1:3]
 sys.path.insert(0, tests)
 from test_train import tiny_config
-from vitjax import train
-from vitjax.configlib import base_config
+from vitjax.training import train
+from vitjax.training.config import base_config
 from vitjax.data.sources import DataError, make_source
 
 root = pathlib.Path(root)

@@ -14,8 +14,8 @@ import skimage.data
 from PIL import Image
 
 import vitjax
-from vitjax.configlib import base_config
 from vitjax.explain import draw, explain, heat_overlay
+from vitjax.training.config import base_config
 
 MODEL = "DeiT_test_patch8_32"
 

@@ -8,8 +8,8 @@ import pytest
 from flax.traverse_util import flatten_dict
 
 import vitjax
-from vitjax.configlib import base_config
-from vitjax.optim import lr_multipliers, make_optimizer
+from vitjax.training.config import base_config
+from vitjax.training.optim import lr_multipliers, make_optimizer
 
 
 def _abstract_params(name: str):
@@ -108,8 +108,8 @@ def tiny_config(**overrides):
 
 def _one_update(tmp_path, **overrides):
     """Parameters before and after one jitted training step on a fixed batch, and its metrics."""
-    from vitjax import train
-    from vitjax.experiment import to_host
+    from vitjax.training import train
+    from vitjax.training.experiment import to_host
 
     c = tiny_config(**overrides)
     exp = train.Experiment(c, tmp_path)
@@ -146,7 +146,7 @@ def test_k_micro_batches_give_the_update_of_one_batch_of_k_times_b(tmp_path, dat
 def test_accumulated_step_needs_the_memory_of_one_micro_batch():
     """XLA's compiled memory analysis: the temporaries (activations) of 4 micro-batches of 8 are
     those of one batch of 8, plus the gradient accumulator, not those of a batch of 32."""
-    from vitjax.steps import TrainState, make_train_step
+    from vitjax.training.steps import TrainState, make_train_step
 
     model = vitjax.create_model("DeiT_test_patch8_32", num_classes=10)
     params = jax.eval_shape(model.init, jax.random.key(0), np.zeros((1, 32, 32, 3), np.float32))["params"]
@@ -168,7 +168,7 @@ def test_accumulated_step_needs_the_memory_of_one_micro_batch():
 
 @pytest.mark.parametrize("accum, devices", [(3, 1), (0, 1), (8, 8)])
 def test_accum_steps_that_do_not_split_the_batch_are_refused_before_any_checkpoint(tmp_path, accum, devices):
-    from vitjax import train
+    from vitjax.training import train
 
     c = tiny_config(accum_steps=accum, **{"mesh.data": devices})
     with pytest.raises(ValueError, match=rf"^accum_steps={accum} does not split batch_size=32.*: expected one of 1, "):
@@ -184,7 +184,7 @@ def test_ema_decay_follows_timms_model_ema_v3():
     import torch
     from timm.utils.model_ema import ModelEmaV3
 
-    from vitjax.steps import ema_decay
+    from vitjax.training.steps import ema_decay
 
     for warmup in (False, True):
         c = base_config().ema
@@ -195,7 +195,7 @@ def test_ema_decay_follows_timms_model_ema_v3():
 
 
 def _checkpointed(workdir, step, ema=False):
-    from vitjax import checkpoints
+    from vitjax.training import checkpoints
 
     return flatten_dict(checkpoints.load_variables(workdir, step=step, ema=ema)["params"], sep="/")
 
@@ -203,8 +203,8 @@ def _checkpointed(workdir, step, ema=False):
 def test_ema_is_the_running_average_of_the_checkpointed_parameters_and_is_evaluated_beside_them(tmp_path):
     import json
 
-    from vitjax import train
-    from vitjax.steps import ema_decay
+    from vitjax.training import train
+    from vitjax.training.steps import ema_decay
 
     c = tiny_config(num_steps=4, checkpoint_every=1, keep_checkpoints=10, **{"ema.decay": 0.6, "ema.warmup": True})
     train.train_and_evaluate(c, tmp_path)
@@ -232,7 +232,7 @@ def test_resuming_after_the_last_checkpoint_is_lost_gives_the_uninterrupted_ema(
     uninterrupted run ends, EMA included (bit for bit)."""
     import shutil
 
-    from vitjax import train
+    from vitjax.training import train
 
     c = tiny_config(num_steps=6, checkpoint_every=3, **{"ema.decay": 0.9, "ema.warmup": True})
     train.train_and_evaluate(c, tmp_path / "straight")
@@ -248,7 +248,7 @@ def test_ema_asked_of_a_checkpoint_without_one_is_a_one_line_error_and_exit_1(tm
     import subprocess
     import sys
 
-    from vitjax import train
+    from vitjax.training import train
 
     train.train_and_evaluate(tiny_config(num_steps=1), tmp_path / "run")
     result = subprocess.run(
@@ -282,7 +282,7 @@ def test_finetune_config_trains_on_an_image_folder_with_every_part_on(tmp_path, 
 
     from PIL import Image
 
-    from vitjax import train
+    from vitjax.training import train
 
     rng = np.random.RandomState(0)
     for split, count in (("train", 8), ("val", 2)):
@@ -319,7 +319,7 @@ def test_sigkill_mid_training_then_rerun_gives_the_uninterrupted_ema(tmp_path):
     import sys
     import time
 
-    from vitjax import checkpoints
+    from vitjax.training import checkpoints
 
     env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=8", "TF_CPP_MIN_LOG_LEVEL": "3"}
     args = ["--config.batch_size=32", "--config.num_steps=40", "--config.checkpoint_every=10", "--config.plot=False"]
@@ -376,7 +376,7 @@ def test_bad_fine_tuning_settings_exit_1_with_one_line_and_write_no_checkpoint(t
 
 
 def test_bf16_compute_keeps_parameters_optimizer_state_and_ema_in_float32(tmp_path):
-    from vitjax import train
+    from vitjax.training import train
 
     c = tiny_config(num_steps=1, accum_steps=2, **{"model.dtype": "bfloat16", "ema.decay": 0.9})
     exp = train.Experiment(c, tmp_path)
@@ -391,8 +391,8 @@ def test_bf16_compute_keeps_parameters_optimizer_state_and_ema_in_float32(tmp_pa
 
 
 def test_resuming_with_the_ema_switched_is_a_one_line_error_naming_both_sides(tmp_path):
-    from vitjax import train
-    from vitjax.checkpoints import CheckpointError
+    from vitjax.training import train
+    from vitjax.training.checkpoints import CheckpointError
 
     train.train_and_evaluate(tiny_config(num_steps=1, **{"ema.decay": 0.5}), tmp_path)
     with pytest.raises(

@@ -1,11 +1,11 @@
-"""``benchmarks.fused_attention`` compares three real forward passes of one model on the same weights."""
+"""``benchmarks.studies.fused_attention`` compares three real forward passes of one model on the same weights."""
 
 import numpy as np
 from testutil import skip_module_unless_onednn_kernel_builds
 
 skip_module_unless_onednn_kernel_builds()
 
-from benchmarks.fused_attention import VARIANTS, compile_variants, main  # noqa: E402
+from benchmarks.studies.fused_attention import VARIANTS, compile_variants, main  # noqa: E402
 from vitjax.kernels import onednn  # noqa: E402
 
 

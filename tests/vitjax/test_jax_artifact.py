@@ -174,7 +174,7 @@ def test_a_registered_name_exports_its_pretrained_weights(tmp_path, cache, monke
     """``SRC`` may be a model name: its pretrained weights (here served from 127.0.0.1) are downloaded."""
     from weight_server import serving
 
-    from vitjax.weights import pretrained
+    import vitjax.weights.pretrained as pretrained
 
     name = "DeiT_test_distilled_patch8_32"
     variables = init_variables(name, seed=5)

@@ -16,10 +16,11 @@ import pytest
 from testutil import skip_module_unless_onednn_kernel_builds
 
 import vitjax
-from vitjax.model_init import resolve_matmul
+from vitjax.training.model_init import resolve_matmul
 
 skip_module_unless_onednn_kernel_builds()
 
+from vitjax.kernels import build as kernel_build  # noqa: E402
 from vitjax.kernels import onednn  # noqa: E402
 
 MODEL = "DeiT_test_patch8_32"
@@ -243,39 +244,39 @@ def test_training_steps_with_onednn_matmuls_follow_xla_s_losses(name):
 
 
 def test_library_is_built_once_per_cache_and_a_failed_build_leaves_nothing(tmp_path, monkeypatch):
-    built = onednn.build(tmp_path)
+    built = kernel_build.build(tmp_path)
     assert built.parent.parent == tmp_path and built.stat().st_size > 0
     stamp = built.stat().st_mtime_ns
-    assert onednn.build(tmp_path) == built and built.stat().st_mtime_ns == stamp  # cached, not recompiled
+    assert kernel_build.build(tmp_path) == built and built.stat().st_mtime_ns == stamp  # cached, not recompiled
 
     monkeypatch.setenv("CXX", "/bin/false")  # a compiler that fails: another cache key, a clear error
     with pytest.raises(onednn.KernelUnavailable, match=r"compiling .*onednn_matmul\.cc failed \(/bin/false exit 1\)"):
-        onednn.build(tmp_path / "other")
+        kernel_build.build(tmp_path / "other")
     assert list((tmp_path / "other").iterdir()) == []  # no half-built directory left behind
     monkeypatch.setenv("CXX", str(tmp_path / "no-such-compiler"))
     with pytest.raises(onednn.KernelUnavailable, match="no-such-compiler"):
-        onednn.build(tmp_path / "third")
+        kernel_build.build(tmp_path / "third")
     read_only = tmp_path / "read-only"
     read_only.mkdir(mode=0o500)
     monkeypatch.delenv("CXX")
     if os.geteuid() != 0:  # root writes anywhere
         with pytest.raises(onednn.KernelUnavailable, match="cannot build the kernel in .*read-only"):
-            onednn.build(read_only / "kernels")
+            kernel_build.build(read_only / "kernels")
 
 
 def test_kernel_links_a_private_copy_of_onednn_so_paddles_can_load_beside_it(tmp_path):
     """Paddle ships its own libdnnl.so.3; one soname would make the two share a library."""
-    library = onednn.build(tmp_path)
+    library = kernel_build.build(tmp_path)
     needed = subprocess.run(["readelf", "-d", str(library)], capture_output=True, text=True, check=True).stdout
-    assert f"[{onednn.PRIVATE_SONAME}]" in needed and "[libdnnl.so.3]" not in needed
+    assert f"[{kernel_build.PRIVATE_SONAME}]" in needed and "[libdnnl.so.3]" not in needed
     private = subprocess.run(
-        ["readelf", "-d", str(library.parent / onednn.PRIVATE_SONAME)], capture_output=True, text=True, check=True
+        ["readelf", "-d", str(library.parent / kernel_build.PRIVATE_SONAME)], capture_output=True, text=True, check=True
     ).stdout
-    assert f"Library soname: [{onednn.PRIVATE_SONAME}]" in private
+    assert f"Library soname: [{kernel_build.PRIVATE_SONAME}]" in private
     # both load in one process, ours first, then a library of the public soname (as `import paddle` does)
     script = (
         f"import ctypes; k = ctypes.CDLL({str(library)!r}); "
-        f"p = ctypes.CDLL({str(onednn.onednn_paths()[1])!r}); "
+        f"p = ctypes.CDLL({str(kernel_build.onednn_paths()[1])!r}); "
         "print(k.VitjaxOnednnVersion(), p.dnnl_version is not None)"
     )
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
@@ -286,7 +287,7 @@ def test_missing_runtime_names_the_extra_to_install():
     with pytest.raises(
         onednn.KernelUnavailable, match=r"not-a-onednn-dist is not installed: pip install 'vitjax\[cpu-kernels\]'"
     ):
-        onednn._dist_file("not-a-onednn-dist", "libdnnl.so")
+        kernel_build._dist_file("not-a-onednn-dist", "libdnnl.so")
 
 
 @pytest.mark.skipif(jax.default_backend() != "cpu", reason="auto picks oneDNN on a CPU only")

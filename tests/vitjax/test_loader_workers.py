@@ -85,7 +85,7 @@ def test_worker_options_are_checked(tmp_path):
 def test_training_with_process_workers_takes_the_same_steps_as_with_threads(tmp_path):
     from test_train import assert_params_close, final_params, tiny_config
 
-    from vitjax import train
+    from vitjax.training import train
 
     for kind in ("threads", "processes"):
         train.train_and_evaluate(

@@ -21,9 +21,9 @@ from flax.traverse_util import flatten_dict
 from weight_server import closed_port, serving
 
 import vitjax
-from vitjax import checkpoints, train
-from vitjax.configlib import base_config
-from vitjax.weights import DownloadError, download_pretrained, list_pretrained, load_pretrained, register_pretrained
+from vitjax import DownloadError, download_pretrained, list_pretrained, load_pretrained, register_pretrained
+from vitjax.training import checkpoints, train
+from vitjax.training.config import base_config
 from vitjax.weights.download import OfflineError
 
 TEST_MODEL = "DeiT_test_patch8_32"

@@ -17,9 +17,9 @@ import pytest
 from flax.traverse_util import flatten_dict
 
 import vitjax
-from vitjax import checkpoints, train
-from vitjax.configlib import base_config
-from vitjax.monitoring import InputWaitMeter, LossCheck
+from vitjax.training import checkpoints, train
+from vitjax.training.config import base_config
+from vitjax.training.monitoring import InputWaitMeter, LossCheck
 
 REPO = Path(__file__).resolve().parents[2]
 SUBPROCESS_ENV = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=8", "TF_CPP_MIN_LOG_LEVEL": "3"}
@@ -138,7 +138,7 @@ def test_one_device_run_on_onednn_matmuls_trains_like_xla_and_auto_keeps_xla_on_
 def test_sharding_rules_place_parameters_as_the_strategy_says():
     from jax.sharding import PartitionSpec as P
 
-    from vitjax import sharding
+    from vitjax.training import sharding
 
     exp = train.Experiment(
         tiny_config(**{"mesh.data": 2, "mesh.model": 4, "sharding.strategy": "fsdp_tp"}), "/tmp/unused"
@@ -160,7 +160,7 @@ def test_optimizer_state_is_sharded_like_its_parameters():
     import optax
     from jax.sharding import PartitionSpec as P
 
-    from vitjax import sharding
+    from vitjax.training import sharding
 
     exp = train.Experiment(
         tiny_config(**{"mesh.data": 2, "mesh.model": 4, "sharding.strategy": "fsdp_tp"}), "/tmp/unused"

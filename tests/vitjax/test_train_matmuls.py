@@ -1,9 +1,9 @@
-"""``benchmarks.train_matmuls`` times the training step's real matmul forms, and both libraries compute them."""
+"""``benchmarks.studies.train_matmuls`` times the training step's real matmul forms, and both libraries compute them."""
 
 import numpy as np
 import pytest
 
-from benchmarks.train_matmuls import _operands, jax_call, step_matmuls
+from benchmarks.studies.train_matmuls import _operands, jax_call, step_matmuls
 
 
 def test_the_forms_are_the_blocks_matmuls_at_the_models_shapes():
@@ -32,7 +32,7 @@ def test_the_forms_are_the_blocks_matmuls_at_the_models_shapes():
 @pytest.mark.parametrize("bf16", [False, True], ids=["fp32", "bf16"])
 def test_xla_and_pytorch_calls_compute_the_same_products(bf16):
     torch = pytest.importorskip("torch")
-    from benchmarks.train_matmuls import torch_call
+    from benchmarks.studies.train_matmuls import torch_call
 
     rng = np.random.RandomState(0)
     for form in step_matmuls("DeiT_test_patch8_32", 2):
@@ -51,7 +51,7 @@ def test_the_onednn_custom_call_computes_every_form():
 
     if not onednn.available():
         pytest.skip(onednn.unavailable_reason())
-    from benchmarks.train_matmuls import onednn_call
+    from benchmarks.studies.train_matmuls import onednn_call
 
     rng = np.random.RandomState(1)
     for form in step_matmuls("TNT_test_patch16_32", 2) + step_matmuls("DeiT_test_patch8_32", 2):

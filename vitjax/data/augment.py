@@ -4,7 +4,7 @@ Every function takes a ``numpy.random.Generator`` so that the augmentation of an
 example depends only on (seed, position in the data stream): a resumed run sees
 exactly the images an uninterrupted run would have seen.
 
-Mixup/CutMix act on whole batches and live in :mod:`vitjax.train` (on device).
+Mixup/CutMix act on whole batches and live in :mod:`vitjax.training.train` (on device).
 """
 
 from __future__ import annotations

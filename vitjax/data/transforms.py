@@ -15,7 +15,7 @@ import warnings
 import numpy as np
 from PIL import Image, ImageOps
 
-from vitjax.models.registry import EvalTransform
+from vitjax.eval_transform import EvalTransform
 
 _PIL_RESAMPLE = {
     "nearest": Image.NEAREST,

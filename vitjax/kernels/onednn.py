@@ -1,7 +1,7 @@
 """oneDNN's fp32 matmul inside jitted JAX code on the CPU (an XLA FFI custom call).
 
 On the CPU, XLA's own matmul kernels reach 0.44-0.8x PyTorch's (oneDNN) at most of the shapes of
-a DeiT training step, and this kernel 1.1-1.2x (``python -m benchmarks.train_matmuls``): XLA copies
+a DeiT training step, and this kernel 1.1-1.2x (``python -m benchmarks.studies.train_matmuls``): XLA copies
 the transposed operand of a weight gradient ``x^T g`` where oneDNN reads it in place, and its
 batched attention matmuls run at 75-100 GFLOP/s against oneDNN's ~200. This module gives the
 models oneDNN's matmul instead (``model.matmul="onednn"``):
@@ -17,7 +17,7 @@ models oneDNN's matmul instead (``model.matmul="onednn"``):
 * :func:`load` / :func:`available`: the kernel library is compiled on first use (a C++ compiler
   and the ``cpu-kernels`` extra: ``pip install 'vitjax[cpu-kernels]'``) into
   ``$VITJAX_CACHE/kernels``, one directory per source, jaxlib, oneDNN, compiler and machine
-  (:func:`build`).
+  (:mod:`vitjax.kernels.build`).
 
 The custom VJPs give reverse-mode gradients only (``jax.jvp`` through a oneDNN layer is an error;
 use ``model.matmul="xla"`` for forward-mode). A model built with ``matmul="onednn"`` needs the
@@ -32,17 +32,8 @@ beside XLA's threads and no more threads are busy than XLA has.
 
 from __future__ import annotations
 
-import ctypes
 import functools
-import hashlib
-import importlib.metadata
 import math
-import os
-import platform
-import shlex
-import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import jax
@@ -50,157 +41,15 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
+from vitjax.kernels.build import KernelUnavailable, build, open_library
+
 TARGET = "vitjax_onednn_matmul"
 ATTENTION_TARGET = "vitjax_onednn_attention"
-CXXFLAGS = ("-O2", "-std=c++17", "-shared", "-fPIC", "-pthread", "-fopenmp")
-LIBRARY_NAME = "onednn_matmul.so"
-PUBLIC_SONAME = b"libdnnl.so.3"
-PRIVATE_SONAME = "libvjdn.so.3"  # same length as PUBLIC_SONAME
-COMPILE_TIMEOUT_S = 300
-SOURCE = Path(__file__).with_name("onednn_matmul.cc")
-EXTRA_HINT = "pip install 'vitjax[cpu-kernels]' (oneDNN's runtime and headers) and a C++ compiler (g++)"
-RUNTIME_DISTS = ("onednn-cpu-gomp", "onednn-devel-cpu-gomp")
-
-
-class KernelUnavailable(RuntimeError):
-    """The oneDNN kernel cannot be built or loaded here; the message says why and what to install."""
-
-
-def _dist_file(dist: str, suffix: str) -> Path:
-    """The installed file of distribution ``dist`` whose path ends with ``suffix``."""
-    try:
-        files = importlib.metadata.files(dist) or []
-    except importlib.metadata.PackageNotFoundError:
-        raise KernelUnavailable(f"{dist} is not installed: {EXTRA_HINT}") from None
-    for f in files:
-        if ("/" + str(f).replace("\\", "/")).endswith("/" + suffix):
-            return Path(f.locate()).resolve()
-    raise KernelUnavailable(f"{dist} is installed but has no file ending in {suffix!r}: reinstall it ({EXTRA_HINT})")
-
-
-def onednn_paths() -> tuple[Path, Path]:
-    """``(include_dir, libdnnl.so)`` of the installed oneDNN (the ``cpu-kernels`` extra)."""
-    lib = _dist_file(RUNTIME_DISTS[0], "libdnnl.so")
-    header = _dist_file(RUNTIME_DISTS[1], "include/oneapi/dnnl/dnnl.hpp")
-    return header.parents[2], lib
-
-
-def _compiler() -> list[str]:
-    """The C++ compiler command (``$CXX`` may carry a launcher: ``ccache g++``)."""
-    command = shlex.split(os.environ.get("CXX", "")) or [shutil.which("c++") or shutil.which("g++") or ""]
-    if not command[0]:
-        raise KernelUnavailable(f"no C++ compiler found (set CXX, or install g++) to build {SOURCE.name}: {EXTRA_HINT}")
-    return command
-
-
-def _build_key(include_dir: Path, libdnnl: Path, compiler: list[str]) -> str:
-    """One key per source, jaxlib, oneDNN (version and location), compiler, flags and machine."""
-    key = hashlib.sha256()
-    key.update(SOURCE.read_bytes())
-    for dist in ("jaxlib", *RUNTIME_DISTS):
-        key.update(f"{dist}={importlib.metadata.version(dist)};".encode())
-    for part in (*compiler, *CXXFLAGS, str(include_dir), str(libdnnl), jax.ffi.include_dir(), platform.machine()):
-        key.update(f"{part};".encode())
-    return key.hexdigest()[:16]
-
-
-def private_onednn_copy(libdnnl: Path, out: Path) -> None:
-    """Writes ``libdnnl`` to ``out`` with the soname ``out.name`` (same length as ``libdnnl.so.3``).
-
-    Paddle ships its own ``libdnnl.so.3`` (another oneDNN 3.x release). The dynamic linker loads
-    one library per soname: whichever of the two came first would serve both, and Paddle's
-    libraries need symbols that older releases lack (``import paddle`` after our kernel fails).
-    Under its own soname our copy loads beside Paddle's, in either order.
-    """
-    data = libdnnl.read_bytes()
-    soname, private = PUBLIC_SONAME + b"\0", out.name.encode() + b"\0"
-    if len(private) != len(soname):
-        raise ValueError(f"private soname {out.name!r} must be {len(soname) - 1} bytes long")
-    if data.count(soname) != 1:
-        raise KernelUnavailable(
-            f"{libdnnl}: expected its soname {PUBLIC_SONAME.decode()} once, found {data.count(soname)} times"
-        )
-    out.write_bytes(data.replace(soname, private))
-
-
-def build(cache_dir: Path | None = None) -> Path:
-    """Compiles the kernel library unless it is already in the cache; returns its path.
-
-    The directory holds the kernel and a private copy of oneDNN it links to (see
-    :func:`private_onednn_copy`); it appears complete or not at all."""
-    include_dir, libdnnl = onednn_paths()
-    compiler = _compiler()
-    if cache_dir is None:
-        from vitjax.weights.download import cache_root
-
-        cache_dir = cache_root() / "kernels"
-    target = Path(cache_dir) / f"onednn-{_build_key(include_dir, libdnnl, compiler)}"
-    library = target / LIBRARY_NAME
-    if library.exists():
-        return library
-    from vitjax.files import atomic_directory
-
-    try:
-        target.parent.mkdir(parents=True, exist_ok=True)
-        with atomic_directory(target) as tmp:
-            private_onednn_copy(libdnnl, tmp / PRIVATE_SONAME)
-            command = [
-                *compiler,
-                *CXXFLAGS,
-                f"-I{jax.ffi.include_dir()}",
-                f"-I{include_dir}",
-                str(SOURCE),
-                f"-L{tmp}",
-                f"-l:{PRIVATE_SONAME}",
-                "-Wl,-rpath,$ORIGIN",
-                "-o",
-                str(tmp / LIBRARY_NAME),
-            ]
-            try:
-                done = subprocess.run(command, capture_output=True, text=True, timeout=COMPILE_TIMEOUT_S)
-            except OSError as e:
-                raise KernelUnavailable(
-                    f"cannot run the C++ compiler {command[0]} ({e.strerror}) to build {SOURCE.name}: {EXTRA_HINT}"
-                ) from None
-            except subprocess.TimeoutExpired:
-                raise KernelUnavailable(f"compiling {SOURCE} took over {COMPILE_TIMEOUT_S} s; gave up") from None
-            if done.returncode != 0:
-                tail = "\n".join(done.stderr.strip().splitlines()[-15:])
-                raise KernelUnavailable(f"compiling {SOURCE} failed ({command[0]} exit {done.returncode}):\n{tail}")
-    except OSError as e:  # the cache directory is not writable, the disk is full, ...
-        raise KernelUnavailable(f"cannot build the kernel in {target.parent}: {e}") from None
-    return library
-
-
-def _so_version() -> tuple[int, int]:
-    """The installed oneDNN's major and minor version, from its library's file names (``libdnnl.so.3.2``)."""
-    versions = []
-    for f in importlib.metadata.files(RUNTIME_DISTS[0]) or []:
-        name = Path(str(f)).name
-        parts = name[len("libdnnl.so.") :].split(".")
-        if name.startswith("libdnnl.so.") and all(p.isdigit() for p in parts):
-            versions.append(tuple(int(p) for p in parts))
-    longest = max(versions, key=len, default=())
-    if len(longest) < 2:
-        raise KernelUnavailable(f"{RUNTIME_DISTS[0]} has no libdnnl.so.MAJOR.MINOR: reinstall it ({EXTRA_HINT})")
-    return longest[0], longest[1]
 
 
 def _load() -> Path:
-    if sys.platform != "linux":
-        raise KernelUnavailable(f"the oneDNN kernel is built for Linux only (this is {sys.platform})")
     path = build()
-    try:
-        library = ctypes.CDLL(str(path))
-    except OSError as e:
-        raise KernelUnavailable(f"loading {path} failed ({e}); delete {path.parent} to rebuild") from None
-    running = library.VitjaxOnednnVersion()
-    expected = _so_version()
-    if (running // 10000, running // 100 % 100) != expected:
-        raise KernelUnavailable(
-            f"{path} runs oneDNN {running // 10000}.{running // 100 % 100}, not the installed "
-            f"{expected[0]}.{expected[1]}: another oneDNN took its symbols in this process"
-        )
+    library = open_library(path)
     jax.ffi.register_ffi_target(TARGET, jax.ffi.pycapsule(library.VitjaxOnednnMatmul), platform="cpu")
     jax.ffi.register_ffi_target(ATTENTION_TARGET, jax.ffi.pycapsule(library.VitjaxOnednnAttention), platform="cpu")
     return path

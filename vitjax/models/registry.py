@@ -12,25 +12,9 @@ from collections.abc import Callable
 import flax.linen as nn
 import jax.numpy as jnp
 
+from vitjax.eval_transform import EvalTransform
 from vitjax.models.deit import DeiT, DeiTArch
 from vitjax.models.tnt import TNT, TNTArch
-
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
-
-
-@dataclasses.dataclass(frozen=True)
-class EvalTransform:
-    """PaddleClas's eval pipeline: resize the short side (PIL), center crop, normalize.
-
-    ``mean``/``std`` apply to pixel values scaled to [0, 1].
-    """
-
-    resize_short: int
-    crop_size: int
-    interpolation: str = "bicubic"
-    mean: tuple[float, float, float] = IMAGENET_MEAN
-    std: tuple[float, float, float] = IMAGENET_STD
 
 
 @dataclasses.dataclass(frozen=True)

@@ -3,7 +3,7 @@
 The machinery behind :mod:`vitjax.weights.pretrained` (and ``interop``'s inference-model
 downloads), with nothing PaddleClas-specific in it:
 
-* :func:`cache_root`: ``$VITJAX_CACHE``, else the platform's user cache directory.
+* :func:`vitjax.files.cache_root`: ``$VITJAX_CACHE``, else the platform's user cache directory.
 * :func:`download_to_part`: streams a URL into ``<dest>.part``, resuming an existing
   ``.part`` with an HTTP ``Range`` request (or starting over when the server ignores
   it), with timeouts, a few retries with exponential back-off, and a progress bar.
@@ -66,19 +66,6 @@ class OfflineError(DownloadError):
 
 def is_offline() -> bool:
     return os.environ.get("VITJAX_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on")
-
-
-def cache_root() -> Path:
-    """``$VITJAX_CACHE``, else ``~/.cache/vitjax`` (``$XDG_CACHE_HOME``), ``~/Library/Caches/vitjax``
-    on macOS, ``%LOCALAPPDATA%\\vitjax\\Cache`` on Windows."""
-    if os.environ.get("VITJAX_CACHE"):
-        return Path(os.environ["VITJAX_CACHE"]).expanduser()
-    if sys.platform == "win32":
-        base = os.environ.get("LOCALAPPDATA") or str(Path.home() / "AppData" / "Local")
-        return Path(base) / "vitjax" / "Cache"
-    if sys.platform == "darwin":
-        return Path.home() / "Library" / "Caches" / "vitjax"
-    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "vitjax"
 
 
 # --- SHA-256 sidecars -----------------------------------------------------------------------

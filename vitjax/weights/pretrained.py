@@ -24,6 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
+from vitjax.files import cache_root
 from vitjax.models.registry import get_spec, list_models
 from vitjax.weights.convert import (
     HeadPolicy,
@@ -38,7 +39,6 @@ from vitjax.weights.download import (
     DEFAULT_TIMEOUT,
     DownloadError,
     OfflineError,
-    cache_root,
     digest_sidecar,
     fetch_cached,
 )

@@ -1,0 +1,72 @@
+"""Modules that moved, still importable under their old names (with a ``DeprecationWarning``).
+
+The training program's modules lived at ``vitjax``'s root until they became :mod:`vitjax.training`;
+a config file or script written before (``from vitjax.configlib import imagenet_config``,
+``from vitjax import train``) keeps working and is told the new name.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.abc
+import importlib.machinery
+import sys
+import warnings
+from types import ModuleType
+
+MOVED_MODULES = {
+    **{
+        name: f"vitjax.training.{name}"
+        for name in (
+            "checkpoints",
+            "default_config",
+            "evaluation",
+            "experiment",
+            "mixing",
+            "model_init",
+            "monitoring",
+            "optim",
+            "preemption",
+            "reporting",
+            "sharding",
+            "steps",
+            "train",
+        )
+    },
+    "configlib": "vitjax.training.config",
+}
+
+
+def _warn(old: str, new: str, stacklevel: int) -> None:
+    warnings.warn(f"{old} moved to {new}; import it from there", DeprecationWarning, stacklevel=stacklevel + 1)
+
+
+class _MovedModuleLoader(importlib.abc.Loader):
+    def __init__(self, old: str, new: str) -> None:
+        self.old, self.new = old, new
+
+    def create_module(self, spec: importlib.machinery.ModuleSpec) -> ModuleType:
+        _warn(self.old, self.new, stacklevel=2)
+        return importlib.import_module(self.new)  # the old name becomes an alias of the new module
+
+    def exec_module(self, module: ModuleType) -> None:
+        pass  # already executed under its new name
+
+
+class _MovedModuleFinder(importlib.abc.MetaPathFinder):
+    def find_spec(self, fullname: str, path=None, target=None) -> importlib.machinery.ModuleSpec | None:
+        prefix, _, name = fullname.rpartition(".")
+        if prefix != "vitjax" or name not in MOVED_MODULES:
+            return None
+        return importlib.machinery.ModuleSpec(fullname, _MovedModuleLoader(fullname, MOVED_MODULES[name]))
+
+
+def install_moved_module_finder() -> None:
+    if not any(isinstance(finder, _MovedModuleFinder) for finder in sys.meta_path):
+        sys.meta_path.append(_MovedModuleFinder())
+
+
+def moved_module(name: str) -> ModuleType:
+    """``vitjax.<name>`` for a moved module: the module at its new place, with the warning."""
+    _warn(f"vitjax.{name}", MOVED_MODULES[name], stacklevel=3)
+    return importlib.import_module(MOVED_MODULES[name])
