@@ -33,8 +33,12 @@ PYTEST_ARGS ?=
 # training and benchmarks: under glibc's malloc XLA's CPU backend page-faults its per-step
 # temporary buffer on every step (vitjax/hostmem.py; docs/performance.md).
 TCMALLOC ?= $(firstword $(wildcard /usr/lib/x86_64-linux-gnu/libtcmalloc_minimal.so.4 /usr/lib/aarch64-linux-gnu/libtcmalloc_minimal.so.4 /usr/lib64/libtcmalloc_minimal.so.4))
+# Tests run in TEST_WORKERS processes (pytest-xdist), each taking a whole test file at a time so a
+# file's fixtures are built once; most tests keep one core busy, so two workers use both of a 2-core
+# machine. TEST_WORKERS=0 runs them in this process.
+TEST_WORKERS ?= 2
 # pytest exits 5 when a selection (-k) matches nothing in one of the two trees: that is not a failure.
-PYTEST = $(1) -m pytest -q $(2) $(PYTEST_ARGS) || [ $$? -eq 5 ]
+PYTEST = $(1) -m pytest -q $(if $(filter-out 0,$(TEST_WORKERS)),-n $(TEST_WORKERS) --dist loadfile) $(2) $(PYTEST_ARGS) || [ $$? -eq 5 ]
 
 .PHONY: lint setup setup-core run test test-fast test-core bench docs lock
 

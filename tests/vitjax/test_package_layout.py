@@ -163,3 +163,26 @@ def test_serving_a_portable_artifact_loads_no_model_code():
         "print(name, logits.shape, sorted(m for m in ('vitjax.models', 'flax', 'paddle', 'tensorflow') if m in sys.modules))"
     )
     assert out.strip() == "DeiT_test_patch8_32 (2, 10) []"
+
+
+def api_reference_members(package: str) -> set[str]:
+    """The names docs/api.md lists under ``::: <package>``."""
+    text = (REPO / "docs" / "api.md").read_text()
+    block = text.split(f"::: {package}\n", 1)[1].split(":::", 1)[0].split("\n## ", 1)[0]
+    return {line.strip()[2:] for line in block.splitlines() if line.strip().startswith("- ")}
+
+
+def test_the_api_reference_lists_every_public_name():
+    import interop
+
+    assert api_reference_members("vitjax") == set(vitjax.__all__)
+    assert api_reference_members("interop") == set(interop.__all__)
+
+
+@pytest.mark.parametrize("name", ["fused_attention", "thread_pinning", "train_matmuls", "train_step_control"])
+def test_a_moved_benchmark_still_runs_under_its_old_command_and_says_where_it_went(name):
+    done = subprocess.run(
+        [sys.executable, "-m", f"benchmarks.{name}", "--help"], capture_output=True, text=True, cwd=REPO, timeout=300
+    )
+    assert done.returncode == 0, done.stderr
+    assert f"benchmarks.{name} moved to benchmarks.studies.{name}" in done.stderr and "usage:" in done.stdout
