@@ -82,6 +82,10 @@ def keep_freed_memory() -> bool:
     this very reason), off glibc, or when ``VITJAX_MALLOC=system``. Call it before the first large
     allocation you want kept and before JAX starts its threads (threads that already have an
     arena keep it; blocks already ``mmap``-ed are returned to the system when freed).
+
+    The three settings are applied in turn; should glibc refuse one (it accepts all three on every
+    release we know), the ones before it stay in effect, since glibc cannot restore its dynamic
+    thresholds, and the call returns False.
     """
     global _applied
     if _applied:

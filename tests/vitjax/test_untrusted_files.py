@@ -360,6 +360,29 @@ def test_a_good_archive_still_extracts(tmp_path):
     assert (tmp_path / "out/m/a.bin").read_bytes() == b"a" * 3000
 
 
+def test_a_target_that_cannot_be_written_is_our_error_not_the_archives(tmp_path):
+    """A full disk while extracting (a file-size limit set in a child process: EFBIG, as a real
+    write fails) is an OSError naming the target file, and the half-written file is removed."""
+    archive = tmp_path / "ok.tar.gz"
+    archive.write_bytes(_tar_bytes([("m/small.txt", b"s"), ("m/big.bin", b"b" * 200_000)]))
+    target = tmp_path / "out"
+    target.mkdir()
+    code = (
+        "import resource, signal, sys\n"
+        "from vitjax.weights.download import TargetWriteError, UnsafeArchiveError, safe_extract_tar\n"
+        "signal.signal(signal.SIGXFSZ, signal.SIG_IGN)\n"
+        "resource.setrlimit(resource.RLIMIT_FSIZE, (100_000, resource.RLIM_INFINITY))\n"
+        "try:\n"
+        f"    safe_extract_tar({str(archive)!r}, {str(target)!r})\n"
+        "except TargetWriteError as e:\n"
+        "    print('target', isinstance(e, OSError) and not isinstance(e, UnsafeArchiveError), e)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith(f"target True cannot write {target / 'm' / 'big.bin'}: File too large"), done.stdout
+    assert list(target.iterdir()) == [], "a failed extraction left files behind"
+
+
 # -- the fuzz suite ------------------------------------------------------------------------------
 @pytest.mark.parametrize("reader", ["pdparams", "tar"])
 def test_seeded_fuzz_campaign_finds_nothing(reader):

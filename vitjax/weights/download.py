@@ -534,7 +534,10 @@ def safe_extract_tar(
     for more than ``MAX_TAR_READ`` bytes at once raise it too, and whatever was written by then
     is removed: the target holds the whole archive or nothing new. File modes and owners in the
     archive are ignored. Memory stays bounded (reads of at most ``MAX_TAR_READ``) and so does
-    time (at most ``max_bytes`` decompressed, plus headers).
+    time: the decompressed stream is read at most twice over (the checks, then the extraction),
+    ``2 * max_bytes + (max_members + 2) * MAX_TAR_READ`` bytes in all, headers included.
+    A failure to write the target (a full disk, no permission) is an ``OSError`` naming the
+    target file, not the archive's fault; it too leaves nothing new behind.
     """
     archive, target = Path(archive), Path(target)
     written: list[Path] = []
@@ -543,7 +546,7 @@ def safe_extract_tar(
         with stream, tarfile.open(fileobj=stream, mode="r:") as tar:
             members = _checked_members(archive, tar, max_members, max_bytes)
             return _extract_members(archive, tar, members, target, written)
-    except UnsafeArchiveError:
+    except (UnsafeArchiveError, TargetWriteError):
         _remove_written(written)
         raise
     except _ARCHIVE_ERRORS as e:
@@ -580,14 +583,28 @@ def _extract_members(archive: Path, tar: tarfile.TarFile, members, target: Path,
             _make_dirs(path if member.isdir() else path.parent, written)
             if member.isdir():
                 continue
-            source = tar.extractfile(member)
-            with source, open(path, "xb") as out:
-                written.append(path)
-                shutil.copyfileobj(source, out, CHUNK)
+            out = open(path, "xb")
         except (FileExistsError, NotADirectoryError, IsADirectoryError):
             raise UnsafeArchiveError(f"{archive}: member {member.name!r} collides with another member") from None
+        except OSError as e:  # a full disk, no permission: our side, not the archive's
+            raise TargetWriteError(f"cannot write {e.filename or path}: {e.strerror or e}") from None
+        written.append(path)
+        with tar.extractfile(member) as source, out:
+            while chunk := source.read(CHUNK):  # a damaged archive raises here: the archive's fault
+                _write(out, chunk, path)
         files.append(path)
     return files
+
+
+class TargetWriteError(OSError):
+    """Extracting an archive failed on our side (the target's disk or permissions), not the archive's."""
+
+
+def _write(out, chunk: bytes, path: Path) -> None:
+    try:
+        out.write(chunk)
+    except OSError as e:
+        raise TargetWriteError(f"cannot write {path}: {e.strerror or e}") from None
 
 
 def _make_dirs(directory: Path, written: list[Path]) -> None:
