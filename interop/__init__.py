@@ -11,9 +11,10 @@ from :class:`InteropError` (:mod:`interop.errors`); those of the weights layer b
 
 from __future__ import annotations
 
-import importlib
 import warnings
 from typing import TYPE_CHECKING, Any
+
+from vitjax._lazy import lazy_exports
 
 # Public name -> the module that defines it.
 _PUBLIC = {
@@ -43,21 +44,16 @@ _MOVED_TO_VITJAX = (
 __all__ = sorted(_PUBLIC)
 
 
-def __getattr__(name: str) -> Any:
-    if name in _PUBLIC:
-        value = getattr(importlib.import_module(_PUBLIC[name]), name)
-        globals()[name] = value
-        return value
-    if name in _MOVED_TO_VITJAX:
-        warnings.warn(f"interop.{name} is vitjax.{name} (no Paddle needed); use that", DeprecationWarning, stacklevel=2)
-        import vitjax
+def _moved_to_vitjax(name: str) -> Any:
+    if name not in _MOVED_TO_VITJAX:
+        raise AttributeError(f"module 'interop' has no attribute {name!r}")
+    warnings.warn(f"interop.{name} is vitjax.{name} (no Paddle needed); use that", DeprecationWarning, stacklevel=3)
+    import vitjax
 
-        return getattr(vitjax, name)
-    raise AttributeError(f"module 'interop' has no attribute {name!r}")
+    return getattr(vitjax, name)
 
 
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(_PUBLIC))
+__getattr__, __dir__ = lazy_exports(globals(), _PUBLIC, fallback=_moved_to_vitjax)
 
 
 if TYPE_CHECKING:

@@ -7,9 +7,9 @@ the training program lives in :mod:`vitjax.training` and runs as ``python -m vit
 
 from __future__ import annotations
 
-import importlib
 from typing import TYPE_CHECKING, Any
 
+from vitjax._lazy import lazy_exports
 from vitjax._moved import MOVED_MODULES, install_moved_module_finder, moved_module
 
 __version__ = "0.1.0"
@@ -52,20 +52,15 @@ __all__ = sorted(_PUBLIC)
 install_moved_module_finder()
 
 
-def __getattr__(name: str) -> Any:
-    if name in _PUBLIC:
-        value = getattr(importlib.import_module(_PUBLIC[name]), name)
-        globals()[name] = value  # later lookups skip this function
-        return value
-    if name in MOVED_MODULES:  # `from vitjax import train` written before the training/ subpackage
-        module = moved_module(name)
-        globals()[name] = module  # warned once
-        return module
-    raise AttributeError(f"module 'vitjax' has no attribute {name!r}")
+def _moved_module(name: str) -> Any:
+    if name not in MOVED_MODULES:  # `from vitjax import train` written before the training/ subpackage
+        raise AttributeError(f"module 'vitjax' has no attribute {name!r}")
+    module = moved_module(name)
+    globals()[name] = module  # warned once
+    return module
 
 
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(_PUBLIC))
+__getattr__, __dir__ = lazy_exports(globals(), _PUBLIC, fallback=_moved_module)
 
 
 if TYPE_CHECKING:  # for type checkers and the API reference; at run time names load on first use

@@ -68,5 +68,6 @@ def install_moved_module_finder() -> None:
 
 def moved_module(name: str) -> ModuleType:
     """``vitjax.<name>`` for a moved module: the module at its new place, with the warning."""
-    _warn(f"vitjax.{name}", MOVED_MODULES[name], stacklevel=3)
+    # stacklevel: this function, the package's fallback, its __getattr__ (vitjax._lazy), then the importing line
+    _warn(f"vitjax.{name}", MOVED_MODULES[name], stacklevel=4)
     return importlib.import_module(MOVED_MODULES[name])

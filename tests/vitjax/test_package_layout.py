@@ -15,7 +15,7 @@ REPO = Path(__file__).resolve().parents[2]
 
 # vitjax's layers, lowest first: a module may import its own layer and the layers below it.
 LAYERS = [
-    {"vitjax.files", "vitjax.hostmem", "vitjax.cpu_threads", "vitjax.eval_transform", "vitjax._moved"},
+    {"vitjax.files", "vitjax.hostmem", "vitjax.cpu_threads", "vitjax.eval_transform", "vitjax._moved", "vitjax._lazy"},
     {"vitjax.kernels"},
     {"vitjax.models"},
     {"vitjax.weights", "vitjax.data"},
@@ -72,6 +72,7 @@ def test_the_root_holds_the_entry_points_and_base_helpers_only():
     root = sorted(p.name for p in (REPO / "vitjax").glob("*.py"))
     assert root == [
         "__init__.py",
+        "_lazy.py",
         "_moved.py",
         "cpu_threads.py",
         "eval_transform.py",
