@@ -66,7 +66,6 @@ def _log(message: str) -> None:
 
 def prepare_model(source: str | None, model_name: str, work: Path) -> tuple[Path, str]:
     """An exported inference dir (with ``inference.onnx``) for ``source``; random ``model_name`` weights when None."""
-    import interop
 
     if source is None:
         import jax
@@ -78,7 +77,7 @@ def prepare_model(source: str | None, model_name: str, work: Path) -> tuple[Path
             jax.random.key(0), np.zeros((1, size, size, 3), np.float32)
         )
         source_path = work / f"{model_name}_random.pdparams"
-        interop.save_pdparams(variables, model_name, source_path)
+        vitjax.save_pdparams(variables, model_name, source_path)
         described = f"{model_name}, random weights saved as PaddleClas .pdparams"
     else:
         source_path, described = Path(source), source
@@ -275,53 +274,25 @@ class ServerProcess:
         return code
 
 
+def _common_flags(model_dir: Path, args, port: int) -> list[str]:
+    """What both servers get: the model, backend, port, engine threads and batching."""
+    flags = [str(model_dir), "--backend", args.backend, "--port", str(port), "--threads", str(args.threads)]
+    return flags + ["--max-batch-size", str(args.max_batch_size), "--max-wait-ms", str(args.max_wait_ms)]
+
+
 def start_ours(model_dir: Path, args, log: Path) -> ServerProcess:
     port = free_port()
-    command = [
-        sys.executable,
-        "-m",
-        "interop",
-        "serve",
-        str(model_dir),
-        "--backend",
-        args.backend,
-        "--port",
-        str(port),
-        "--threads",
-        str(args.threads),
-        "--max-batch-size",
-        str(args.max_batch_size),
-        "--max-wait-ms",
-        str(args.max_wait_ms),
-        "--max-concurrency",
-        str(max(128, 2 * args.clients)),
-        "--log-level",
-        "warning",
-    ]
+    command = [sys.executable, "-m", "interop", "serve", *_common_flags(model_dir, args, port)]
+    if args.decode_wait_ms is not None:
+        command += ["--decode-wait-ms", str(args.decode_wait_ms)]
+    command += ["--max-concurrency", str(max(128, 2 * args.clients)), "--log-level", "warning"]
     return ServerProcess(command, port, "/classify", "/ready", dict(os.environ), log)
 
 
 def start_litserve(model_dir: Path, args, log: Path, batch_log: Path) -> ServerProcess:
     port = free_port()
-    command = [
-        sys.executable,
-        "-m",
-        "benchmarks.serve_load",
-        "--litserve-child",
-        str(model_dir),
-        "--backend",
-        args.backend,
-        "--port",
-        str(port),
-        "--threads",
-        str(args.threads),
-        "--max-batch-size",
-        str(args.max_batch_size),
-        "--max-wait-ms",
-        str(args.max_wait_ms),
-        "--batch-log",
-        str(batch_log),
-    ]
+    command = [sys.executable, "-m", "benchmarks.serve_load", "--litserve-child", *_common_flags(model_dir, args, port)]
+    command += ["--batch-log", str(batch_log)]
     env = {
         **os.environ,
         "PYTHONPATH": os.pathsep.join(
@@ -496,11 +467,16 @@ def _ms(x) -> str:
     return "n/a" if x is None else f"{x:.1f}"
 
 
-def _batches(counts: dict) -> str:
-    if not counts:
-        return "n/a"
+def mean_batch(counts: dict) -> float | None:
+    """The mean batch size from ``{size: batches}`` (None when no batch ran)."""
     total = sum(counts.values())
-    mean = sum(int(k) * v for k, v in counts.items()) / total
+    return sum(int(k) * v for k, v in counts.items()) / total if total else None
+
+
+def _batches(counts: dict) -> str:
+    mean = mean_batch(counts or {})
+    if mean is None:
+        return "n/a"
     return f"mean {mean:.2f}: " + ", ".join(f"{k}: {v}" for k, v in sorted(counts.items(), key=lambda kv: int(kv[0])))
 
 
@@ -512,7 +488,8 @@ def render_markdown(report: dict) -> str:
         f"- Command: `{report['command']}`",
         f"- Machine: {m['cpu']}, {m['cores']} cores ({m['isa']}), {m['memory_gib']} GiB; clients and server share these cores",
         f"- Model: {report['model']}; backend `{a['backend']}`, {a['threads']} engine threads; "
-        f"max_batch_size {a['max_batch_size']}, max_wait_ms {a['max_wait_ms']:g}",
+        f"max_batch_size {a['max_batch_size']}, max_wait_ms {a['max_wait_ms']:g}"
+        + (f", our decode_wait_ms {a['decode_wait_ms']:g}" if a.get("decode_wait_ms") is not None else ""),
         f'- Requests: one JPEG photo each, JSON with base64 (`{{"images": [...]}}`), {len(report["photos"])} photos in turn; '
         f"an answer counts as right when its top-5 probabilities are within {PROB_ATOL:g} of the in-process predictor's",
         "",
@@ -540,6 +517,21 @@ def render_markdown(report: dict) -> str:
             lines.append(
                 f"| {stack}, {title} | {r['requests']} | {r['ok']} | {failed} | {r['requests_per_s']:.1f} | "
                 f"{_ms(r['p50_ms'])} | {_ms(r['p95_ms'])} | {_ms(r['p99_ms'])} | {batches} |"
+            )
+    lines += [
+        "",
+        f"## Batching under {a['clients']} clients, side by side",
+        "",
+        "| server | mean batch | req/s | p50 ms | p99 ms |",
+        "|---|---:|---:|---:|---:|",
+    ]
+    for stack, result in report["servers"].items():
+        if "error" not in result:
+            c = result["concurrent"]
+            mean = mean_batch(c.get("batch_sizes") or {})
+            lines.append(
+                f"| {stack} | {'n/a' if mean is None else f'{mean:.2f}'} | {c['requests_per_s']:.1f} | "
+                f"{_ms(c['p50_ms'])} | {_ms(c['p99_ms'])} |"
             )
     lines += ["", "## What the server costs", ""]
     for stack, result in report["servers"].items():
@@ -575,6 +567,9 @@ def parse_args(argv=None):
     p.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)))
     p.add_argument("--max-batch-size", type=int, default=8)
     p.add_argument("--max-wait-ms", type=float, default=5.0)
+    p.add_argument(
+        "--decode-wait-ms", type=float, help="our server's --decode-wait-ms (default: the server's; LitServe has none)"
+    )
     p.add_argument(
         "--litserve", help="a directory holding litserve (pip install --target DIR litserve): also measure LitServe"
     )

@@ -12,21 +12,17 @@ import contextlib
 import http.client
 import io
 import json
-import os
-import re
 import signal
 import socket
-import subprocess
-import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 
 import jax
 import numpy as np
 import pytest
 from PIL import Image
+from testutil import metric, serve_command, serving_in_thread
 
 import interop
 import vitjax
@@ -40,7 +36,6 @@ uvicorn = pytest.importorskip("uvicorn")
 
 NAME = "DeiT_test_patch8_32"
 ATOL = TOLERANCES["fp32"].probs  # 1e-4
-REPO = Path(__file__).resolve().parents[2]
 
 
 def init_variables(name: str, seed: int):
@@ -84,38 +79,11 @@ def assert_same_top5(response, expected) -> None:
 @contextlib.contextmanager
 def serving(model, config: ServeConfig):
     """The real app under uvicorn (with our connection guard) on an ephemeral 127.0.0.1 port, in a thread; yields its URL once ready."""
-    from interop.serving.connections import uvicorn_config
-
-    server = uvicorn.Server(uvicorn_config(create_app(model, config), host="127.0.0.1", port=0, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
     try:
-        deadline = time.monotonic() + 120
-        while not server.started:
-            assert thread.is_alive() and time.monotonic() < deadline, "server did not start"
-            time.sleep(0.01)
-        url = f"http://127.0.0.1:{server.servers[0].sockets[0].getsockname()[1]}"
-        wait_ready(url, deadline)
-        yield url
+        with serving_in_thread(create_app(model, config)) as url:
+            yield url
     finally:
-        server.should_exit = True
-        thread.join(60)
         model.close()
-
-
-def wait_ready(url: str, deadline: float) -> None:
-    client = Client(url)
-    while client.get("/ready").status != 200:
-        assert time.monotonic() < deadline, "server never became ready"
-        time.sleep(0.05)
-    client.close()
-
-
-def metric(url: str, name: str, labels: str = "") -> float:
-    """One sample from /metrics (0 when absent)."""
-    text = Client(url).get("/metrics").text
-    match = re.search(rf"^{re.escape(name)}{re.escape('{' + labels + '}') if labels else ''} (\S+)$", text, re.M)
-    return float(match.group(1)) if match else 0.0
 
 
 @pytest.fixture(scope="module")
@@ -177,7 +145,7 @@ def test_full_size_model_from_pdparams_serves_the_offline_jax_top5(tmp_path, pho
     name = "DeiT_tiny_patch16_224"
     variables = init_variables(name, seed=5)
     weights = tmp_path / "w.pdparams"
-    interop.save_pdparams(variables, name, weights)
+    vitjax.save_pdparams(variables, name, weights)
     expected = offline_top5(variables, name, photos)
     with serving(
         load_served_model(weights, backend, threads=2, max_batch_size=4), ServeConfig(max_batch_size=4)
@@ -501,38 +469,8 @@ def test_labels_file_must_match_the_model(exported, tmp_path):
 def test_sigterm_finishes_in_flight_requests_and_refuses_new_ones(exported, photos):
     variables, model_dir = exported
     data, expected = png(photos[3][1]), offline_top5(variables, NAME, photos[3:4])
-    command = [
-        sys.executable,
-        "-m",
-        "interop",
-        "serve",
-        str(model_dir),
-        "--backend",
-        "onnxruntime",
-        "--port",
-        "0",
-        "--threads",
-        "1",
-        "--max-batch-size",
-        "16",
-        "--max-wait-ms",
-        "3000",
-        "--log-level",
-        "warning",
-    ]
-    proc = subprocess.Popen(
-        command,
-        cwd=REPO,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env={**os.environ, "PYTHONUNBUFFERED": "1"},
-    )
-    try:
-        line = proc.stdout.readline()
-        assert line.startswith("serving on http://127.0.0.1:"), line + proc.stderr.read()
-        url = line.split()[-1]
-        wait_ready(url, time.monotonic() + 120)
+    flags = ["--max-batch-size", "16", "--max-wait-ms", "3000", "--log-level", "warning"]
+    with serve_command(model_dir, *flags) as (proc, url):
         results = []
         threads = [threading.Thread(target=lambda: results.append(Client(url).classify([data]))) for _ in range(3)]
         for t in threads:
@@ -558,10 +496,6 @@ def test_sigterm_finishes_in_flight_requests_and_refuses_new_ones(exported, phot
         for reply in results:
             assert_same_top5(reply, expected)
         assert proc.wait(30) == 0
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
 
 
 def test_kserve_v2_refuses_non_finite_values_and_names_the_expected_tensors(server):

@@ -180,20 +180,15 @@ def test_refusals_are_grpc_status_codes_and_statistics_count_both_protocols(grpc
 @contextlib.contextmanager
 def tiny_grpc_server(**limits):
     """The tiny numpy model with the gRPC service on, its connection limits at a second or two; yields the address."""
+    import dataclasses
+
+    from test_serving_connections import QUICK
     from testutil import serving_in_thread, tiny_model
 
-    from interop.serving import ServeConfig, create_app
+    from interop.serving import create_app
 
-    config = ServeConfig(
-        max_batch_size=4,
-        max_wait_ms=1,
-        header_timeout_s=1.0,
-        body_timeout_s=1.0,
-        keep_alive_timeout_s=1.0,
-        request_timeout_s=1.0,
-        grpc_address=f"127.0.0.1:{_free_port()}",
-        **limits,
-    )
+    address = f"127.0.0.1:{_free_port()}"
+    config = dataclasses.replace(QUICK, body_timeout_s=1.0, request_timeout_s=1.0, grpc_address=address, **limits)
     with serving_in_thread(create_app(tiny_model(), config), ready_within_s=60):
         yield config.grpc_address
 
