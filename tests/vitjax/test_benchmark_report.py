@@ -23,7 +23,7 @@ def test_report_describes_only_the_jax_variants_that_ran():
     assert "bf16 computes in bfloat16" in full
     assert "512-bit vectors" not in full
     # a run with the default predictor and XLA's matmuls beside it, nothing else of ours
-    short = jax_path_line(RESULTS / "inference" / "fused_attention" / "latest.json")
+    short = jax_path_line(RESULTS.parent / "studies" / "results" / "inference" / "fused_attention" / "latest.json")
     assert "threads unpinned" not in short and "bf16" not in short and "512-bit" not in short
     assert "each block's attention is one fused call" in short
     assert '"XLA\'s matmuls" is the same predictor with `matmul="xla"`' in short
