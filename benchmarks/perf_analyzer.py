@@ -6,7 +6,8 @@ with random weights (the speed does not depend on their values), starts the serv
 endpoints at each concurrency (``--concurrency``), reading the model's configuration from
 ``/v2/models/{name}/config`` as it does from Triton. Its CSV (throughput, p50/p90/p95/p99
 latency, and the server-side queue and compute times it reads from ``/v2/models/stats``) goes to
-``benchmarks/results/serving/perf_analyzer_{http,grpc}.{csv,md}`` with the command and the CPU.
+``benchmarks/results/serving/perf_analyzer_{http,grpc}.{csv,md}`` with the command and the CPU, and
+its printed report (every measurement window, and the stable ones it kept) to ``.log`` beside them.
 
 perf_analyzer is a C++ program of the Triton client. PyPI's ``perf-analyzer`` is a
 placeholder; the binary ships in tritonclient's manylinux wheels up to 2.40
@@ -77,6 +78,15 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--protocol", choices=["http", "grpc"], default="http", help="perf_analyzer's -i")
     parser.add_argument("--grpc-port", type=int, default=8124, help="the server's --grpc-port (with --protocol grpc)")
     parser.add_argument("--window-ms", type=int, default=10000, help="perf_analyzer's --measurement-interval")
+    parser.add_argument(
+        "--stability-percentage",
+        type=float,
+        default=10.0,
+        help="perf_analyzer's: how far (%%) 3 windows in a row may differ to count as stable",
+    )
+    parser.add_argument(
+        "--max-trials", type=int, default=10, help="perf_analyzer's: windows per concurrency before it gives up"
+    )
     parser.add_argument("--out", type=Path, default=OUT)
     args = parser.parse_args(argv)
 
@@ -122,6 +132,10 @@ def main(argv: list[str] | None = None) -> None:
                 args.concurrency,
                 "--measurement-interval",
                 str(args.window_ms),
+                "--stability-percentage",
+                f"{args.stability_percentage:g}",
+                "--max-trials",
+                str(args.max_trials),
                 "--input-data",
                 str(data),
                 "-f",
@@ -134,11 +148,23 @@ def main(argv: list[str] | None = None) -> None:
                     f"perf_analyzer failed ({run.returncode}):\n{run.stdout[-3000:]}\n{run.stderr[-2000:]}"
                 )
             table = report.read_text()
+            measured = {int(row["Concurrency"]) for row in csv.DictReader(io.StringIO(table))}
+            start, end, step = (int(x) for x in (args.concurrency.split(":") + ["1"])[:3])
+            missing = sorted(set(range(start, end + 1, step)) - measured)
+            if missing:  # perf_analyzer stops at the first unstable concurrency and still exits 0
+                raise RuntimeError(
+                    f"perf_analyzer found no stable measurement at concurrency {missing} (the machine busy? "
+                    f"raise --window-ms or --stability-percentage):\n{run.stdout[-1500:]}\n{run.stderr[-1500:]}"
+                )
         finally:
             server.terminate()
             server.wait(timeout=60)
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / f"perf_analyzer_{args.protocol}.csv").write_text(table)
+    # Its own report: every measurement window ("Pass [n]") and the stable one it kept, per concurrency.
+    (args.out / f"perf_analyzer_{args.protocol}.log").write_text(
+        (run.stdout + run.stderr).replace(str(report), "perf.csv").replace(str(data), "input.json")
+    )
     shown = " ".join(["perf_analyzer", *command[1:]]).replace(str(report), "perf.csv").replace(str(data), "input.json")
     rows = list(csv.DictReader(io.StringIO(table)))
     lines = [

@@ -4,6 +4,7 @@
     python -m benchmarks.serve_load --quick                # smoke run (~1 min)
     python -m benchmarks.serve_load --source W.pdparams --backend paddle-cpu --clients 16 --duration 60
     python -m benchmarks.serve_load --litserve /tmp/litserve-pkgs   # also the same predictor behind LitServe
+    python -m benchmarks.serve_load --litserve /tmp/litserve-pkgs --no-decode-wait-too   # as recorded
 
 Without ``--source``, DeiT_tiny_patch16_224 is initialised from random weights and saved as a
 PaddleClas ``.pdparams``; any source is exported once (inference dir + ONNX) into a temporary
@@ -22,7 +23,9 @@ directory, and every contender loads that directory with the same backend and th
    number of answers);
 4. with ``--litserve DIR`` (a ``pip install --target DIR litserve`` outside the project's
    environment), steps 2 and 3 against a minimal LitServe app around the same
-   ``ServedModel`` (same decode, transform, predictor, batch size and batch timeout).
+   ``ServedModel`` (same decode, transform, predictor, batch size and batch timeout);
+5. with ``--no-decode-wait-too``, steps 2 and 3 also against our server with
+   ``--decode-wait-ms 0``: the batching policy before that flag, in the same run.
 
 The server runs in its own process; the clients share the machine's cores with it (on a
 small machine they take a noticeable share: the figures are what one box does end to end).
@@ -50,6 +53,7 @@ from pathlib import Path
 import numpy as np
 
 from benchmarks import machine
+from interop.serving.config import ServeConfig
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_MODEL = "DeiT_tiny_patch16_224"
@@ -283,9 +287,14 @@ def _common_flags(model_dir: Path, args, port: int) -> list[str]:
 def start_ours(model_dir: Path, args, log: Path) -> ServerProcess:
     port = free_port()
     command = [sys.executable, "-m", "interop", "serve", *_common_flags(model_dir, args, port)]
-    if args.decode_wait_ms is not None:
-        command += ["--decode-wait-ms", str(args.decode_wait_ms)]
-    command += ["--max-concurrency", str(max(128, 2 * args.clients)), "--log-level", "warning"]
+    command += [
+        "--decode-wait-ms",
+        str(args.decode_wait_ms),
+        "--max-concurrency",
+        str(max(128, 2 * args.clients)),
+        "--log-level",
+        "warning",
+    ]
     return ServerProcess(command, port, "/classify", "/ready", dict(os.environ), log)
 
 
@@ -489,7 +498,7 @@ def render_markdown(report: dict) -> str:
         f"- Machine: {m['cpu']}, {m['cores']} cores ({m['isa']}), {m['memory_gib']} GiB; clients and server share these cores",
         f"- Model: {report['model']}; backend `{a['backend']}`, {a['threads']} engine threads; "
         f"max_batch_size {a['max_batch_size']}, max_wait_ms {a['max_wait_ms']:g}"
-        + (f", our decode_wait_ms {a['decode_wait_ms']:g}" if a.get("decode_wait_ms") is not None else ""),
+        + (f"; ours: decode_wait_ms {a['decode_wait_ms']:g}" if a.get("decode_wait_ms") is not None else ""),
         f'- Requests: one JPEG photo each, JSON with base64 (`{{"images": [...]}}`), {len(report["photos"])} photos in turn; '
         f"an answer counts as right when its top-5 probabilities are within {PROB_ATOL:g} of the in-process predictor's",
         "",
@@ -568,10 +577,18 @@ def parse_args(argv=None):
     p.add_argument("--max-batch-size", type=int, default=8)
     p.add_argument("--max-wait-ms", type=float, default=5.0)
     p.add_argument(
-        "--decode-wait-ms", type=float, help="our server's --decode-wait-ms (default: the server's; LitServe has none)"
+        "--decode-wait-ms",
+        type=float,
+        default=ServeConfig.decode_wait_ms,
+        help="our server's --decode-wait-ms (default: the server's; LitServe has none)",
     )
     p.add_argument(
         "--litserve", help="a directory holding litserve (pip install --target DIR litserve): also measure LitServe"
+    )
+    p.add_argument(
+        "--no-decode-wait-too",
+        action="store_true",
+        help="also measure our server with --decode-wait-ms 0 (the batching policy before that flag)",
     )
     p.add_argument("--quick", action="store_true", help="4 clients, 8 s of load, 3 s sequential")
     p.add_argument("--out", default=str(REPO / "benchmarks" / "results"))
@@ -603,12 +620,17 @@ def main(argv=None) -> dict:
             model_dir, args.backend, args.threads, args.max_batch_size, payloads, args.sequential_s
         )
         servers: dict[str, dict] = {}
-        stacks = [("FastAPI + uvicorn (ours)", "ours")] + ([("LitServe", "litserve")] if args.litserve else [])
+        stacks = [("FastAPI + uvicorn (ours)", "ours")]
+        if args.no_decode_wait_too:
+            stacks.append(("FastAPI + uvicorn (ours, --decode-wait-ms 0)", "ours-no-decode-wait"))
+        if args.litserve:
+            stacks.append(("LitServe", "litserve"))
         for title, stack in stacks:
             _log(f"starting {title}")
             try:
-                if stack == "ours":
-                    server = start_ours(model_dir, args, work / "ours.log")
+                if stack.startswith("ours"):
+                    flags = argparse.Namespace(**{**vars(args), "decode_wait_ms": 0.0}) if stack != "ours" else args
+                    server = start_ours(model_dir, flags, work / f"{stack}.log")
                 else:
                     server = start_litserve(model_dir, args, work / "litserve.log", work / "batches.txt")
             except RuntimeError as e:
@@ -617,7 +639,7 @@ def main(argv=None) -> dict:
                 continue
             try:
                 result = measure_server(
-                    title, server, bodies, expected, args, None if stack == "ours" else work / "batches.txt"
+                    title, server, bodies, expected, args, None if stack.startswith("ours") else work / "batches.txt"
                 )
             finally:
                 exit_code = server.stop()

@@ -92,29 +92,34 @@ def run(args) -> int:
         raise SystemExit(
             "serve needs the serve extra: pip install 'vitjax[serve]' (fastapi, uvicorn, python-multipart, prometheus-client)"
         ) from None
-    from interop.serving import ServeConfig, create_app, load_served_model
+    from interop.serving.config import ServeConfig
+
+    try:  # the limits first: a bad flag is one line, before anything heavy is imported
+        config = ServeConfig(
+            max_batch_size=args.max_batch_size,
+            max_wait_ms=args.max_wait_ms,
+            decode_wait_ms=args.decode_wait_ms,
+            max_queue_images=args.max_queue,
+            request_timeout_s=args.timeout,
+            max_body_bytes=int(args.max_body_mb * 1024 * 1024),
+            max_images_per_request=args.max_images,
+            max_pixels=args.max_pixels,
+            max_connections=args.max_concurrency,
+            header_timeout_s=args.header_timeout,
+            body_timeout_s=args.body_timeout,
+            keep_alive_timeout_s=args.keep_alive_timeout,
+            min_body_rate=args.min_body_rate,
+            body_rate_window_s=args.body_rate_window,
+            grpc_address=None if args.grpc_port is None else f"{args.host}:{args.grpc_port}",
+        )
+    except ValueError as e:
+        raise SystemExit(f"serve: {e}") from None
+    from interop.serving import create_app, load_served_model
 
     # force: a dependency (absl, logging from orbax at import) has already put a handler on the root logger,
     # which would make basicConfig a no-op and leave our lines at absl's WARNING.
     logging.basicConfig(
         level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s", force=True
-    )
-    config = ServeConfig(
-        max_batch_size=args.max_batch_size,
-        max_wait_ms=args.max_wait_ms,
-        decode_wait_ms=args.decode_wait_ms,
-        max_queue_images=args.max_queue,
-        request_timeout_s=args.timeout,
-        max_body_bytes=int(args.max_body_mb * 1024 * 1024),
-        max_images_per_request=args.max_images,
-        max_pixels=args.max_pixels,
-        max_connections=args.max_concurrency,
-        header_timeout_s=args.header_timeout,
-        body_timeout_s=args.body_timeout,
-        keep_alive_timeout_s=args.keep_alive_timeout,
-        min_body_rate=args.min_body_rate,
-        body_rate_window_s=args.body_rate_window,
-        grpc_address=None if args.grpc_port is None else f"{args.host}:{args.grpc_port}",
     )
     model = load_served_model(
         args.source,

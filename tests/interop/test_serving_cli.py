@@ -52,3 +52,28 @@ def test_the_documented_json_curl_example_works_for_a_photo_larger_than_an_argum
         )
     assert done.returncode == 0, done.stderr
     assert '"predictions"' in done.stdout and '"top_k"' in done.stdout, done.stdout[:500]
+
+
+@pytest.mark.parametrize(
+    "flag, value, field",
+    [
+        ("--decode-wait-ms", "-1", "decode_wait_ms"),
+        ("--max-wait-ms", "-5", "max_wait_ms"),
+        ("--timeout", "0", "request_timeout_s"),
+    ],
+)
+def test_a_bad_batching_or_timeout_flag_is_one_line_before_the_model_loads(tmp_path, flag, value, field):
+    """Refused before the source is even looked at (it does not exist here): one line, no traceback."""
+    import sys
+
+    run = subprocess.run(
+        [sys.executable, "-m", "interop", "serve", str(tmp_path / "absent"), flag, value, "--port", "0"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=Path(__file__).resolve().parents[2],
+    )
+    assert run.returncode != 0
+    assert "Traceback" not in run.stderr, run.stderr[-2000:]
+    last = run.stderr.strip().splitlines()[-1]
+    assert last.startswith("serve: ServeConfig:") and field in last, run.stderr[-2000:]
