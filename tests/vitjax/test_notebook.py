@@ -84,19 +84,19 @@ def test_notebook_is_valid_and_saved_without_outputs():
     assert IPYTHON_IMPORT + "\n" in setup["source"]  # what the runner's stand-in replaces
 
 
-@pytest.mark.slow
-@pytest.mark.notebook
-def test_colab_notebook_runs_on_cpu(tmp_path):
-    (tmp_path / "cells.json").write_text(json.dumps(code_cells()))
+def run_cells(tmp_path, cells, **env) -> subprocess.CompletedProcess:
+    """Runs ``cells`` in a fresh Python as a notebook kernel would, on 8 CPU devices, writing under
+    ``tmp_path`` (the notebook writes below ``tempfile.gettempdir()``)."""
+    (tmp_path / "cells.json").write_text(json.dumps(cells))
     (tmp_path / "runner.py").write_text(RUNNER)
-    # The notebook writes under tempfile.gettempdir(): here tmp_path.
     env = {
         **os.environ,
         "TMPDIR": str(tmp_path),
         "XLA_FLAGS": "--xla_force_host_platform_device_count=8",
         "TF_CPP_MIN_LOG_LEVEL": "3",
+        **env,
     }
-    result = subprocess.run(
+    return subprocess.run(
         [sys.executable, str(tmp_path / "runner.py"), str(tmp_path / "cells.json")],
         cwd=REPO,
         env=env,
@@ -104,6 +104,41 @@ def test_colab_notebook_runs_on_cpu(tmp_path):
         text=True,
         timeout=900,
     )
+
+
+@pytest.mark.notebook
+def test_weights_by_name_when_download_is_switched_on(tmp_path):
+    """``DOWNLOAD = True``: the weights cell takes the model's weights by name. Served here from
+    127.0.0.1, registered under the test model's name (PaddleClas publishes none for it)."""
+    import jax
+    import jax.numpy as jnp
+    from weight_server import serving
+
+    import vitjax
+
+    variables = vitjax.create_model("DeiT_test_patch8_32").init(jax.random.key(7), jnp.zeros((1, 32, 32, 3)))
+    vitjax.save_pdparams(variables, "DeiT_test_patch8_32", tmp_path / "w.pdparams")
+    body = (tmp_path / "w.pdparams").read_bytes()
+    path = "/weights/DeiT_test_patch8_32_pretrained.pdparams"
+    cells = dict(code_cells())
+    assert "\nDOWNLOAD = False" in cells["weights"]
+    with serving({path: body}) as server:
+        register = f"vitjax.register_pretrained('DeiT_test_patch8_32', '{server.base}{path}')"
+        run = [(i, cells[i]) for i in ("install", "setup")] + [("register", register)]
+        run.append(("weights", cells["weights"].replace("\nDOWNLOAD = False", "\nDOWNLOAD = True")))
+        result = run_cells(tmp_path, run, VITJAX_CACHE=str(tmp_path / "cache"))
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert "DeiT_test_patch8_32_pretrained.pdparams same logits: True" in result.stdout
+    assert server.gets(path) == [(None, 200)]  # downloaded once; the second call hit the cache
+    assert (tmp_path / "cache" / "paddleclas" / "DeiT_test_patch8_32_pretrained.pdparams").read_bytes() == body
+    assert not (tmp_path / "vitjax_colab" / "DeiT_test_patch8_32.pdparams").exists()
+
+
+@pytest.mark.slow
+@pytest.mark.notebook
+def test_colab_notebook_runs_on_cpu(tmp_path):
+    # VITJAX_OFFLINE: as it stands the notebook downloads nothing; a download would fail here.
+    result = run_cells(tmp_path, code_cells(), VITJAX_OFFLINE="1")
     out = result.stdout
     assert result.returncode == 0, out[-3000:] + result.stderr[-3000:]
     assert "NOTEBOOK OK" in out and "devices: 8" in out
@@ -132,7 +167,9 @@ def test_colab_notebook_runs_on_cpu(tmp_path):
     assert raw["head"]["kernel"].shape == ema["head"]["kernel"].shape == (64, 6)
     assert not (raw["head"]["kernel"] == ema["head"]["kernel"]).all()
     rows = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
-    final = [row for row in rows if row["kind"] == "eval"][-1]
+    evals = [row for row in rows if row["kind"] == "eval"]
+    assert {row["step"] for row in evals} == {50, 100, 150, 200, 250, 300} and all("ema_top1" in row for row in evals)
+    final = evals[-1]
     assert final["step"] == 300 and final["count"] == 36
     shown = f"step 300: top-1 {final['top1']:.3f} (raw weights), {final['ema_top1']:.3f} (EMA), on 36 held-out crops"
     assert shown in out
