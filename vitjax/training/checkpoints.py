@@ -10,7 +10,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import logging
 import os
 from pathlib import Path
 from typing import Any
@@ -64,10 +66,28 @@ def _restore_on_one_device(path: Path) -> Any:
         return checkpointer.restore(path, target)
 
 
+@contextlib.contextmanager
+def _orbax_quiet():
+    """Reading a checkpoint, orbax logs warnings that are not ours to act on (a read-only manager
+    "setting create=False", an older checkpoint's missing metadata file): keep them out of the way."""
+    logger = logging.getLogger("absl")
+    level = logger.level
+    logger.setLevel(max(level, logging.ERROR))
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
+
+
 def load_variables(path: str | os.PathLike, step: int | None = None, ema: bool = False) -> dict[str, Any]:
     """Model variables from a variables checkpoint or a training workdir (latest step).
     ``ema``: the exponential moving average of the parameters (``ema_params``, written by a run
     with ``ema.decay`` > 0) as ``params``; a :class:`CheckpointError` when the checkpoint has none."""
+    with _orbax_quiet():
+        return _load_variables(path, step, ema)
+
+
+def _load_variables(path: str | os.PathLike, step: int | None, ema: bool) -> dict[str, Any]:
     path = Path(path).absolute()
     if not path.exists():
         raise CheckpointError(f"{path}: no such checkpoint or workdir")

@@ -98,17 +98,16 @@ def plot_curves(workdir: Path) -> Path | None:
     """Training loss and learning rate against step, and eval top-1/top-5 where measured."""
     if not is_chief():
         return None
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    # A Figure of its own, no pyplot: nothing global changes (a notebook keeps its inline backend).
+    from matplotlib.figure import Figure
 
     records = read_metrics(workdir)
     train = [r for r in records if r["kind"] == "train"]
     evals = [r for r in records if r["kind"] == "eval"]
     if not train:
         return None
-    fig, axes = plt.subplots(1, 3, figsize=(14, 4))
+    fig = Figure(figsize=(14, 4))
+    axes = fig.subplots(1, 3)
     axes[0].plot([r["step"] for r in train], [r["loss"] for r in train])
     axes[0].set(title="training loss", xlabel="step")
     axes[1].plot([r["step"] for r in train], [r["lr"] for r in train])
@@ -120,5 +119,4 @@ def plot_curves(workdir: Path) -> Path | None:
     fig.tight_layout()
     path = workdir / PLOT_FILE
     fig.savefig(path, dpi=100)
-    plt.close(fig)
     return path
