@@ -166,13 +166,15 @@ def main(argv: list[str] | None = None) -> None:
         (run.stdout + run.stderr).replace(str(report), "perf.csv").replace(str(data), "input.json")
     )
     shown = " ".join(["perf_analyzer", *command[1:]]).replace(str(report), "perf.csv").replace(str(data), "input.json")
-    rows = list(csv.DictReader(io.StringIO(table)))
+    rows = sorted(csv.DictReader(io.StringIO(table)), key=lambda row: int(row["Concurrency"]))
     lines = [
         f"# perf_analyzer -i {args.protocol} against `python -m interop serve` ({time.strftime('%Y-%m-%d')}, {_cpu_name()}, "
         f"{os.cpu_count()} cores)",
         "",
         f"Server: `python -m interop serve {MODEL}.pdparams --backend {args.backend} --max-batch-size "
-        f"{args.max_batch_size}` (random weights). Client: `{shown}`.",
+        f"{args.max_batch_size} --port {args.port} --grpc-port {args.grpc_port}` (random weights). "
+        f"Client: `{shown}`. Command: `python -m benchmarks.perf_analyzer "
+        f"{' '.join(argv if argv is not None else sys.argv[1:])}`.",
         "",
         "| concurrency | inferences/s | p50 ms | p90 ms | p99 ms | server queue ms | server compute ms |",
         "|---|---|---|---|---|---|---|",

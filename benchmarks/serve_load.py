@@ -16,7 +16,9 @@ directory, and every contender loads that directory with the same backend and th
 2. **sequential**: one client, one image per request, one request at a time;
 3. **concurrent**: ``--clients`` clients (threads with a keep-alive connection each), one
    image per request, each sending its next request as soon as the last is answered, for
-   ``--duration`` seconds. Reported: throughput, p50/p95/p99 latency, the batch sizes the
+   ``--duration`` seconds per server, in ``--rounds`` rounds in which the servers (all started
+   first, idle while not driven) take turns, the order rotated each round: whatever else the
+   machine runs meanwhile falls on every contender alike. Reported: throughput, p50/p95/p99 latency, the batch sizes the
    dynamic batcher ran (from ``/metrics``), and every failure: a non-200 answer, a
    transport error, a wrong answer (top-5 probabilities not within 1e-4 of the in-process
    predictor's), or a lost request (the server's image counter must grow by exactly the
@@ -424,6 +426,33 @@ def drive(server: ServerProcess, bodies: list[bytes], expected: list[np.ndarray]
         "hung_clients": sum(t.is_alive() for t in threads),
         "requests_per_s": len(ok) / wall,
         **latency_summary(ok),
+        "_ok_latencies_s": ok,
+    }
+
+
+def merge_drives(parts: list[dict]) -> dict:
+    """One result from several :func:`drive` rounds against the same server: counts added, latencies pooled."""
+    ok = [x for part in parts for x in part["_ok_latencies_s"]]
+    failures: dict[str, int] = {}
+    examples: dict[str, str] = {}
+    for part in parts:
+        for kind, count in part["failures"].items():
+            failures[kind] = failures.get(kind, 0) + count
+        for kind, example in part["failure_examples"].items():
+            examples.setdefault(kind, example)
+    wall = sum(part["seconds"] for part in parts)
+    return {
+        "clients": parts[0]["clients"],
+        "rounds": len(parts),
+        "seconds": wall,
+        "requests": sum(part["requests"] for part in parts),
+        "ok": len(ok),
+        "answered_200": sum(part["answered_200"] for part in parts),
+        "failures": failures,
+        "failure_examples": examples,
+        "hung_clients": sum(part["hung_clients"] for part in parts),
+        "requests_per_s": len(ok) / wall,
+        **latency_summary(ok),
     }
 
 
@@ -441,32 +470,49 @@ def check_answer(payload: dict, probs: np.ndarray) -> str:
     return "ok"
 
 
-def measure_server(name: str, server: ServerProcess, bodies, expected, args, batch_log: Path | None = None) -> dict:
-    """Sequential then concurrent load; batch sizes from ``/metrics``, or from ``batch_log`` (one size per line) when given."""
+def measure_sequential(name: str, server: ServerProcess, bodies, expected, args) -> dict:
+    """One client, one request at a time (after a short warm-up of the connection and code paths)."""
+    _log(f"{name}: sequential single-image requests for {args.sequential_s:g} s")
+    drive(server, bodies, expected, 1, min(2.0, args.sequential_s))
+    result = drive(server, bodies, expected, 1, args.sequential_s)
+    result.pop("_ok_latencies_s")
+    return result
+
+
+def concurrent_round(name: str, server: ServerProcess, bodies, expected, args, seconds: float, metrics: bool) -> dict:
+    """``args.clients`` clients for ``seconds``; with ``metrics``, the server's batches and images from ``/metrics``."""
     from interop.serving.client import Client
 
-    metrics = batch_log is None
-
-    _log(f"{name}: sequential single-image requests for {args.sequential_s:g} s")
-    drive(server, bodies, expected, 1, min(2.0, args.sequential_s))  # warm the connections and code paths
-    sequential = drive(server, bodies, expected, 1, args.sequential_s)
-    _log(f"{name}: {args.clients} concurrent clients for {args.duration:g} s")
+    _log(f"{name}: {args.clients} concurrent clients for {seconds:g} s")
     before = parse_metrics(Client(server.url).get("/metrics").text) if metrics else {}
-    if batch_log is not None:
-        batch_log.unlink(missing_ok=True)
-    concurrent = drive(server, bodies, expected, args.clients, args.duration)
-    if batch_log is not None:
-        concurrent["batch_sizes"] = read_batch_log(batch_log)
+    result = drive(server, bodies, expected, args.clients, seconds)
     if metrics:
         after = parse_metrics(Client(server.url).get("/metrics").text)
-        images = after.get("vitjax_serve_images_total", 0) - before.get("vitjax_serve_images_total", 0)
-        concurrent["images_run_by_server"] = int(images)
-        concurrent["lost"] = concurrent["answered_200"] - int(images)  # 0: every answered request ran exactly once
-        concurrent["batch_sizes"] = batch_size_counts(before, after)
-        concurrent["server_errors_total"] = sum(
+        result["images_run_by_server"] = int(
+            after.get("vitjax_serve_images_total", 0) - before.get("vitjax_serve_images_total", 0)
+        )
+        result["batch_sizes"] = batch_size_counts(before, after)
+        result["server_errors_total"] = sum(
             v - before.get(k, 0) for k, v in after.items() if k.startswith("vitjax_serve_errors_total")
         )
-    return {"sequential": sequential, "concurrent": concurrent}
+    return result
+
+
+def merge_rounds(parts: list[dict], batch_log: Path | None) -> dict:
+    """The concurrent result over all rounds; batch sizes from ``/metrics`` deltas, or LitServe's ``batch_log``."""
+    merged = merge_drives(parts)
+    if batch_log is not None:
+        merged["batch_sizes"] = read_batch_log(batch_log)
+        return merged
+    sizes: dict[int, int] = {}
+    for part in parts:
+        for size, count in part["batch_sizes"].items():
+            sizes[size] = sizes.get(size, 0) + count
+    merged["batch_sizes"] = dict(sorted(sizes.items()))
+    merged["images_run_by_server"] = sum(part["images_run_by_server"] for part in parts)
+    merged["lost"] = merged["answered_200"] - merged["images_run_by_server"]  # 0: every answer ran exactly once
+    merged["server_errors_total"] = sum(part["server_errors_total"] for part in parts)
+    return merged
 
 
 # ----------------------------------------------------------------------------- report
@@ -499,6 +545,9 @@ def render_markdown(report: dict) -> str:
         f"- Model: {report['model']}; backend `{a['backend']}`, {a['threads']} engine threads; "
         f"max_batch_size {a['max_batch_size']}, max_wait_ms {a['max_wait_ms']:g}"
         + (f"; ours: decode_wait_ms {a['decode_wait_ms']:g}" if a.get("decode_wait_ms") is not None else ""),
+        f"- Load: {a['clients']} clients for {a['duration']:g} s per server, in {a.get('rounds', 1)} rounds in which "
+        "the servers take turns (order rotated each round); 1 client for "
+        f"{a['sequential_s']:g} s each before",
         f'- Requests: one JPEG photo each, JSON with base64 (`{{"images": [...]}}`), {len(report["photos"])} photos in turn; '
         f"an answer counts as right when its top-5 probabilities are within {PROB_ATOL:g} of the in-process predictor's",
         "",
@@ -569,7 +618,10 @@ def parse_args(argv=None):
     p.add_argument("--model", default=DEFAULT_MODEL, help="model to initialise when --source is not given")
     p.add_argument("--backend", default="onnxruntime")
     p.add_argument("--clients", type=int, default=8)
-    p.add_argument("--duration", type=float, default=30.0, help="seconds of concurrent load")
+    p.add_argument("--duration", type=float, default=30.0, help="seconds of concurrent load (per server, all rounds)")
+    p.add_argument(
+        "--rounds", type=int, default=3, help="the concurrent load in this many rounds, the servers taking turns"
+    )
     p.add_argument(
         "--sequential-s", type=float, default=10.0, help="seconds of sequential requests (and of each in-process run)"
     )
@@ -597,7 +649,7 @@ def parse_args(argv=None):
     p.add_argument("--batch-log", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.quick:
-        args.clients, args.duration, args.sequential_s = 4, 8.0, 3.0
+        args.clients, args.duration, args.sequential_s, args.rounds = 4, 8.0, 3.0, 1
     return args
 
 
@@ -625,25 +677,45 @@ def main(argv=None) -> dict:
             stacks.append(("FastAPI + uvicorn (ours, --decode-wait-ms 0)", "ours-no-decode-wait"))
         if args.litserve:
             stacks.append(("LitServe", "litserve"))
-        for title, stack in stacks:
-            _log(f"starting {title}")
-            try:
-                if stack.startswith("ours"):
-                    flags = argparse.Namespace(**{**vars(args), "decode_wait_ms": 0.0}) if stack != "ours" else args
-                    server = start_ours(model_dir, flags, work / f"{stack}.log")
-                else:
-                    server = start_litserve(model_dir, args, work / "litserve.log", work / "batches.txt")
-            except RuntimeError as e:
-                servers[title] = {"error": str(e).splitlines()[0]}
-                _log(str(e))
-                continue
-            try:
-                result = measure_server(
-                    title, server, bodies, expected, args, None if stack.startswith("ours") else work / "batches.txt"
-                )
-            finally:
-                exit_code = server.stop()
-            servers[title] = {**result, "exit_code": exit_code}
+        running: dict[str, tuple[ServerProcess, Path | None]] = {}  # title -> (server, LitServe's batch log)
+        try:
+            for title, stack in stacks:
+                _log(f"starting {title}")
+                try:
+                    if stack == "litserve":
+                        batch_log = work / "batches.txt"
+                        running[title] = (start_litserve(model_dir, args, work / "litserve.log", batch_log), batch_log)
+                    else:
+                        flags = args if stack == "ours" else argparse.Namespace(**{**vars(args), "decode_wait_ms": 0.0})
+                        running[title] = (start_ours(model_dir, flags, work / f"{stack}.log"), None)
+                except RuntimeError as e:
+                    servers[title] = {"error": str(e).splitlines()[0]}
+                    _log(str(e))
+            sequential = {
+                title: measure_sequential(title, server, bodies, expected, args)
+                for title, (server, _) in running.items()
+            }
+            for _, batch_log in running.values():
+                if batch_log is not None:
+                    batch_log.unlink(missing_ok=True)  # from here on it counts the concurrent batches only
+            # Rounds in turn, the order rotated each round, so that whatever else the machine runs
+            # meanwhile falls on every server alike.
+            titles, parts = list(running), {title: [] for title in running}
+            for r in range(args.rounds):
+                for title in titles[r % len(titles) :] + titles[: r % len(titles)]:
+                    server, batch_log = running[title]
+                    parts[title].append(
+                        concurrent_round(
+                            title, server, bodies, expected, args, args.duration / args.rounds, batch_log is None
+                        )
+                    )
+            for title, (_, batch_log) in running.items():
+                servers[title] = {"sequential": sequential[title], "concurrent": merge_rounds(parts[title], batch_log)}
+        finally:
+            for title, (server, _) in running.items():
+                code = server.stop()
+                if title in servers:
+                    servers[title]["exit_code"] = code
     report = {
         "date": dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC"),
         "command": "python -m benchmarks.serve_load " + " ".join(argv if argv is not None else sys.argv[1:]),
