@@ -146,6 +146,52 @@ def cpu_name() -> str:
     return platform.processor() or "unknown CPU"
 
 
+def decoder_rows(folder: Path, paths: list[str], min_seconds: float) -> list[dict]:
+    """JPEG decoding alone, one core (this thread): Pillow and OpenCV at full size and with
+    libjpeg's DCT scaling to half size (Pillow's ``draft``, OpenCV's ``IMREAD_REDUCED_COLOR_2``),
+    which a random resized crop may use when its box, halved, still covers the output."""
+    from PIL import Image
+
+    blobs = [(folder / p).read_bytes() for p in paths]
+
+    def pillow(blob: bytes, reduce: int) -> np.ndarray:
+        import io
+
+        with Image.open(io.BytesIO(blob)) as image:
+            if reduce > 1:
+                image.draft("RGB", (image.size[0] // reduce, image.size[1] // reduce))
+            return np.asarray(image.convert("RGB"))
+
+    decoders: list[tuple[str, Callable[[bytes], np.ndarray]]] = [
+        ("Pillow", lambda b: pillow(b, 1)),
+        ("Pillow draft 1/2", lambda b: pillow(b, 2)),
+    ]
+    try:
+        import cv2
+
+        def opencv(blob: bytes, flag: int) -> np.ndarray:
+            return cv2.cvtColor(cv2.imdecode(np.frombuffer(blob, np.uint8), flag), cv2.COLOR_BGR2RGB)
+
+        decoders += [
+            (f"OpenCV {cv2.__version__}", lambda b: opencv(b, cv2.IMREAD_COLOR)),
+            ("OpenCV reduced 1/2", lambda b: opencv(b, cv2.IMREAD_REDUCED_COLOR_2)),
+        ]
+    except ImportError:
+        pass
+    rows = []
+    for name, decode in decoders:
+        shape = decode(blobs[0]).shape
+        start, count = time.perf_counter(), 0
+        while time.perf_counter() - start < min_seconds:
+            for blob in blobs:
+                decode(blob)
+            count += len(blobs)
+        seconds = time.perf_counter() - start
+        rows.append({"decoder": name, "images_per_s": count / seconds, "shape": list(shape)})
+        print(f"{name:20s} {count / seconds:7.1f} img/s  {shape}", flush=True)
+    return rows
+
+
 def run(args: argparse.Namespace) -> dict:
     from vitjax.data.pipeline import TrainLoader
     from vitjax.data.sources import ImageFolderSource
@@ -157,7 +203,10 @@ def run(args: argparse.Namespace) -> dict:
         write_jpegs(Path(tmp), args.images)
         source = ImageFolderSource(tmp)
         sizes = [os.path.getsize(Path(tmp) / os.fsdecode(p)) for p in source.paths]
-        plan = [("main thread", "threads", 0)]
+        decoders = decoder_rows(Path(tmp), [os.fsdecode(p) for p in source.paths], args.seconds / 2)
+        if args.decoders_only:
+            args.workers = []
+        plan = [("main thread", "threads", 0)] if not args.decoders_only else []
         plan += [("baseline", "baseline", n) for n in args.workers]
         plan += [(kind, kind, n) for kind in ("threads", "processes") for n in args.workers]
         for label, kind, workers in plan:
@@ -195,6 +244,7 @@ def run(args: argparse.Namespace) -> dict:
         "mean_jpeg_kb": float(np.mean(sizes) / 1024),
         "batch_size": args.batch_size,
         "rows": rows,
+        "decoders": decoders,
     }
 
 
@@ -218,6 +268,14 @@ def markdown(results: dict) -> str:
         )
     lines += [
         "",
+        "JPEG decoding alone, one thread (libjpeg's DCT scaling: half-size output):",
+        "",
+        "| decoder | img/s | output |",
+        "|---|---|---|",
+    ]
+    lines += [f"| {r['decoder']} | {r['images_per_s']:.1f} | {r['shape']} |" for r in results.get("decoders", [])]
+    lines += [
+        "",
         "`baseline` is the previous thread-pool loader's design; `threads` / `processes` are",
         "`data.worker_kind` of the grain pipeline; per core = img/s / min(workers, cores).",
         "",
@@ -233,6 +291,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--workers", type=int, nargs="+", default=[1, 2, 4])
     parser.add_argument("--seconds", type=float, default=4.0, help="minimum timed seconds per row")
     parser.add_argument("--min-batches", type=int, default=4)
+    parser.add_argument("--decoders-only", action="store_true", help="time the JPEG decoders, not the loaders")
     parser.add_argument("--out", type=Path, default=RESULTS / "loader")
     args = parser.parse_args(argv)
     args.load_before = os.getloadavg()[0]

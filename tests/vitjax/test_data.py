@@ -10,7 +10,14 @@ import skimage.data
 from PIL import Image
 
 import vitjax
-from vitjax.data.augment import parse_randaugment, rand_augment, train_transform
+from vitjax.data.augment import (
+    RAND_AUGMENT_OPS,
+    parse_randaugment,
+    rand_augment,
+    resize_boxes,
+    train_transform,
+    train_transform_batch,
+)
 from vitjax.data.pipeline import EvalLoader, TrainLoader
 from vitjax.data.sources import DataError, DigitsSource, FileListSource, ImageFolderSource, TfdsSource, make_source
 from vitjax.data.transforms import ImageError, preprocess_eval
@@ -139,6 +146,94 @@ def test_train_augmentation_is_deterministic_per_seed_and_stays_normalized():
         parse_randaugment("rand-m9-x3")
     out = rand_augment(Image.fromarray(image), np.random.default_rng(0), magnitude=9, num_ops=4, prob=1.0)
     assert out.size == (image.shape[1], image.shape[0]) and not np.array_equal(np.asarray(out), image)
+
+
+@pytest.mark.parametrize(
+    "box,size",
+    [((0, 0, 451, 300), 64), ((10, 20, 200, 250), 224), ((3, 7, 400, 290), 500), ((0, 0, 451, 300), 451)],
+)
+def test_batched_resize_gives_pillows_bicubic_pixels_exactly(box, size):
+    photo = PHOTOS["chelsea"]  # 451x300: down- and upsampling, whole image and inner boxes
+    expected = np.asarray(Image.fromarray(photo).resize((size, size), Image.BICUBIC, box=box))
+    got = resize_boxes(photo[None], np.asarray([box]), size)[0]
+    np.testing.assert_array_equal(got, expected)
+
+
+def batchable_augment(**overrides):
+    from ml_collections import ConfigDict
+
+    settings = dict(random_resized_crop=True, crop_scale=(0.08, 1.0), interpolation="bicubic", hflip=True)
+    return ConfigDict({**settings, "randaugment": "", "random_erasing": 0.0, **overrides})
+
+
+@pytest.mark.parametrize("crop", [True, False])
+def test_the_batch_transform_draws_and_gives_what_the_per_image_transform_gives(crop):
+    images = np.random.default_rng(0).integers(0, 256, (48, 32, 40, 3), dtype=np.uint8)
+    settings = dict(
+        size=24, mean=(0.5, 0.4, 0.3), std=(0.2, 0.3, 0.4), augment=batchable_augment(random_resized_crop=crop)
+    )
+    one_by_one = np.stack(
+        [train_transform(image, np.random.default_rng([3, i]), **settings) for i, image in enumerate(images)]
+    )
+    rngs = [np.random.default_rng([3, i]) for i in range(len(images))]
+    batched = train_transform_batch(images, rngs, **settings)
+    np.testing.assert_array_equal(batched, one_by_one)  # same boxes, flips, pixels, float32 normalisation
+    with pytest.raises(ValueError, match="RandAugment"):
+        train_transform_batch(images, rngs, **{**settings, "augment": batchable_augment(randaugment="rand-m9")})
+
+
+class MixedSizes:
+    """In-memory images, every fifth one of another size."""
+
+    num_classes, class_names = 3, None
+
+    def __init__(self):
+        rng = np.random.default_rng(1)
+        self.images = [rng.integers(0, 256, (20, 20) if i % 5 else (26, 18), dtype=np.uint8) for i in range(23)]
+        self.images = [np.repeat(image[..., None], 3, axis=-1) for image in self.images]
+
+    def __len__(self):
+        return len(self.images)
+
+    def load(self, index):
+        return self.images[index], index % 3
+
+    def describe(self, index):
+        return f"mixed[{index}]"
+
+
+@pytest.mark.parametrize("num_workers", [0, 2])
+def test_a_loader_with_a_batch_transform_streams_the_per_image_loaders_batches(num_workers):
+    source, settings = MixedSizes(), dict(size=16, mean=(0.5,) * 3, std=(0.25,) * 3, augment=batchable_augment())
+
+    def transform(image, rng):
+        return train_transform(image, rng, **settings)
+
+    def batch_transform(images, rngs):
+        return train_transform_batch(images, rngs, **settings)
+
+    per_image = TrainLoader(source, transform, 8, seed=4, num_workers=0)
+    batched = TrainLoader(source, transform, 8, seed=4, num_workers=num_workers, batch_transform=batch_transform)
+    switched = per_image.with_batch_transform(batch_transform)
+    stream = batched.iterate(3)  # a resumed run: steps 3.. (some batches mix sizes and go image by image)
+    for step in range(3, 9):
+        expected = per_image.batch(step)
+        got = next(stream)
+        np.testing.assert_array_equal(got.images, expected.images)
+        np.testing.assert_array_equal(got.labels, expected.labels)
+        np.testing.assert_array_equal(switched.batch(step).images, expected.images)
+    stream.close()
+
+
+def test_posterize_never_asks_pillow_for_0_bits():
+    """timm's noisy magnitude can drive posterize to 0 bits, which Pillow >= 13 refuses; ours
+    clips the level to [0, 10] and keeps at least 1 bit, whatever the magnitude's noise."""
+    image = Image.fromarray(PHOTOS["rocket"][:64, :64])
+    for level in np.linspace(0.0, 10.0, 41):
+        out = RAND_AUGMENT_OPS["PosterizeIncreasing"](image, float(level), np.random.default_rng(0))
+        assert out.size == image.size and out.mode == image.mode
+    for seed in range(200):  # magnitude 9 with a huge spread: levels far outside [0, 10] are drawn and clipped
+        rand_augment(image, np.random.default_rng(seed), magnitude=9.0, magnitude_std=50.0, num_ops=3, prob=1.0)
 
 
 @pytest.fixture

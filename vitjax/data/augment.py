@@ -9,6 +9,7 @@ Mixup/CutMix act on whole batches and live in :mod:`vitjax.training.train` (on d
 
 from __future__ import annotations
 
+import functools
 import math
 import re
 
@@ -29,7 +30,12 @@ def random_resized_crop(
     interpolation="bicubic",
 ) -> Image.Image:
     """A crop of random area (``scale`` of the image) and aspect ratio, resized to ``size``."""
-    width, height = image.size
+    box = crop_box(image.size[0], image.size[1], rng, scale, ratio)
+    return image.resize((size, size), _PIL_RESAMPLE[interpolation], box=box)
+
+
+def crop_box(width: int, height: int, rng: np.random.Generator, scale=(0.08, 1.0), ratio=(3 / 4, 4 / 3)):
+    """:func:`random_resized_crop`'s box ``(left, top, right, bottom)``, drawn from ``rng``."""
     area = width * height
     log_ratio = (math.log(ratio[0]), math.log(ratio[1]))
     for _ in range(10):
@@ -38,11 +44,8 @@ def random_resized_crop(
         w, h = int(round(math.sqrt(target * aspect))), int(round(math.sqrt(target / aspect)))
         if 0 < w <= width and 0 < h <= height:
             left, top = int(rng.integers(0, width - w + 1)), int(rng.integers(0, height - h + 1))
-            break
-    else:  # fall back to a center crop of the whole image
-        w, h = width, height
-        left, top = 0, 0
-    return image.resize((size, size), _PIL_RESAMPLE[interpolation], box=(left, top, left + w, top + h))
+            return left, top, left + w, top + h
+    return 0, 0, width, height  # fall back to the whole image
 
 
 # --- RandAugment ("rand-m9-mstd0.5-inc1": 2 ops, magnitude ~ N(9, 0.5), increasing ops) ---
@@ -183,3 +186,90 @@ def train_transform(image: np.ndarray, rng: np.random.Generator, *, size: int, m
         pil = rand_augment(pil, rng, **parse_randaugment(augment.randaugment))
     out = normalize(np.asarray(pil), mean, std)
     return random_erasing(out, rng, augment.random_erasing)
+
+
+# --- The same transform on a whole batch (numpy), where it has no per-image PIL step ---
+
+_PRECISION_BITS = 22  # Pillow's fixed-point resampling of 8-bit images (libImaging/Resample.c)
+
+
+def _bicubic(x: np.ndarray) -> np.ndarray:
+    """Pillow's bicubic kernel (a = -0.5)."""
+    a, x = -0.5, np.abs(x)
+    inner = ((a + 2.0) * x - (a + 3.0)) * x * x + 1.0
+    outer = (((x - 5.0) * x + 8.0) * x - 4.0) * a
+    return np.where(x < 1.0, inner, np.where(x < 2.0, outer, 0.0))
+
+
+@functools.lru_cache(maxsize=8192)
+def resample_weights(in0: int, in1: int, in_size: int, out_size: int) -> np.ndarray:
+    """Pillow's fixed-point bicubic weights for resizing ``[in0, in1)`` of an axis of
+    ``in_size`` pixels to ``out_size``: ``[out_size, in_size]`` integers (as float64), one row
+    per output pixel, each summing to about ``2**22``; computed as Pillow's
+    ``precompute_coeffs`` and ``normalize_coeffs_8bpc`` compute them (read-only, cached)."""
+    scale = (in1 - in0) / out_size
+    filterscale = max(scale, 1.0)
+    support = 2.0 * filterscale
+    center = in0 + (np.arange(out_size, dtype=np.float64)[:, None] + 0.5) * scale
+    xmin = np.maximum(np.trunc(center - support + 0.5), 0.0)
+    xmax = np.minimum(np.trunc(center + support + 0.5), in_size)
+    x = np.arange(in_size, dtype=np.float64)[None, :]
+    k = np.where((x >= xmin) & (x < xmax), _bicubic((x - center + 0.5) / filterscale), 0.0)
+    total = k.sum(-1, keepdims=True)
+    k = np.where(total != 0.0, k / np.where(total != 0.0, total, 1.0), k)
+    weights = np.sign(k) * np.floor(np.abs(k) * (1 << _PRECISION_BITS) + 0.5)
+    weights.flags.writeable = False
+    return weights
+
+
+def _fixed_point_pass(sums: np.ndarray) -> np.ndarray:
+    """Pillow's rounding of one resampling pass, in place: ``clip8((sum + 2**21) >> 22)``."""
+    sums += 1 << (_PRECISION_BITS - 1)
+    sums *= 1.0 / (1 << _PRECISION_BITS)
+    np.floor(sums, out=sums)
+    return np.clip(sums, 0.0, 255.0, out=sums)
+
+
+def resize_boxes(images: np.ndarray, boxes: np.ndarray, size: int) -> np.ndarray:
+    """``Image.resize((size, size), BICUBIC, box=box)`` of each ``[H, W, C]`` uint8 image of a
+    batch, as float64 values 0-255, computed as Pillow computes them (horizontal pass, then
+    vertical, each rounded to 8 bits in fixed point): the same pixels, with two batched
+    matrix products instead of one Pillow call per image. The sums are exact in float64
+    (255 x 2**22 x width < 2**53)."""
+    batch, height, width, channels = images.shape
+    boxes = [tuple(int(v) for v in box) for box in boxes]
+    wx = np.stack([resample_weights(b[0], b[2], width, size) for b in boxes])  # [B, size, W]
+    wy = np.stack([resample_weights(b[1], b[3], height, size) for b in boxes])  # [B, size, H]
+    pixels = images.transpose(0, 3, 1, 2).reshape(batch, channels * height, width).astype(np.float64)
+    rows = _fixed_point_pass(pixels @ wx.transpose(0, 2, 1))  # [B, C * H, size]
+    rows = rows.reshape(batch, channels, height, size)
+    return _fixed_point_pass(wy[:, None] @ rows).transpose(0, 2, 3, 1)  # [B, size, size, C]
+
+
+def batch_transform_supported(augment) -> bool:
+    """Whether :func:`train_transform_batch` covers ``augment``: bicubic random resized crop
+    (or none), flips; no RandAugment, no random erasing (per-image PIL and noise steps)."""
+    return not augment.randaugment and not augment.random_erasing and augment.interpolation == "bicubic"
+
+
+def train_transform_batch(
+    images: np.ndarray, rngs, *, size: int, mean, std, augment, normalize_images: bool = True
+) -> np.ndarray:
+    """:func:`train_transform` of a batch of equally sized RGB uint8 images, image ``i`` drawn
+    from ``rngs[i]`` exactly as ``train_transform(images[i], rngs[i], ...)`` draws: the same
+    boxes, flips and pixels (tested equal), for configs where :func:`batch_transform_supported`.
+    ``normalize_images=False`` returns uint8 (normalise later, e.g. on the device)."""
+    if not batch_transform_supported(augment):
+        raise ValueError("train_transform_batch has no RandAugment, random erasing or non-bicubic resize")
+    height, width = images.shape[1:3]
+    boxes, flips = [], []
+    for rng in rngs:
+        if augment.random_resized_crop:
+            boxes.append(crop_box(width, height, rng, tuple(augment.crop_scale)))
+        else:
+            boxes.append((0, 0, width, height))
+        flips.append(bool(augment.hflip and rng.random() < 0.5))
+    out = resize_boxes(images, np.asarray(boxes), size).astype(np.uint8)
+    if any(flips):
+        out[flips] = out[flips, :, ::-1]
+    return normalize(out, mean, std) if normalize_images else out

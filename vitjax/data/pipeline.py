@@ -26,6 +26,12 @@ workers of one of two kinds:
   scales past the GIL on many-core hosts, at the price of a start-up (each worker imports
   the transform's modules) and of pickling every float32 batch back to the trainer.
 
+With a ``batch_transform`` (``TrainLoader.with_batch_transform``: a recipe without per-image
+PIL steps, e.g. the digits job), element ``s`` reads its examples in one call and augments
+them in one numpy call, each image with its own ``(seed, position)`` generator, and the thread
+workers build whole batches, two ahead: the same batches, without grain's and Python's
+per-image overhead, which dominates for small images.
+
 Both give the same batches as ``dataset[s]`` (tested). ``benchmarks/loader.py`` measures
 the two as workers grow (``benchmarks/results/loader.md``). On the 2-core development
 machine, with the DeiT recipe on 500x375 JPEGs: one core alone 242 img/s; threads 234 /
@@ -58,6 +64,9 @@ from vitjax.data.sources import DataError, Source
 from vitjax.data.transforms import ImageError
 
 Transform = Callable[[np.ndarray, np.random.Generator], np.ndarray]
+# A whole batch at once: equally sized uint8 images [B, H, W, C] and one generator per image,
+# giving exactly what ``Transform`` gives image by image (``augment.train_transform_batch``).
+BatchTransform = Callable[[np.ndarray, list[np.random.Generator]], np.ndarray]
 
 WORKER_KINDS = ("threads", "processes")
 # Stream positions of a training run are numbered below this (far more than any run reads).
@@ -131,6 +140,7 @@ class _Example:
     image: np.ndarray | None  # None: a bad eval image or padding, masked out
     label: int
     skipped: tuple[str, ...]
+    position: int = 0  # the stream position whose generator augments it
 
 
 class _StreamOrder:
@@ -172,9 +182,10 @@ class _EvalOrder:
 class _ReadExample:
     """``(example index, stream position)`` -> the transformed example, augmented with a
     generator seeded by ``(seed, position)``. A bad image raises (policy ``fail``), is
-    replaced by the next readable example (training), or is dropped (evaluation)."""
+    replaced by the next readable example (training), or is dropped (evaluation). Without a
+    ``transform`` the image is returned as read (a batch transform augments it later)."""
 
-    def __init__(self, source: Source, transform: Transform, seed: int, policy: str, replace_bad: bool):
+    def __init__(self, source: Source, transform: Transform | None, seed: int, policy: str, replace_bad: bool):
         self.source, self.transform, self.seed = source, transform, seed
         self.policy, self.replace_bad = policy, replace_bad
 
@@ -192,8 +203,10 @@ class _ReadExample:
                     raise
                 skipped.append(str(e))
                 continue
+            if self.transform is None:
+                return _Example(image, label, tuple(skipped), position)
             rng = np.random.default_rng([self.seed, position])
-            return _Example(self.transform(image, rng), label, tuple(skipped))
+            return _Example(self.transform(image, rng), label, tuple(skipped), position)
         if not self.replace_bad:
             return _Example(None, 0, tuple(skipped))
         raise DataError(f"no readable image among {_MAX_REPLACEMENTS} examples from {self.source.describe(index)}")
@@ -211,6 +224,37 @@ def _assemble(examples: Sequence[_Example]) -> Batch:
     labels = np.asarray([e.label for e in examples], np.int32)
     mask = np.asarray([e.image is not None for e in examples])
     return Batch(images, labels, mask, tuple(s for e in examples for s in e.skipped))
+
+
+class _AssembleTransformed:
+    """Raw examples -> a :class:`Batch` augmented by ``batch_transform`` in one call, each
+    image with the generator of its stream position; a batch of unequal image sizes goes
+    through ``transform`` image by image (which gives the same pixels)."""
+
+    def __init__(self, transform: Transform, batch_transform: BatchTransform, seed: int):
+        self.transform, self.batch_transform, self.seed = transform, batch_transform, seed
+
+    def __call__(self, examples: Sequence[_Example]) -> Batch:
+        rngs = [np.random.default_rng([self.seed, e.position]) for e in examples]
+        shapes = {e.image.shape for e in examples}
+        if len(shapes) == 1:
+            images = self.batch_transform(np.stack([e.image for e in examples]), rngs)
+        else:
+            images = np.stack([self.transform(e.image, rng) for e, rng in zip(examples, rngs, strict=True)])
+        labels = np.asarray([e.label for e in examples], np.int32)
+        mask = np.ones(len(examples), bool)
+        return Batch(images, labels, mask, tuple(s for e in examples for s in e.skipped))
+
+
+class _ReadBatch:
+    """Step -> its :class:`Batch`: this host's examples read in order, then assembled."""
+
+    def __init__(self, positions, order, read: _ReadExample, per_host: int, assemble):
+        self.positions, self.order, self.read, self.per_host, self.assemble = positions, order, read, per_host, assemble
+
+    def __call__(self, step: int) -> Batch:
+        first = step * self.per_host
+        return self.assemble([self.read(self.order(self.positions(j))) for j in range(first, first + self.per_host)])
 
 
 def _host_slice(global_batch: int, process_index: int, process_count: int) -> slice:
@@ -240,11 +284,20 @@ class _Loader:
     """The grain pipeline shared by training and evaluation: ``examples`` (a MapDataset of
     :class:`_Example`, this host's share in stream order) batched ``per_host`` at a time."""
 
-    def __init__(self, examples, per_host: int, bad_images: BadImageLog, num_workers: int, worker_kind: str):
+    def __init__(
+        self,
+        examples,
+        per_host: int,
+        bad_images: BadImageLog,
+        num_workers: int,
+        worker_kind: str,
+        assemble: Callable[[Sequence[_Example]], Batch] | None = None,
+    ):
         check_workers(num_workers, worker_kind)
         self.examples, self.per_host, self.bad_images = examples, per_host, bad_images
         self.num_workers, self.worker_kind = num_workers, worker_kind
-        self.batches = examples.batch(per_host, drop_remainder=True, batch_fn=_assemble)
+        self.batch_level = assemble is not None  # workers build whole batches
+        self.batches = examples.batch(per_host, drop_remainder=True, batch_fn=assemble or _assemble)
 
     def read(self, step: int) -> Batch:
         return self.bad_images.record_batch(self.batches[step])
@@ -259,6 +312,10 @@ class _Loader:
                 self.batches[start:stop]
                 .to_iter_dataset(grain.ReadOptions(num_threads=0, prefetch_buffer_size=0))
                 .mp_prefetch(grain.MultiprocessingOptions(num_workers=self.num_workers, per_worker_buffer_size=1))
+            )
+        elif self.batch_level:  # each thread builds whole batches; two read ahead
+            iter_dataset = self.batches[start:stop].to_iter_dataset(
+                grain.ReadOptions(num_threads=self.num_workers, prefetch_buffer_size=2 if self.num_workers else 0)
             )
         else:
             examples = self.examples[start * self.per_host : stop * self.per_host]
@@ -284,7 +341,10 @@ class TrainLoader:
 
     ``num_workers`` threads or processes (``worker_kind``) decode and augment; 0 reads in
     the consuming thread. ``transform`` must pickle (cloudpickle: lambdas are fine) when
-    ``worker_kind="processes"``.
+    ``worker_kind="processes"``. With a ``batch_transform`` (which must give what
+    ``transform`` gives, image by image), images are read one by one and augmented a batch
+    at a time, and each worker builds whole batches: for small images, where the cost is
+    Python's per-image overhead, not pixels (see :meth:`with_batch_transform`).
     """
 
     def __init__(
@@ -299,8 +359,20 @@ class TrainLoader:
         on_bad_image: str = "skip",
         num_workers: int = 2,
         worker_kind: str = "threads",
+        batch_transform: BatchTransform | None = None,
     ):
         grain = _grain()
+        self._arguments = dict(
+            source=source,
+            transform=transform,
+            global_batch=global_batch,
+            seed=seed,
+            process_index=process_index,
+            process_count=process_count,
+            on_bad_image=on_bad_image,
+            num_workers=num_workers,
+            worker_kind=worker_kind,
+        )
         self.source, self.global_batch, self.seed = source, global_batch, seed
         self.bad_images = BadImageLog(on_bad_image)
         self.slice = _host_slice(global_batch, process_index, process_count)
@@ -309,9 +381,21 @@ class TrainLoader:
             grain.MapDataset.range(_STREAM_LENGTH // global_batch * per_host)
             .map(_HostPositions(global_batch, self.slice))
             .map(_StreamOrder(len(source), seed))
-            .map(_ReadExample(source, transform, seed, on_bad_image, replace_bad=True))
+            .map(_ReadExample(source, None if batch_transform else transform, seed, on_bad_image, replace_bad=True))
         )
-        self._loader = _Loader(examples, per_host, self.bad_images, num_workers, worker_kind)
+        assemble = _AssembleTransformed(transform, batch_transform, seed) if batch_transform else None
+        self._loader = _Loader(examples, per_host, self.bad_images, num_workers, worker_kind, assemble)
+        if batch_transform:  # read a batch's examples in one call, not one grain element each
+            read = _ReadExample(source, None, seed, on_bad_image, replace_bad=True)
+            self._loader.batches = grain.MapDataset.range(len(self._loader.batches)).map(
+                _ReadBatch(
+                    _HostPositions(global_batch, self.slice), _StreamOrder(len(source), seed), read, per_host, assemble
+                )
+            )
+
+    def with_batch_transform(self, batch_transform: BatchTransform) -> TrainLoader:
+        """The same loader (same batches) augmenting a batch at a time with ``batch_transform``."""
+        return TrainLoader(**self._arguments, batch_transform=batch_transform)
 
     @property
     def dataset(self):
