@@ -17,7 +17,9 @@ interleaved variants, each timing ``--steps`` steps after two warm-up steps:
   ``data_wait`` is the share of that time spent getting the batch (``InputWaitMeter``).
 
 Variants differ only in environment settings read by the loader at ``iterate``
-(``--variants name=VAR:value,...``). Results: ``benchmarks/results/input_loop_<job>_b<batch>.{json,md}``.
+(``--variants name=VAR:value,...``; ``LOADER:per-image`` is ``Experiment.train_loader()``,
+``LOADER:vitjax.main`` what ``vitjax.main`` builds). Results: one entry per job and batch in
+``benchmarks/results/input_loop.json``, all of them in ``input_loop.md``.
 """
 
 from __future__ import annotations
@@ -224,10 +226,13 @@ def main(argv: list[str] | None = None) -> int:
     args.load_before = os.getloadavg()[0]
     np.random.seed(0)
     results = run(args)
-    out = args.out or RESULTS / f"input_loop_{args.job}_b{results['batch']}"
+    out = args.out or RESULTS / "input_loop"
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.with_suffix(".json").write_text(json.dumps(results, indent=2) + "\n")
-    out.with_suffix(".md").write_text(markdown(results))
+    path = out.with_suffix(".json")
+    everything = json.loads(path.read_text()) if path.exists() else {}
+    everything[f"{args.job}_b{results['batch']}"] = results
+    path.write_text(json.dumps(everything, indent=2) + "\n")
+    out.with_suffix(".md").write_text("\n".join(markdown(r) for _, r in sorted(everything.items())))
     print(markdown(results))
     return 0
 
