@@ -12,10 +12,14 @@ onnx     MODEL_DIR [OUT.onnx]               Paddle2ONNX conversion of an exporte
 onnx --from jax SRC OUT.onnx [--model NAME] ONNX from the JAX model with jax2onnx, no Paddle (SRC: a
                                             registered name for its pretrained weights, .pdparams,
                                             orbax checkpoint or workdir; --logits drops the softmax)
+quantize MODEL.onnx --calibration DIR --out MODEL.int8.onnx
+                                            static int8 (QDQ) with ONNX Runtime's tools, calibrated on
+                                            the images in DIR (--max-images N, --model for Paddle2ONNX)
 jax-export SRC OUT.jaxexport [--model NAME] jax.export artifact (StableHLO for cpu, cuda, tpu; symbolic
                                             batch; NHWC in, logits out) + OUT.jaxexport.json sidecar
 backends                                    which deployment backends run on this machine
 parity   SRC --out DIR [--model NAME]       JAX vs every backend: parity.md + parity.json, exit 1 on failure
+                                            (--backends ... onnxruntime-int8 [--calibration DIR]: int8 too)
 download NAME... [--inference]             PaddleClas's pretrained weights (or *_infer.tar) into the cache
 list-pretrained                             names, URLs, sizes, and what is cached
 serve    SRC [--backend B] [--port 8080]    HTTP inference server (interop/serving; the serve extra)
@@ -31,8 +35,8 @@ from interop._paddle import require_paddle
 from interop.errors import InteropError
 from interop.jax_artifact import ArtifactError
 from interop.pretrained import add_commands as add_pretrained_commands
-from vitjax.checkpoints import CheckpointError, load_variables, save_variables
 from vitjax.data.transforms import ImageError
+from vitjax.training.checkpoints import CheckpointError, load_variables, save_variables
 from vitjax.weights.convert import guess_model, infer_num_classes, save_pdparams, state_dict_to_variables
 from vitjax.weights.download import DownloadError
 from vitjax.weights.errors import WeightsError
@@ -153,6 +157,21 @@ def onnx(args) -> int:
     return 0
 
 
+def quantize(args) -> int:
+    from interop.quantize import quantize_onnx
+
+    out = quantize_onnx(
+        args.model_file,
+        args.calibration,
+        args.out,
+        model_name=args.model,
+        max_images=args.max_images,
+        overwrite=args.overwrite,
+    )
+    print(f"{args.model_file} -> {out} (int8 QDQ, calibrated on {args.calibration})")
+    return 0
+
+
 def jax_export(args) -> int:
     from interop.jax_artifact import export_jax_artifact, sidecar_path
 
@@ -196,14 +215,22 @@ def parity(args) -> int:
         latency_runs=args.runs,
         threads=args.threads,
         tolerances=tolerances,
+        calibration=args.calibration,
     )
     md, js = write_report(report, args.out)
     for backend, entry in report["backends"].items():
         if not entry["available"]:
             print(f"{backend:16s} not run: {entry['reason']}")
             continue
+        verdict = "ok" if entry["passed"] else "FAILED"
+        if entry["precision"] == "int8":
+            judged = [m for m in entry["inputs"].values() if m["passed"] is not None]
+            agree = min((m["top1_agreement"] for m in judged), default=float("nan"))
+            change = max((m["top1_prob_delta"] for m in judged), default=float("nan"))
+            print(f"{backend:16s} {verdict}: top-1 agreement {agree:.0%}, top-1 probability change {change:.3g}")
+            continue
         worst = max(m["max_abs_logits"] for m in entry["inputs"].values())
-        print(f"{backend:16s} {'ok' if entry['passed'] else 'FAILED'}: max |logit difference| {worst:.3g}")
+        print(f"{backend:16s} {verdict}: max |logit difference| {worst:.3g}")
     print(f"report: {md} and {js}")
     return 0 if report["passed"] else 1
 
@@ -269,6 +296,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--logits", action="store_true", help="--from jax: output logits instead of softmax probabilities")
     p.add_argument("--opset", type=int, help="default 13 (paddle), 21 (jax)")
     p.add_argument("--overwrite", action="store_true")
+    p = sub.add_parser("quantize", help="static int8 quantization of an ONNX model (ONNX Runtime), for CPUs")
+    p.set_defaults(run=quantize)
+    p.add_argument("model_file", metavar="MODEL.onnx", help="from `onnx --from jax` or Paddle2ONNX (then --model)")
+    p.add_argument("--calibration", required=True, metavar="DIR", help="folder of images (any depth) to calibrate on")
+    p.add_argument("--out", required=True, metavar="OUT.onnx", help="the int8 model, e.g. MODEL.int8.onnx")
+    p.add_argument("--max-images", type=int, default=128, help="calibrate on the first N images, sorted (default 128)")
+    p.add_argument("--model", help="registered model name, for a file without vitjax metadata (Paddle2ONNX's)")
+    p.add_argument("--overwrite", action="store_true")
     p = sub.add_parser("jax-export", help="write a portable jax.export artifact (StableHLO) and its sidecar")
     p.set_defaults(run=jax_export)
     p.add_argument("src", help="registered model name (pretrained), .pdparams, orbax variables checkpoint or workdir")
@@ -290,6 +325,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--atol-logits", type=float, help="fp32 tolerance on logits (default 1e-4)")
     p.add_argument("--atol-probs", type=float, help="fp32 tolerance on probabilities (default 1e-4)")
+    p.add_argument(
+        "--calibration", metavar="DIR", help="images onnxruntime-int8 is calibrated on (default: the photos checked)"
+    )
     from interop.serving.cli import add_parser as add_serve_parser
 
     add_serve_parser(sub)

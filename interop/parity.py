@@ -16,6 +16,12 @@ probabilities (softmax's Jacobian has infinity-norm <= 1/2, so a 1e-4 logit erro
 cannot move a probability by more); TensorRT fp16 a looser, documented bound
 (:data:`TOLERANCES`): fp16 keeps 11 significant bits (relative rounding 4.9e-4 per
 op), which compounds over a dozen transformer blocks.
+
+int8 (backend ``onnxruntime-int8``, asked for by name: the jax2onnx files quantized by
+:mod:`interop.quantize`, calibrated on ``calibration`` or else on the checked photos) is held to
+its own line (:data:`INT8_TOLERANCE`), not to a logit bound: top-1 agreement with JAX and the
+largest change in the probability of JAX's top-1 class, judged on the photos only (random
+noise lies outside any calibration set; its numbers are reported, not judged).
 """
 
 from __future__ import annotations
@@ -41,13 +47,34 @@ class Tolerance:
     probs: float
 
 
+@dataclasses.dataclass(frozen=True)
+class Int8Tolerance:
+    """int8 is judged on the photos: the fraction of them whose top-1 matches JAX's, and the largest
+    change in the probability of JAX's top-1 class."""
+
+    top1_agreement: float
+    top1_prob_delta: float
+    judged_inputs: tuple[str, ...] = ("photos",)
+
+
 TOLERANCES = {"fp32": Tolerance(logits=1e-4, probs=1e-4), "fp16": Tolerance(logits=5e-2, probs=1e-2)}
+INT8_TOLERANCE = Int8Tolerance(top1_agreement=0.75, top1_prob_delta=0.1)
+INT8_BACKEND = "onnxruntime-int8"
 LATENCY_BATCHES = (1, 4, 8)
-PADDLE_FREE_BACKENDS = ("jax", "onnxruntime-jax", "jax-export")  # a report on these alone exports no Paddle model
+PADDLE_FREE_BACKENDS = ("jax", "onnxruntime-jax", "jax-export", INT8_BACKEND)  # these alone export no Paddle model
 
 
 def precision_of(backend: str) -> str:
+    if backend == INT8_BACKEND:
+        return "int8"
     return "fp16" if backend.endswith("fp16") else "fp32"
+
+
+def _status(backend: str) -> tuple[bool, str]:
+    if backend == INT8_BACKEND:
+        ok, reason = backend_status("onnxruntime-jax")
+        return ok, reason if not ok else "ONNX Runtime on the int8 (QDQ) jax2onnx file"
+    return backend_status(backend)
 
 
 def _softmax(logits: np.ndarray) -> np.ndarray:
@@ -59,13 +86,16 @@ def _softmax(logits: np.ndarray) -> np.ndarray:
 def compare(
     reference_logits: np.ndarray, logits: np.ndarray, reference_probs: np.ndarray, probs: np.ndarray
 ) -> dict[str, float]:
-    """Max abs differences and top-1/top-5 agreement (fraction of rows; top-5 as sets)."""
+    """Max abs differences, top-1/top-5 agreement (fraction of rows; top-5 as sets) and the largest
+    change in the probability of the reference's top-1 class."""
     top5 = lambda x: np.sort(np.argsort(-x, axis=-1)[:, :5], axis=-1)  # noqa: E731
+    top1 = reference_probs.argmax(-1)[:, None]
     return {
         "max_abs_logits": float(np.abs(logits - reference_logits).max()),
         "max_abs_probs": float(np.abs(probs - reference_probs).max()),
         "top1_agreement": float(np.mean(probs.argmax(-1) == reference_probs.argmax(-1))),
         "top5_agreement": float(np.mean(np.all(top5(probs) == top5(reference_probs), axis=-1))),
+        "top1_prob_delta": float(np.abs(np.take_along_axis(probs - reference_probs, top1, axis=-1)).max()),
     }
 
 
@@ -119,12 +149,15 @@ def run_parity(
     threads: int = 1,
     tolerances: dict[str, Tolerance] | None = None,
     seed: int = 0,
+    calibration: str | os.PathLike | None = None,
+    int8_tolerance: Int8Tolerance = INT8_TOLERANCE,
 ) -> dict[str, Any]:
     """Runs the parity check and returns the report (see the module docstring).
 
     ``source``: Flax variables, a ``.pdparams`` file, an orbax checkpoint or a workdir.
     ``out_dir`` receives the exported models (``models/``); the report is written by
-    :func:`write_report`. ``photos`` defaults to :func:`default_photos`.
+    :func:`write_report`. ``photos`` defaults to :func:`default_photos`. ``calibration``: the
+    image folder ``onnxruntime-int8`` is calibrated on (default: the photos checked).
     """
     model_name, variables = resolve_variables(source, model_name)
     tolerances = {**TOLERANCES, **(tolerances or {})}
@@ -139,13 +172,15 @@ def run_parity(
         logits_dir = export_inference_model(
             variables, model_name, out_dir / "models" / "logits", softmax=False, overwrite=True
         )
-    onnx_files: dict[str, dict[str, Path]] = {"onnxruntime": {}, "onnxruntime-jax": {}}
+    onnx_files: dict[str, dict[str, Path]] = {"onnxruntime": {}, "onnxruntime-jax": {}, INT8_BACKEND: {}}
+    photos = default_photos() if photos is None else list(photos)
     if "onnxruntime" in backends and backend_status("onnxruntime")[0]:
         onnx_files["onnxruntime"] = {
             kind: export_onnx(d, overwrite=True) for kind, d in (("probs", shipped), ("logits", logits_dir))
         }
     jax2onnx_missing = None
-    if "onnxruntime-jax" in backends and backend_status("onnxruntime-jax")[0]:
+    wants_jax2onnx = "onnxruntime-jax" in backends or INT8_BACKEND in backends
+    if wants_jax2onnx and backend_status("onnxruntime-jax")[0]:
         from interop.onnx_from_jax import export_onnx_from_jax
 
         try:
@@ -161,6 +196,11 @@ def run_parity(
             }
         except BackendUnavailable as e:
             jax2onnx_missing = str(e)
+    calibrated_on = None
+    if INT8_BACKEND in backends and onnx_files["onnxruntime-jax"]:
+        onnx_files[INT8_BACKEND], calibrated_on = _int8_files(
+            onnx_files["onnxruntime-jax"], out_dir / "models", calibration, photos
+        )
     artifact = None
     if "jax-export" in backends:
         from interop.jax_artifact import export_jax_artifact
@@ -171,7 +211,6 @@ def run_parity(
     size = reference.img_size
     rows = max(random_batch, max(latency_batches))
     inputs = {"random": np.random.RandomState(seed).standard_normal((rows, 3, size, size)).astype(np.float32)}
-    photos = default_photos() if photos is None else list(photos)
     if photos:
         inputs["photos"] = photo_batch(photos, model_name)
     expected = {}
@@ -181,8 +220,8 @@ def run_parity(
 
     results: dict[str, Any] = {}
     for backend in backends:
-        ok, reason = backend_status(backend)
-        if backend == "onnxruntime-jax" and ok and jax2onnx_missing:
+        ok, reason = _status(backend)
+        if backend in ("onnxruntime-jax", INT8_BACKEND) and ok and jax2onnx_missing:
             ok, reason = False, jax2onnx_missing
         if not ok:
             results[backend] = {"available": False, "reason": reason}
@@ -191,7 +230,7 @@ def run_parity(
         try:
             predictors = {
                 kind: create_predictor(
-                    backend,
+                    "onnxruntime-jax" if backend == INT8_BACKEND else backend,
                     softmax=kind == "probs",
                     model_dir=d,
                     onnx_path=onnx_files.get(backend, {}).get(kind),
@@ -203,13 +242,16 @@ def run_parity(
         except BackendUnavailable as e:
             results[backend] = {"available": False, "reason": str(e)}
             continue
-        tolerance = tolerances[precision_of(backend)]
+        precision = precision_of(backend)
+        tolerance = int8_tolerance if precision == "int8" else tolerances[precision]
         entry: dict[str, Any] = {
             "available": True,
-            "precision": precision_of(backend),
+            "precision": precision,
             "tolerance": dataclasses.asdict(tolerance),
             "inputs": {},
         }
+        if precision == "int8":
+            entry["calibration"] = calibrated_on
         trt = getattr(predictors["probs"], "tensorrt", None)
         if trt is not None:
             entry["settings"] = trt.describe()
@@ -219,10 +261,8 @@ def run_parity(
             metrics = compare(
                 ref_logits, predictors["logits"].predict(batch), ref_probs, predictors["probs"].predict(batch)
             )
-            metrics["passed"] = (
-                metrics["max_abs_logits"] <= tolerance.logits and metrics["max_abs_probs"] <= tolerance.probs
-            )
-            passed &= metrics["passed"]
+            metrics["passed"] = _within(metrics, tolerance, name)
+            passed &= metrics["passed"] is not False
             entry["inputs"][name] = metrics
         entry["latency"] = measure_latency(predictors["probs"], inputs["random"], latency_batches, latency_runs)
         entry["passed"] = passed
@@ -236,7 +276,10 @@ def run_parity(
             "random": f"{rows} images, standard normal (seed {seed}), NCHW {size}x{size}",
             "photos": [name for name, _ in photos] if photos else "none",
         },
-        "tolerances": {k: dataclasses.asdict(v) for k, v in tolerances.items()},
+        "tolerances": {
+            **{k: dataclasses.asdict(v) for k, v in tolerances.items()},
+            **({"int8": dataclasses.asdict(int8_tolerance)} if INT8_BACKEND in backends else {}),
+        },
         "machine": {
             "platform": platform.platform(),
             "processor": platform.processor() or platform.machine(),
@@ -250,6 +293,49 @@ def run_parity(
     }
 
 
+def _within(metrics: dict[str, float], tolerance, inputs: str) -> bool | None:
+    """Whether ``metrics`` meet ``tolerance``; None for an input set int8 is not judged on."""
+    if isinstance(tolerance, Int8Tolerance):
+        if inputs not in tolerance.judged_inputs:
+            return None
+        return (
+            metrics["top1_agreement"] >= tolerance.top1_agreement
+            and metrics["top1_prob_delta"] <= tolerance.top1_prob_delta
+        )
+    return metrics["max_abs_logits"] <= tolerance.logits and metrics["max_abs_probs"] <= tolerance.probs
+
+
+def _int8_files(float_files: dict[str, Path], models: Path, calibration, photos) -> tuple[dict[str, Path], str]:
+    """The jax2onnx files quantized to int8, calibrated on ``calibration`` or on the photos."""
+    from PIL import Image
+
+    from interop.quantize import quantize_onnx
+
+    described = str(calibration) if calibration is not None else None
+    if calibration is None:
+        if not photos:
+            raise ValueError(f"{INT8_BACKEND}: pass a calibration folder (no photos to calibrate on)")
+        calibration = models / "int8_calibration"
+        calibration.mkdir(exist_ok=True)
+        for i, (_, image) in enumerate(photos):
+            Image.fromarray(image).save(calibration / f"{i:04d}.png")
+        described = f"the {len(photos)} checked photos"
+    files = {
+        kind: quantize_onnx(path, calibration, models / f"int8_{kind}.onnx", overwrite=True)
+        for kind, path in float_files.items()
+    }
+    return files, described
+
+
+def _tolerance_text(name: str, v: dict[str, Any]) -> str:
+    if "top1_agreement" in v:
+        return (
+            f"{name}: top-1 agreement >= {v['top1_agreement']:.0%} and top-1 probability change <= "
+            f"{v['top1_prob_delta']:g}, on {', '.join(v['judged_inputs'])}"
+        )
+    return f"{name}: logits {v['logits']:g}, probabilities {v['probs']:g}"
+
+
 def render_markdown(report: dict[str, Any]) -> str:
     """The report as a markdown page: accuracy table, latency table, unavailable backends."""
     lines = [
@@ -259,16 +345,14 @@ def render_markdown(report: dict[str, Any]) -> str:
         f"Machine: {report['machine']['platform']}, {report['machine']['cpu_count']} CPUs, {report['machine']['threads']} inference thread(s).",
         "Versions: " + ", ".join(f"{k} {v}" for k, v in report["versions"].items()) + ".",
         f"Inputs: random = {report['inputs']['random']}; photos = {report['inputs']['photos']} (through the model's eval transform).",
-        "Tolerances (max abs difference against JAX): "
-        + "; ".join(
-            f"{k}: logits {v['logits']:g}, probabilities {v['probs']:g}" for k, v in report["tolerances"].items()
-        )
+        "Tolerances (max abs difference against JAX, int8 by agreement): "
+        + "; ".join(_tolerance_text(k, v) for k, v in report["tolerances"].items())
         + ".",
         "",
         "## Outputs",
         "",
-        "| backend | inputs | max abs logits | max abs probs | top-1 agree | top-5 agree | result |",
-        "|---|---|---|---|---|---|---|",
+        "| backend | inputs | max abs logits | max abs probs | top-1 agree | top-5 agree | top-1 prob change | result |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for backend, entry in report["backends"].items():
         if not entry["available"]:
@@ -276,7 +360,8 @@ def render_markdown(report: dict[str, Any]) -> str:
         for name, m in entry["inputs"].items():
             lines.append(
                 f"| {backend} | {name} | {m['max_abs_logits']:.3g} | {m['max_abs_probs']:.3g} | "
-                f"{m['top1_agreement']:.0%} | {m['top5_agreement']:.0%} | {'ok' if m['passed'] else '**FAIL**'} |"
+                f"{m['top1_agreement']:.0%} | {m['top5_agreement']:.0%} | {m['top1_prob_delta']:.3g} | "
+                f"{_result(m['passed'])} |"
             )
     batches = next((list(e["latency"]) for e in report["backends"].values() if e["available"]), [])
     lines += ["", f"## Latency (median of {report['latency_runs']} runs, ms per batch)", ""]
@@ -288,12 +373,19 @@ def render_markdown(report: dict[str, Any]) -> str:
                 f"| {backend} | " + " | ".join(f"{entry['latency'][b]['median_ms']:.2f}" for b in batches) + " |"
             )
     settings = [(b, e["settings"]) for b, e in report["backends"].items() if e.get("settings")]
+    settings += [
+        (b, f"calibrated on {e['calibration']}") for b, e in report["backends"].items() if e.get("calibration")
+    ]
     if settings:
         lines += ["", "## Backend settings", ""] + [f"- {b}: {text}" for b, text in settings]
     unavailable = [(b, e["reason"]) for b, e in report["backends"].items() if not e["available"]]
     if unavailable:
         lines += ["", "## Not run on this machine", ""] + [f"- {b}: {reason}" for b, reason in unavailable]
     return "\n".join(lines) + "\n"
+
+
+def _result(passed: bool | None) -> str:
+    return "not judged" if passed is None else "ok" if passed else "**FAIL**"
 
 
 def write_report(report: dict[str, Any], out_dir: str | os.PathLike) -> tuple[Path, Path]:
