@@ -8,8 +8,9 @@ when ``max_wait_ms`` is up therefore goes on waiting, up to ``decode_wait_ms`` m
 images that requests have already brought in and that are being decoded now (the
 server announces them with :meth:`DynamicBatcher.expect`). With nothing being decoded a
 batch never waits past ``max_wait_ms``. Under load this lets the clients just answered
-rejoin the next batch instead of the batches splitting in two (3 and 5 images in turn
-under 8 clients, with 5 ms of waiting against ~20 ms of decoding).
+rejoin the next batch instead of the batches splitting in two (2 and 6, or 3 and 5, images
+in turn under 8 clients: 5 ms of waiting against 15 ms or more of decoding; see
+docs/serving.md).
 
 The batch runs on a single inference thread (the engines parallelise internally) while
 the event loop keeps serving. Items whose request has given up (timeout, client gone)
