@@ -9,14 +9,15 @@ measurements behind each):
 * **QDQ format** (``QuantizeLinear``/``DequantizeLinear`` pairs around float ops), which ONNX
   Runtime's CPU provider fuses into its int8 kernels; the file stays a plain ONNX graph.
 * **uint8 activations, int8 weights per output channel** (symmetric), MinMax calibration,
-  ``reduce_range`` off: ONNX Runtime's guidance for x86 CPUs with VNNI (``reduce_range=True``
-  is an option for CPUs without it).
+  ``reduce_range`` off: ONNX Runtime's guidance for x86 CPUs with VNNI
+  (``QuantizeSettings(reduce_range=True)`` for CPUs without it).
 * **Only the matrix products are quantized** (:data:`QUANTIZED_OP_TYPES`): MatMul, Gemm and Conv
   (the patch embedding), attention's activation-by-activation MatMuls included (Paddle2ONNX's
   graph; jax2onnx writes them as ``Einsum``, which stays float). LayerNorm, Softmax, GELU and the
   residual additions stay float: quantizing ``Add`` measurably breaks top-1 agreement. The
-  products' outputs stay float too (not re-quantized): closer to fp32 and faster, as ONNX Runtime
-  then runs ``MatMulIntegerToFloat`` instead of ``QLinearMatMul`` + ``DequantizeLinear``.
+  products' outputs stay float too (not re-quantized): ONNX Runtime then runs one
+  ``MatMulIntegerToFloat`` per weight product instead of ``QLinearMatMul`` + ``DequantizeLinear``
+  (the patch embedding's Conv then keeps int8-stored weights but runs in float).
 
 The file keeps the source's ``vitjax.*`` metadata (model, output kind, eval transform) and
 gains ``vitjax.quantization``, a JSON record of how it was made, so ``interop serve``, the
