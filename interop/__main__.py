@@ -339,8 +339,8 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.run(args)
-    except (WeightsError, InteropError, CheckpointError, ImageError, DownloadError, ArtifactError) as e:
-        print(f"error: {e}", file=sys.stderr)
+    except (WeightsError, InteropError, CheckpointError, ImageError, DownloadError, ArtifactError, OSError) as e:
+        print(f"error: {e}", file=sys.stderr)  # OSError: a disk that is full or not ours to write, ...
         return 2
 
 

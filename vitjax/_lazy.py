@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import importlib
+import importlib.util
 from collections.abc import Callable
 from typing import Any
 
@@ -14,7 +16,9 @@ def lazy_exports(
 
     A name is imported from its module when first asked for and kept in ``namespace`` (the
     package's ``globals()``), so later lookups do not come back here. Other names go to
-    ``fallback`` (which raises ``AttributeError`` for what it does not know) if given."""
+    ``fallback`` (which raises ``AttributeError`` for what it does not know) if given, then to
+    the package's submodules: ``vitjax.models`` works after a bare ``import vitjax``, as it did
+    when the package imported its submodules eagerly."""
     package = namespace["__name__"]
 
     def __getattr__(name: str) -> Any:
@@ -23,7 +27,10 @@ def lazy_exports(
             namespace[name] = value
             return value
         if fallback is not None:
-            return fallback(name)
+            with contextlib.suppress(AttributeError):
+                return fallback(name)
+        if not name.startswith("__") and importlib.util.find_spec(f"{package}.{name}") is not None:
+            return importlib.import_module(f"{package}.{name}")  # the import system sets the attribute
         raise AttributeError(f"module {package!r} has no attribute {name!r}")
 
     def __dir__() -> list[str]:

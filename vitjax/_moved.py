@@ -47,10 +47,15 @@ class _MovedModuleLoader(importlib.abc.Loader):
 
     def create_module(self, spec: importlib.machinery.ModuleSpec) -> ModuleType:
         _warn(self.old, self.new, stacklevel=2)
-        return importlib.import_module(self.new)  # the old name becomes an alias of the new module
+        module = importlib.import_module(self.new)  # the old name becomes an alias of the new module
+        self._spec = module.__spec__  # the import system sets __spec__ to the alias's: put it back after
+        return module
 
     def exec_module(self, module: ModuleType) -> None:
-        pass  # already executed under its new name
+        module.__spec__ = self._spec  # already executed under its new name; reload() goes there
+
+    def get_code(self, fullname: str):
+        raise ImportError(f"{self.old} moved to {self.new}: run python -m {self.new}")
 
 
 class _MovedModuleFinder(importlib.abc.MetaPathFinder):

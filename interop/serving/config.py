@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 
 
 @dataclasses.dataclass(frozen=True)
@@ -61,8 +62,12 @@ class ServeConfig:
         ):
             if getattr(self, field) < 1:
                 raise ValueError(f"ServeConfig.{field} must be >= 1, got {getattr(self, field)}")
-        if self.max_wait_ms < 0 or self.decode_wait_ms < 0 or self.request_timeout_s <= 0:
-            raise ValueError("ServeConfig: max_wait_ms and decode_wait_ms must be >= 0 and request_timeout_s > 0")
+        if not all(math.isfinite(v) for v in (self.max_wait_ms, self.decode_wait_ms, self.request_timeout_s)) or (
+            self.max_wait_ms < 0 or self.decode_wait_ms < 0 or self.request_timeout_s <= 0
+        ):
+            raise ValueError(
+                "ServeConfig: max_wait_ms and decode_wait_ms must be finite and >= 0, request_timeout_s finite and > 0"
+            )
         for field in ("header_timeout_s", "body_timeout_s", "keep_alive_timeout_s", "body_rate_window_s"):
             if getattr(self, field) <= 0:
                 raise ValueError(f"ServeConfig.{field} must be > 0, got {getattr(self, field)}")

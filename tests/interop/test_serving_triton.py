@@ -189,10 +189,14 @@ def test_a_v2_answer_is_sent_compressed_when_asked(server, exported, photos, enc
     )
 
 
-@pytest.mark.parametrize("body, encoding, problem", [
-    (__import__("gzip").compress(b'{"inputs": []}', mtime=0)[:-9], "gzip", "truncated gzip stream"),
-    (__import__("zlib").compress(b'{"inputs": []}') + b"junk", "deflate", "4 bytes after its deflate stream"),
-], ids=["gzip-truncated", "deflate-padded"])  # fmt: skip  (fixed ids: pytest-xdist's workers must collect the same names)
+@pytest.mark.parametrize(
+    "body, encoding, problem",
+    [
+        (__import__("gzip").compress(b'{"inputs": []}', mtime=0)[:-9], "gzip", "truncated gzip stream"),
+        (__import__("zlib").compress(b'{"inputs": []}') + b"junk", "deflate", "4 bytes after its deflate stream"),
+    ],
+    ids=["gzip-truncated", "deflate-padded"],
+)  # fixed ids: pytest-xdist's workers must collect the same names
 def test_truncated_or_padded_compressed_bodies_are_400s(body, encoding, problem):
     from interop.serving.errors import MalformedRequest
     from interop.serving.kserve import decompress

@@ -109,12 +109,31 @@ def test_every_public_name_resolves_to_the_object_its_module_defines():
 
 def test_the_weights_api_has_one_door_vitjax():
     import interop
-    import vitjax.weights
 
     for name in ("load_pdparams", "save_pdparams", "load_pretrained", "read_pdparams", "WeightsError"):
         assert name in vitjax.__all__
-        assert not hasattr(vitjax.weights, name), f"vitjax.weights re-exports {name}"
         assert name not in interop.__all__ and name not in dir(interop)
+    out = run_python(
+        "import warnings\n"
+        "with warnings.catch_warnings(record=True) as caught:\n"
+        "    warnings.simplefilter('always')\n"
+        "    from vitjax.weights import load_pdparams, DownloadError\n"
+        "import vitjax\n"
+        "print(load_pdparams is vitjax.load_pdparams, DownloadError is vitjax.DownloadError, len(caught))\n"
+        "print(caught[0].message)"
+    )
+    assert out.splitlines() == ["True True 2", "vitjax.weights.load_pdparams is vitjax.load_pdparams; use that"]
+
+
+def test_subpackages_are_attributes_after_a_bare_import_as_before():
+    out = run_python(
+        "import vitjax, interop\n"
+        "print(vitjax.models.get_spec is vitjax.get_spec, vitjax.weights.convert.load_pdparams is vitjax.load_pdparams,"
+        " vitjax.hostmem.keep_freed_memory is vitjax.keep_freed_memory,"
+        " interop.errors.InteropError is interop.InteropError,"
+        " interop.inference.export_onnx is interop.export_onnx)"
+    )
+    assert out.strip() == "True True True True True"
 
 
 def test_old_interop_weight_names_still_work_and_say_where_they_moved():
@@ -134,9 +153,10 @@ def test_a_moved_module_imports_under_its_old_name_with_a_warning(old, new):
         "with warnings.catch_warnings(record=True) as caught:\n"
         "    warnings.simplefilter('always')\n"
         f"    old = importlib.import_module({old!r})\n"
-        f"print(old is importlib.import_module({new!r}), [str(w.message) for w in caught])\n"
+        f"new = importlib.import_module({new!r})\n"
+        "print(old is new, new.__spec__.name, [str(w.message) for w in caught])\n"
     )
-    assert out.startswith("True") and f"{old} moved to {new}" in out
+    assert out.startswith(f"True {new} ") and f"{old} moved to {new}" in out
 
 
 def test_from_vitjax_import_a_moved_module_warns_once():

@@ -360,18 +360,23 @@ def test_a_good_archive_still_extracts(tmp_path):
     assert (tmp_path / "out/m/a.bin").read_bytes() == b"a" * 3000
 
 
-def test_a_target_that_cannot_be_written_is_our_error_not_the_archives(tmp_path):
+@pytest.mark.parametrize(
+    ("size", "limit"),
+    [(200_000, 100_000), (262_144 + 5_000, 262_144 + 1_000)],  # inside the first chunk; in a chunk's tail
+    ids=["mid-chunk", "chunk-tail"],
+)
+def test_a_target_that_cannot_be_written_is_our_error_not_the_archives(tmp_path, size, limit):
     """A full disk while extracting (a file-size limit set in a child process: EFBIG, as a real
     write fails) is an OSError naming the target file, and the half-written file is removed."""
     archive = tmp_path / "ok.tar.gz"
-    archive.write_bytes(_tar_bytes([("m/small.txt", b"s"), ("m/big.bin", b"b" * 200_000)]))
+    archive.write_bytes(_tar_bytes([("m/small.txt", b"s"), ("m/big.bin", b"b" * size)]))
     target = tmp_path / "out"
     target.mkdir()
     code = (
         "import resource, signal, sys\n"
         "from vitjax.weights.download import TargetWriteError, UnsafeArchiveError, safe_extract_tar\n"
         "signal.signal(signal.SIGXFSZ, signal.SIG_IGN)\n"
-        "resource.setrlimit(resource.RLIMIT_FSIZE, (100_000, resource.RLIM_INFINITY))\n"
+        f"resource.setrlimit(resource.RLIMIT_FSIZE, ({limit}, resource.RLIM_INFINITY))\n"
         "try:\n"
         f"    safe_extract_tar({str(archive)!r}, {str(target)!r})\n"
         "except TargetWriteError as e:\n"

@@ -12,7 +12,7 @@ from collections.abc import Callable
 import flax.linen as nn
 import jax.numpy as jnp
 
-from vitjax.eval_transform import EvalTransform
+from vitjax.eval_transform import IMAGENET_MEAN, IMAGENET_STD, EvalTransform  # noqa: F401  (importable from here as before)
 from vitjax.models.deit import DeiT, DeiTArch
 from vitjax.models.tnt import TNT, TNTArch
 

@@ -345,6 +345,8 @@ def _check_download(
         return digest, None
     try:
         return digest, check(path)
+    except TargetWriteError:  # our disk, not the download: keep the file for the next try
+        raise
     except refusable as e:
         raise RefusedDownload(f"refused the download of {url}: {e}; nothing was cached") from None
 
@@ -583,7 +585,7 @@ def _extract_members(archive: Path, tar: tarfile.TarFile, members, target: Path,
             _make_dirs(path if member.isdir() else path.parent, written)
             if member.isdir():
                 continue
-            out = open(path, "xb")
+            out = open(path, "xb", buffering=0)  # unbuffered: every failed write is seen in _write
         except (FileExistsError, NotADirectoryError, IsADirectoryError):
             raise UnsafeArchiveError(f"{archive}: member {member.name!r} collides with another member") from None
         except OSError as e:  # a full disk, no permission: our side, not the archive's
@@ -602,7 +604,9 @@ class TargetWriteError(OSError):
 
 def _write(out, chunk: bytes, path: Path) -> None:
     try:
-        out.write(chunk)
+        view = memoryview(chunk)
+        while view:
+            view = view[out.write(view) :]
     except OSError as e:
         raise TargetWriteError(f"cannot write {path}: {e.strerror or e}") from None
 
