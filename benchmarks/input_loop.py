@@ -95,6 +95,9 @@ def run(args) -> dict:
         exp = train.Experiment(c, tmp / "work")
         c = exp.config
         loaders = {"per-image": exp.train_loader(), "vitjax.main": train.train_loader(exp)}
+        loaders["processes"] = type(loaders["vitjax.main"])(
+            **{**loaders["vitjax.main"]._arguments, "worker_kind": "processes"}
+        )
         loader = loaders["per-image"]
         schedule = lr_schedule(c.optimizer, c.batch_size, len(loader.source) / c.batch_size, 10**6)
         tx = make_optimizer(c.optimizer, schedule, exp.abstract_params, vitjax.get_spec(c.model.name).arch.depth)
