@@ -31,7 +31,7 @@ import jax
 import numpy as np
 
 from benchmarks.machine import busy_processes, describe, load_average
-from interop.measure import call_times, versions
+from interop.measure import VERSIONED_PACKAGES, call_times, versions
 
 
 def session(path: Path, threads: int, optimized: Path | None = None):
@@ -146,7 +146,7 @@ def main(argv: list[str] | None = None) -> int:
         "load_average_at_end": load_average(),
         "busy_processes_at_end": busy_processes(),
         "threads": args.threads,
-        "versions": {**versions(), "jax2onnx": _version("jax2onnx"), "onnx": _version("onnx")},
+        "versions": versions((*VERSIONED_PACKAGES, "onnx", "jax2onnx")),
         "models": results,
     }
     out = Path(args.out)
@@ -155,15 +155,6 @@ def main(argv: list[str] | None = None) -> int:
     (out / "onnx_from_jax.md").write_text(render(report))
     print(f"wrote {out / 'onnx_from_jax.md'}")
     return 0
-
-
-def _version(distribution: str) -> str:
-    from importlib.metadata import PackageNotFoundError, version
-
-    try:
-        return version(distribution)
-    except PackageNotFoundError:
-        return "not installed"
 
 
 def render(report: dict) -> str:

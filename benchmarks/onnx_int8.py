@@ -41,7 +41,7 @@ import numpy as np
 
 from benchmarks.machine import busy_processes, describe, load_average
 from benchmarks.onnx_from_jax import optimized_ops, session
-from interop.measure import call_times, versions
+from interop.measure import VERSIONED_PACKAGES, call_times, versions
 
 DIGITS_MODEL = "DeiT_test_patch8_32"
 SPEED_MODELS = ["DeiT_tiny_patch16_224", "DeiT_small_patch16_224", "DeiT_base_patch16_224", "TNT_small"]
@@ -237,7 +237,7 @@ def main(argv: list[str] | None = None) -> int:
         "load_average_at_end": load_average(),
         "busy_processes_at_end": busy_processes(),
         "threads": args.threads,
-        "versions": {**versions(), "onnx": _version("onnx"), "jax2onnx": _version("jax2onnx")},
+        "versions": versions((*VERSIONED_PACKAGES, "onnx", "jax2onnx")),
         "accuracy": accuracy,
         "speed": results,
     }
@@ -247,15 +247,6 @@ def main(argv: list[str] | None = None) -> int:
     (out / "onnx_int8.md").write_text(render(report))
     print(f"wrote {out / 'onnx_int8.md'}")
     return 0
-
-
-def _version(distribution: str) -> str:
-    from importlib.metadata import PackageNotFoundError, version
-
-    try:
-        return version(distribution)
-    except PackageNotFoundError:
-        return "not installed"
 
 
 def render(report: dict) -> str:
