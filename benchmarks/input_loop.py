@@ -17,7 +17,7 @@ interleaved variants, each timing ``--steps`` steps after two warm-up steps:
   ``data_wait`` is the share of that time spent getting the batch (``InputWaitMeter``).
 
 Variants differ only in environment settings read by the loader at ``iterate``
-(``--variants name=VAR:value,...``; ``LOADER:per-image`` is ``Experiment.train_loader()``,
+(``--variants name=VAR:value,...``; ``LOADER:per-image`` is ``Experiment.train_loader(per_image=True)``,
 ``LOADER:vitjax.main`` what ``vitjax.main`` builds). Results: one entry per job and batch in
 ``benchmarks/results/input_loop.json``, all of them in ``input_loop.md``.
 """
@@ -94,7 +94,7 @@ def run(args) -> dict:
         c.num_steps = 10**6
         exp = train.Experiment(c, tmp / "work")
         c = exp.config
-        loaders = {"per-image": exp.train_loader(), "vitjax.main": train.train_loader(exp)}
+        loaders = {"per-image": exp.train_loader(per_image=True), "vitjax.main": exp.train_loader()}
         loaders["processes"] = type(loaders["vitjax.main"])(
             **{**loaders["vitjax.main"]._arguments, "worker_kind": "processes"}
         )
