@@ -31,7 +31,7 @@ import jax
 import numpy as np
 
 from benchmarks.machine import busy_processes, describe, load_average
-from interop.measure import VERSIONED_PACKAGES, call_times, versions
+from interop.measure import VERSIONED_PACKAGES, call_times, versions, write_results
 
 
 def session(path: Path, threads: int, optimized: Path | None = None):
@@ -149,11 +149,7 @@ def main(argv: list[str] | None = None) -> int:
         "versions": versions((*VERSIONED_PACKAGES, "onnx", "jax2onnx")),
         "models": results,
     }
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "onnx_from_jax.json").write_text(json.dumps(report, indent=2) + "\n")
-    (out / "onnx_from_jax.md").write_text(render(report))
-    print(f"wrote {out / 'onnx_from_jax.md'}")
+    print(f"wrote {write_results(args.out, 'onnx_from_jax', report, render(report))}")
     return 0
 
 

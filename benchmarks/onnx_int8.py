@@ -41,7 +41,7 @@ import numpy as np
 
 from benchmarks.machine import busy_processes, describe, load_average
 from benchmarks.onnx_from_jax import optimized_ops, session
-from interop.measure import VERSIONED_PACKAGES, call_times, versions
+from interop.measure import VERSIONED_PACKAGES, call_times, versions, write_results
 
 DIGITS_MODEL = "DeiT_test_patch8_32"
 SPEED_MODELS = ["DeiT_tiny_patch16_224", "DeiT_small_patch16_224", "DeiT_base_patch16_224", "TNT_small"]
@@ -241,11 +241,7 @@ def main(argv: list[str] | None = None) -> int:
         "accuracy": accuracy,
         "speed": results,
     }
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "onnx_int8.json").write_text(json.dumps(report, indent=2) + "\n")
-    (out / "onnx_int8.md").write_text(render(report))
-    print(f"wrote {out / 'onnx_int8.md'}")
+    print(f"wrote {write_results(args.out, 'onnx_int8', report, render(report))}")
     return 0
 
 

@@ -9,11 +9,14 @@ heavy; the benchmarks import it, never the other way round.
 
 from __future__ import annotations
 
+import json
+import os
 import statistics
 import sys
 import time
 from collections.abc import Callable, Sequence
 from importlib import metadata
+from pathlib import Path
 from typing import TypeVar
 
 T = TypeVar("T")
@@ -68,3 +71,12 @@ def versions(packages: Sequence[str] = VERSIONED_PACKAGES) -> dict[str, str]:
         except metadata.PackageNotFoundError:
             found[package] = "not installed"
     return found
+
+
+def write_results(out_dir: str | os.PathLike, stem: str, report: dict, markdown: str) -> Path:
+    """Writes ``<stem>.json`` (the report) and ``<stem>.md`` (its rendering) into ``out_dir``; returns the .md."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / f"{stem}.json").write_text(json.dumps(report, indent=2) + "\n")
+    (out / f"{stem}.md").write_text(markdown)
+    return out / f"{stem}.md"
