@@ -5,8 +5,12 @@ training worker (``benchmarks.worker``, the same engines as ``benchmarks.run``) 
 times their steps in interleaved rounds, so a busy moment of the machine hits every variant alike:
 
 * ``jax / glibc``: vitjax's step on glibc's malloc as it comes (``VITJAX_MALLOC=system``);
-* ``jax / glibc kept``: what ``python -m vitjax.main`` runs: glibc told to keep freed buffers
-  (:func:`vitjax.hostmem.keep_freed_memory`), no preload;
+* ``jax / glibc kept``: glibc told to keep freed buffers (:func:`vitjax.hostmem.keep_freed_memory`),
+  no preload: what ``python -m vitjax.main`` runs where mimalloc is not installed, and what a
+  user's own loop gets from ``vitjax.keep_freed_memory()``;
+* ``jax / mimalloc``: what ``python -m vitjax.main`` runs on a CPU host: the ``cmeel-mimalloc``
+  wheel's library preloaded, told to keep freed memory on huge pages
+  (:func:`vitjax.hostmem.preload_allocator`);
 * ``jax / tcmalloc``: ``LD_PRELOAD`` of tcmalloc (where installed);
 * ``timm / glibc`` and ``timm / tcmalloc``: timm's DeiT/TNT with the same AdamW, the peer.
 
@@ -27,7 +31,7 @@ from pathlib import Path
 
 from benchmarks import machine
 from benchmarks.run import ROOT, Worker, WorkerError, _log, _prepare
-from vitjax.hostmem import tcmalloc_library
+from vitjax.hostmem import MIMALLOC_SETTINGS, mimalloc_library, tcmalloc_library
 
 OUT = ROOT / "benchmarks" / "results"
 
@@ -39,6 +43,9 @@ def variants() -> dict[str, tuple[str, dict[str, str]]]:
         "jax / glibc kept": ("jax-train", {"VITJAX_MALLOC": "keep"}),
         "timm / glibc": ("timm-train", {}),
     }
+    mimalloc = mimalloc_library()
+    if mimalloc:  # what vitjax.main runs on a CPU host: the wheel's mimalloc, preloaded and told to keep memory
+        out["jax / mimalloc"] = ("jax-train", {"LD_PRELOAD": mimalloc, **MIMALLOC_SETTINGS})
     library = tcmalloc_library()
     if library:
         out["jax / tcmalloc"] = ("jax-train", {"LD_PRELOAD": library})

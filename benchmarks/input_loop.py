@@ -35,6 +35,8 @@ from pathlib import Path
 
 import numpy as np
 
+from vitjax.hostmem import allocator_summary, keep_freed_memory, preload_allocator
+
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "results"
 
@@ -189,7 +191,7 @@ def run(args) -> dict:
         "cpu": cpu_name(),
         "cores": len(os.sched_getaffinity(0)),
         "load_average_before": args.load_before,
-        "allocator": os.environ.get("LD_PRELOAD", "") or "glibc (vitjax.keep_freed_memory)",
+        "allocator": allocator_summary(),
         "variants": dict(parse_variants(args.variants)),
         "rows": summary,
     }
@@ -227,6 +229,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", type=Path, default=None)
     args = p.parse_args(argv)
     args.load_before = os.getloadavg()[0]
+    keep_freed_memory()  # as vitjax.main does where mimalloc was not preloaded (see __main__ below)
     np.random.seed(0)
     results = run(args)
     out = args.out or RESULTS / "input_loop"
@@ -241,4 +244,5 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
+    preload_allocator()  # the allocator vitjax.main runs on (vitjax.hostmem)
     raise SystemExit(main())

@@ -345,4 +345,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
+    if sys.argv[1:2] == ["serve"]:  # a CPU server: start again once with mimalloc preloaded (vitjax.hostmem)
+        from vitjax.hostmem import preload_allocator
+
+        preload_allocator()
     sys.exit(main())

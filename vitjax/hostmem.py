@@ -27,6 +27,7 @@ import ctypes
 import ctypes.util
 import os
 import platform
+import sys
 from pathlib import Path
 
 _KNOWN = ("tcmalloc", "jemalloc", "mimalloc")
@@ -106,3 +107,100 @@ def keep_freed_memory() -> bool:
         bool(mallopt(_M_ARENA_MAX, 1)) and bool(mallopt(_M_MMAP_MAX, 0)) and bool(mallopt(_M_TRIM_THRESHOLD, 2**31 - 1))
     )
     return _applied
+
+
+# --- A PyPI-shipped allocator for the entry points -------------------------------------------------------
+#
+# An allocator replaces glibc's malloc only when the dynamic loader maps it before everything else
+# (``LD_PRELOAD``); loaded later it serves nobody. So an entry point (``python -m vitjax.main``,
+# ``python -m interop serve``) that finds glibc in charge starts itself again, once, with mimalloc
+# (the ``cmeel-mimalloc`` wheel, a dependency on Linux) preloaded and told to keep freed memory
+# (``MIMALLOC_PURGE_DELAY=-1``) on transparent huge pages (``MIMALLOC_ALLOW_LARGE_OS_PAGES=1``): the
+# per-step buffer is then reused with neither page faults nor the single arena's lock that
+# :func:`keep_freed_memory` pays (docs/performance.md, "The host allocator").
+
+_REEXEC_MARK = "VITJAX_MALLOC_PRELOADED"  # set in the started-again program: never start a third time
+_SAVED_PRELOAD = "VITJAX_MALLOC_SAVED_LD_PRELOAD"  # the caller's own LD_PRELOAD, given back to children
+MIMALLOC_SETTINGS = {"MIMALLOC_PURGE_DELAY": "-1", "MIMALLOC_ALLOW_LARGE_OS_PAGES": "1"}
+
+
+def mimalloc_library() -> str | None:
+    """The path of the ``cmeel-mimalloc`` wheel's ``libmimalloc.so``, or ``None`` when it is not installed."""
+    from importlib import metadata
+
+    try:
+        files = metadata.files("cmeel-mimalloc") or []
+    except metadata.PackageNotFoundError:
+        return None
+    for file in files:
+        if file.name.startswith("libmimalloc.so"):
+            path = Path(str(file.locate()))
+            if path.is_file():
+                return str(path.resolve())
+    return None
+
+
+def _accelerator_present(environ: dict[str, str]) -> bool:
+    """A GPU or TPU on this host, or JAX told to use one: the preload is for CPU training and serving."""
+    platforms = environ.get("JAX_PLATFORMS", "").strip().lower()
+    if platforms and platforms != "cpu":
+        return True
+    if platforms == "cpu":
+        return False
+    return Path("/dev/nvidia0").exists() or any(Path("/dev").glob("accel*")) or Path("/dev/kfd").exists()
+
+
+def preload_plan(environ: dict[str, str] | None = None, library: str | None = None) -> dict[str, str] | None:
+    """The environment to start this program again with (mimalloc preloaded), or ``None`` to run on as it is.
+
+    ``None`` when ``VITJAX_MALLOC`` is ``keep`` (glibc with :func:`keep_freed_memory`) or ``system``
+    (glibc as it comes), when this program was started again already, when another allocator is
+    loaded, off Linux/glibc, on a host with an accelerator, or when mimalloc is not installed.
+    """
+    env = dict(os.environ if environ is None else environ)
+    if env.get("VITJAX_MALLOC", "auto") not in ("auto", "mimalloc") or env.get(_REEXEC_MARK):
+        return None
+    if not sys.platform.startswith("linux") or platform.libc_ver()[0] != "glibc" or host_allocator() != "glibc":
+        return None
+    if env.get("VITJAX_MALLOC", "auto") == "auto" and _accelerator_present(env):
+        return None
+    library = library or mimalloc_library()
+    if library is None:
+        return None
+    preload = env.get("LD_PRELOAD", "")
+    env.update({key: env.get(key, value) for key, value in MIMALLOC_SETTINGS.items()})
+    env.update({_REEXEC_MARK: library, _SAVED_PRELOAD: preload, "LD_PRELOAD": f"{library} {preload}".strip()})
+    return env
+
+
+def preload_allocator() -> None:
+    """Starts the running program again with mimalloc preloaded (see :func:`preload_plan`); returns only
+    when it is not started again. Call it first thing in an entry point's ``__main__``, before JAX is
+    imported. In the started-again program, ``LD_PRELOAD`` is given back its old value, so the programs
+    it starts (workers, compilers) run on their usual allocator."""
+    if os.environ.get(_REEXEC_MARK):
+        saved = os.environ.pop(_SAVED_PRELOAD, "")
+        if saved:
+            os.environ["LD_PRELOAD"] = saved
+        else:
+            os.environ.pop("LD_PRELOAD", None)
+        return
+    env = preload_plan()
+    if env is None or not getattr(sys, "orig_argv", None):
+        return
+    sys.stdout.flush()
+    sys.stderr.flush()
+    try:
+        os.execve(sys.executable, [sys.executable, *sys.orig_argv[1:]], env)
+    except OSError:  # cannot start again (no such executable, a sandbox): run on glibc, kept
+        return
+
+
+def allocator_summary() -> str:
+    """One line for a log: which allocator this process runs on, and how to choose another."""
+    name = host_allocator()
+    if name == "mimalloc" and os.environ.get(_REEXEC_MARK):
+        return "mimalloc, preloaded by vitjax from the cmeel-mimalloc wheel (VITJAX_MALLOC=keep or system: glibc)"
+    if name == "glibc" and _applied:
+        return "glibc, freed memory kept (vitjax.keep_freed_memory)"
+    return name

@@ -17,7 +17,7 @@ from pathlib import Path
 from absl import app, flags
 from ml_collections import config_flags
 
-from vitjax.hostmem import keep_freed_memory
+from vitjax.hostmem import keep_freed_memory, preload_allocator
 
 DEFAULT_CONFIG = str(Path(__file__).resolve().parent / "training" / "default_config.py")
 
@@ -40,7 +40,7 @@ def initialize_distributed(dist_config) -> None:
 
 def main(argv) -> int:
     del argv
-    keep_freed_memory()  # before XLA's first buffer: glibc keeps freed step buffers mapped (vitjax.hostmem)
+    keep_freed_memory()  # without the preload (VITJAX_MALLOC=keep, a GPU host, ...): glibc keeps freed buffers
     logging.getLogger("jax._src.xla_bridge").setLevel(logging.ERROR)
     config = flags.FLAGS.config
     initialize_distributed(config.distributed)
@@ -71,4 +71,5 @@ def main(argv) -> int:
 
 
 if __name__ == "__main__":
+    preload_allocator()  # on a CPU host, start again once with mimalloc preloaded (vitjax.hostmem)
     app.run(main)

@@ -6,7 +6,14 @@ import sys
 
 import pytest
 
-from vitjax.hostmem import allocator_advice, host_allocator, tcmalloc_library
+from vitjax.hostmem import (
+    MIMALLOC_SETTINGS,
+    allocator_advice,
+    host_allocator,
+    mimalloc_library,
+    preload_plan,
+    tcmalloc_library,
+)
 
 
 def test_allocator_is_read_from_the_libraries_mapped_into_the_process():
@@ -89,3 +96,69 @@ def test_keep_freed_memory_lets_a_freed_block_be_reused_without_page_faults():
     # (4 KiB pages or 2 MiB transparent huge pages); kept, the second block reuses the first's pages.
     assert system_faults >= 50 and kept_faults <= system_faults // 20, (kept_faults, system_faults)
     assert no_advice and not system_no_advice  # the LD_PRELOAD hint is for glibc left as it comes
+
+
+# --- mimalloc, preloaded by the entry points ---------------------------------------------------------------
+
+needs_mimalloc = pytest.mark.skipif(
+    mimalloc_library() is None or not sys.platform.startswith("linux"), reason="cmeel-mimalloc is not installed"
+)
+
+
+def test_the_preload_plan_puts_mimalloc_first_and_keeps_what_the_user_set():
+    base = {"JAX_PLATFORMS": "cpu", "LD_PRELOAD": "/opt/libother.so", "MIMALLOC_PURGE_DELAY": "100"}
+    plan = preload_plan(base, library="/x/libmimalloc.so")
+    if host_allocator() != "glibc":
+        assert plan is None  # another allocator is in charge already: nothing to do
+        return
+    assert plan["LD_PRELOAD"] == "/x/libmimalloc.so /opt/libother.so"
+    assert plan["MIMALLOC_PURGE_DELAY"] == "100"  # the user's own setting wins
+    assert plan["MIMALLOC_ALLOW_LARGE_OS_PAGES"] == "1"
+    assert base["LD_PRELOAD"] == "/opt/libother.so"  # the caller's mapping is not changed
+    # Each way out: the user chose glibc, the program was started again already, an accelerator host.
+    assert preload_plan({**base, "VITJAX_MALLOC": "keep"}, library="/x/libmimalloc.so") is None
+    assert preload_plan({**base, "VITJAX_MALLOC": "system"}, library="/x/libmimalloc.so") is None
+    assert preload_plan(plan, library="/x/libmimalloc.so") is None
+    assert preload_plan({**base, "JAX_PLATFORMS": "cuda"}, library="/x/libmimalloc.so") is None
+    assert preload_plan({**base, "JAX_PLATFORMS": "cuda", "VITJAX_MALLOC": "mimalloc"}, library="/x/l.so") is not None
+
+
+STARTED_AGAIN = """
+import os, sys
+from vitjax.hostmem import allocator_summary, host_allocator, preload_allocator
+print("started", flush=True)
+preload_allocator()
+print(host_allocator(), repr(os.environ.get("LD_PRELOAD")), sys.argv[1:], allocator_summary(), sep="|")
+"""
+
+
+@needs_mimalloc
+@pytest.mark.parametrize("setting", ["auto", "keep"])
+def test_an_entry_point_starts_again_once_on_mimalloc_with_its_arguments(tmp_path, setting):
+    script = tmp_path / "entry.py"
+    script.write_text(STARTED_AGAIN)
+    env = dict(os.environ, JAX_PLATFORMS="cpu", VITJAX_MALLOC=setting)
+    env.pop("LD_PRELOAD", None)
+    out = subprocess.run(
+        [sys.executable, str(script), "--flag", "a b"], env=env, capture_output=True, text=True, timeout=120
+    )
+    assert out.returncode == 0, out.stderr[-2000:]
+    lines = out.stdout.splitlines()
+    allocator, preload, argv, summary = lines[-1].split("|")
+    assert argv == "['--flag', 'a b']"  # the same program, with the same arguments
+    if setting == "keep":
+        assert lines.count("started") == 1 and allocator == "glibc"
+        return
+    assert lines.count("started") == 2  # started again exactly once
+    assert allocator == "mimalloc" and "preloaded by vitjax" in summary
+    assert preload == "None"  # the programs it starts get the caller's LD_PRELOAD (none) back
+
+
+@needs_mimalloc
+def test_mimalloc_as_preloaded_reuses_a_freed_block_without_page_faults():
+    env = dict(os.environ, LD_PRELOAD=mimalloc_library(), VITJAX_MALLOC="system", **MIMALLOC_SETTINGS)
+    out = subprocess.run([sys.executable, "-c", FAULTS], env=env, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    _, kept_faults, _ = out.stdout.split()
+    _, system_faults, _ = _second_block_faults("system")
+    assert system_faults >= 50 and int(kept_faults) <= system_faults // 20, (kept_faults, system_faults)

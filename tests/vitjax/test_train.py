@@ -17,6 +17,7 @@ import pytest
 from flax.traverse_util import flatten_dict
 
 import vitjax
+from vitjax.hostmem import mimalloc_library, preload_plan
 from vitjax.training import checkpoints, train
 from vitjax.training.config import base_config
 from vitjax.training.monitoring import InputWaitMeter, LossCheck
@@ -413,6 +414,8 @@ def test_the_embedded_default_reaches_95_percent_on_held_out_digits(tmp_path):
     )
     assert result.returncode == 0, result.stderr[-3000:]
     assert "dense matmuls: xla" in result.stderr  # the default job's model.matmul: XLA's matmuls measured faster for it
+    if mimalloc_library() and preload_plan(env) is not None:  # a CPU host on glibc, the wheel installed
+        assert "host memory: mimalloc, preloaded by vitjax" in result.stderr  # started again on it, once
     evals = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines() if '"eval"' in line]
     assert evals[-1]["count"] == 360 and evals[-1]["top1"] >= 0.95, evals[-1]
 

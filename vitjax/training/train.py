@@ -34,7 +34,7 @@ from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from vitjax.data.pipeline import TrainLoader
-from vitjax.hostmem import allocator_advice
+from vitjax.hostmem import allocator_advice, allocator_summary
 from vitjax.models.registry import get_spec
 from vitjax.training import checkpoints, reporting, sharding
 from vitjax.training.checkpoints import checkpoint_manager
@@ -100,8 +100,7 @@ def train_and_evaluate(config, workdir: str | Path) -> dict[str, float]:
         log.info("resumed from %s at step %d", manager.directory, manager.latest_step())
 
     train_step = jitted_train_step(exp, tx, schedule, state_shardings)
-    if advice := allocator_advice(jax.default_backend()):
-        log.info("host memory: %s", advice)
+    log.info("host memory: %s", allocator_advice(jax.default_backend()) or allocator_summary())
     log.info(
         "training %s on %s: %d steps of %d images, mesh %s, strategy %s, dense matmuls: %s",
         c.model.name,
