@@ -5,6 +5,13 @@ example depends only on (seed, position in the data stream): a resumed run sees
 exactly the images an uninterrupted run would have seen.
 
 Mixup/CutMix act on whole batches and live in :mod:`vitjax.training.train` (on device).
+
+The transforms take a decoded array or an :class:`~vitjax.data.transforms.EncodedImage` (a
+file read, not decoded: ``sources.EncodedSource``). Given the latter, the crop is drawn from
+the header's size, with the same draws, and a JPEG is decoded at 1/2, 1/4 or 1/8 scale when
+the crop box covers 2, 4 or 8 times the output size in both dimensions (:func:`decode_reduction`),
+the box scaled to match: the same crops, pixels a little different (DCT scaling before the
+bicubic resize), decoding several times cheaper on large photos.
 """
 
 from __future__ import annotations
@@ -12,11 +19,12 @@ from __future__ import annotations
 import functools
 import math
 import re
+from collections.abc import Sequence
 
 import numpy as np
 from PIL import Image, ImageEnhance, ImageOps
 
-from vitjax.data.transforms import _PIL_RESAMPLE, normalize
+from vitjax.data.transforms import _PIL_RESAMPLE, REDUCTIONS, EncodedImage, normalize
 
 _FILL = (124, 116, 104)  # ImageNet mean pixel, for areas uncovered by geometric ops
 
@@ -46,6 +54,36 @@ def crop_box(width: int, height: int, rng: np.random.Generator, scale=(0.08, 1.0
             left, top = int(rng.integers(0, width - w + 1)), int(rng.integers(0, height - h + 1))
             return left, top, left + w, top + h
     return 0, 0, width, height  # fall back to the whole image
+
+
+def decode_reduction(image: EncodedImage, box, size: int, max_reduce: int = 8) -> int:
+    """The largest of 1, 2, 4, 8 (at most ``max_reduce``) by which ``image`` can be decoded with
+    ``box`` (``(left, top, right, bottom)`` at full size), scaled down by it, still at least ``size``
+    pixels wide and high: a crop at least 2x (4x, 8x) the output in both dimensions. 1 for what
+    cannot be decoded reduced (not a JPEG)."""
+    if not image.reducible:
+        return 1
+    width, height = box[2] - box[0], box[3] - box[1]
+    return max(k for k in REDUCTIONS if k <= max(1, max_reduce) and (k == 1 or min(width, height) >= k * size))
+
+
+def resized_crop(
+    image: np.ndarray | EncodedImage,
+    box,
+    size: int,
+    interpolation: str = "bicubic",
+    max_reduce: int = 8,
+    decoder: str = "auto",
+) -> Image.Image:
+    """``box`` of ``image`` resized to ``size`` x ``size``. An :class:`EncodedImage` is decoded
+    at the scale :func:`decode_reduction` allows, and the box scaled down with it."""
+    if isinstance(image, EncodedImage):
+        reduce = decode_reduction(image, box, size, max_reduce)
+        pixels = image.decode(reduce, decoder)
+        if reduce > 1:
+            box = tuple(v / reduce for v in box)
+        image = pixels
+    return Image.fromarray(image).resize((size, size), _PIL_RESAMPLE[interpolation], box=tuple(box))
 
 
 # --- RandAugment ("rand-m9-mstd0.5-inc1": 2 ops, magnitude ~ N(9, 0.5), increasing ops) ---
@@ -173,13 +211,34 @@ def random_erasing(
     return image
 
 
-def train_transform(image: np.ndarray, rng: np.random.Generator, *, size: int, mean, std, augment) -> np.ndarray:
-    """RGB uint8 HWC -> augmented, normalized float32 HWC, following ``config.augment``."""
-    pil = Image.fromarray(image)
-    if augment.random_resized_crop:
-        pil = random_resized_crop(pil, size, rng, tuple(augment.crop_scale), interpolation=augment.interpolation)
+def train_transform(
+    image: np.ndarray | EncodedImage,
+    rng: np.random.Generator,
+    *,
+    size: int,
+    mean,
+    std,
+    augment,
+    max_reduce: int = 8,
+    decoder: str = "auto",
+) -> np.ndarray:
+    """RGB uint8 HWC -> augmented, normalized float32 HWC, following ``config.augment``.
+
+    An :class:`EncodedImage` is cropped with the same draws as its decoded array, and decoded
+    at up to 1/``max_reduce`` scale where the crop allows (:func:`resized_crop`)."""
+    if isinstance(image, EncodedImage):
+        width, height = image.size
+        if augment.random_resized_crop:
+            box = crop_box(width, height, rng, tuple(augment.crop_scale))
+        else:
+            box = (0, 0, width, height)
+        pil = resized_crop(image, box, size, augment.interpolation, max_reduce, decoder)
+    elif augment.random_resized_crop:
+        pil = random_resized_crop(
+            Image.fromarray(image), size, rng, tuple(augment.crop_scale), interpolation=augment.interpolation
+        )
     else:
-        pil = pil.resize((size, size), _PIL_RESAMPLE[augment.interpolation])
+        pil = Image.fromarray(image).resize((size, size), _PIL_RESAMPLE[augment.interpolation])
     if augment.hflip and rng.random() < 0.5:
         pil = pil.transpose(Image.FLIP_LEFT_RIGHT)
     if augment.randaugment:
@@ -253,23 +312,48 @@ def batch_transform_supported(augment) -> bool:
 
 
 def train_transform_batch(
-    images: np.ndarray, rngs, *, size: int, mean, std, augment, normalize_images: bool = True
+    images: np.ndarray | Sequence[EncodedImage],
+    rngs,
+    *,
+    size: int,
+    mean,
+    std,
+    augment,
+    normalize_images: bool = True,
+    max_reduce: int = 8,
+    decoder: str = "auto",
 ) -> np.ndarray:
     """:func:`train_transform` of a batch of equally sized RGB uint8 images, image ``i`` drawn
     from ``rngs[i]`` exactly as ``train_transform(images[i], rngs[i], ...)`` draws: the same
     boxes, flips and pixels (tested equal), for configs where :func:`batch_transform_supported`.
-    ``normalize_images=False`` returns uint8 (normalise later, e.g. on the device)."""
+    ``normalize_images=False`` returns uint8 (normalise later, e.g. on the device).
+
+    ``images`` may also be a sequence of images of any sizes, arrays or :class:`EncodedImage` s
+    (or the object array ``np.stack`` makes of the latter): each is cropped as
+    :func:`train_transform` crops it, an encoded one from its own scale of decoding."""
     if not batch_transform_supported(augment):
         raise ValueError("train_transform_batch has no RandAugment, random erasing or non-bicubic resize")
-    height, width = images.shape[1:3]
+    one_array = isinstance(images, np.ndarray) and images.dtype != object
+    if one_array:
+        sizes = [(images.shape[2], images.shape[1])] * len(images)
+    else:
+        sizes = [image.size if isinstance(image, EncodedImage) else image.shape[1::-1] for image in images]
     boxes, flips = [], []
-    for rng in rngs:
+    for rng, (width, height) in zip(rngs, sizes, strict=True):
         if augment.random_resized_crop:
             boxes.append(crop_box(width, height, rng, tuple(augment.crop_scale)))
         else:
             boxes.append((0, 0, width, height))
         flips.append(bool(augment.hflip and rng.random() < 0.5))
-    out = resize_boxes(images, np.asarray(boxes), size).astype(np.uint8)
+    if not one_array:
+        out = np.stack(
+            [
+                np.asarray(resized_crop(image, box, size, augment.interpolation, max_reduce, decoder))
+                for image, box in zip(images, boxes, strict=True)
+            ]
+        )
+    else:
+        out = resize_boxes(images, np.asarray(boxes), size).astype(np.uint8)
     if any(flips):
         out[flips] = out[flips, :, ::-1]
     return normalize(out, mean, std) if normalize_images else out

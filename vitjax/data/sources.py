@@ -1,7 +1,10 @@
 """Random-access image sources: scikit-learn digits, PaddleClas file lists, image folders, tfds.
 
 A source maps an index to ``(RGB uint8 HWC image, label)``; random access is what
-makes the data order a pure function of (seed, step), so runs resume exactly.
+makes the data order a pure function of (seed, step), so runs resume exactly. Sources of
+image files (file lists, folders) can also hand out the file read but not decoded
+(``load_encoded``; :class:`EncodedSource` makes that their ``load``), which lets the training
+transform decode a JPEG at the reduced scale its random crop allows.
 """
 
 from __future__ import annotations
@@ -14,7 +17,7 @@ from typing import Protocol
 import numpy as np
 from PIL import Image
 
-from vitjax.data.transforms import ImageError, load_rgb
+from vitjax.data.transforms import EncodedImage, ImageError, load_rgb, open_image
 
 
 class DataError(ValueError):
@@ -99,6 +102,10 @@ class FileListSource:
     def load(self, index: int) -> tuple[np.ndarray, int]:
         return load_rgb(self.root / self.paths[index]), int(self.labels[index])
 
+    def load_encoded(self, index: int) -> tuple[EncodedImage, int]:
+        """The file of ``load(index)`` read and its header checked, not decoded."""
+        return open_image(self.root / self.paths[index]), int(self.labels[index])
+
     def describe(self, index: int) -> str:
         return str(self.root / self.paths[index])
 
@@ -178,8 +185,40 @@ class ImageFolderSource:
     def load(self, index: int) -> tuple[np.ndarray, int]:
         return load_rgb(self.root / os.fsdecode(self.paths[index])), int(self.labels[index])
 
+    def load_encoded(self, index: int) -> tuple[EncodedImage, int]:
+        """The file of ``load(index)`` read and its header checked, not decoded."""
+        return open_image(self.root / os.fsdecode(self.paths[index])), int(self.labels[index])
+
     def describe(self, index: int) -> str:
         return str(self.root / os.fsdecode(self.paths[index]))
+
+
+class EncodedSource:
+    """A file source whose ``load`` gives :class:`EncodedImage` s (``source.load_encoded``), for
+    a transform that decodes them itself (``augment.train_transform``: at the scale its crop
+    allows). Errors of a missing file or a bad header are raised by ``load``, as the source's
+    own; a file whose pixels are corrupt fails when the transform decodes it."""
+
+    def __init__(self, source: FileListSource | ImageFolderSource):
+        if not hasattr(source, "load_encoded"):
+            raise DataError(f"{type(source).__name__} has no image files to hand out undecoded")
+        self.source = source
+        self.num_classes, self.class_names = source.num_classes, source.class_names
+
+    def __len__(self) -> int:
+        return len(self.source)
+
+    def load(self, index: int) -> tuple[EncodedImage, int]:
+        return self.source.load_encoded(index)
+
+    def describe(self, index: int) -> str:
+        return self.source.describe(index)
+
+
+def encoded(source: Source) -> Source:
+    """``source`` as an :class:`EncodedSource` where it reads image files, else unchanged (its
+    images are arrays already: digits, tfds)."""
+    return EncodedSource(source) if hasattr(source, "load_encoded") else source
 
 
 def _import_tfds(name: str):
