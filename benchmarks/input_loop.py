@@ -106,7 +106,7 @@ def run(args) -> dict:
         _, shardings = train.train_state_layout(exp, tx)
         state = train.initial_state(exp, tx, shardings)
         step_fn = train.jitted_train_step(exp, tx, schedule, shardings)
-        first = loader.batch(0)
+        first = loaders["vitjax.main"].batch(0)  # the batch vitjax.main's step gets (uint8 where batched)
         device_batch = exp.global_batch(first.images, first.labels)
         state, metrics = step_fn(state, *device_batch)
         jax.block_until_ready(metrics)

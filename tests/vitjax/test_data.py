@@ -19,7 +19,15 @@ from vitjax.data.augment import (
     train_transform_batch,
 )
 from vitjax.data.pipeline import EvalLoader, TrainLoader
-from vitjax.data.sources import DataError, DigitsSource, FileListSource, ImageFolderSource, TfdsSource, make_source
+from vitjax.data.sources import (
+    DataError,
+    DigitsSource,
+    FileListSource,
+    ImageFolderSource,
+    TfdsSource,
+    encoded,
+    make_source,
+)
 from vitjax.data.transforms import ImageError, preprocess_eval
 from vitjax.training import train
 from vitjax.training.config import base_config
@@ -167,8 +175,9 @@ def batchable_augment(**overrides):
 
 
 @pytest.mark.parametrize("crop", [True, False])
-def test_the_batch_transform_draws_and_gives_what_the_per_image_transform_gives(crop):
-    images = np.random.default_rng(0).integers(0, 256, (48, 32, 40, 3), dtype=np.uint8)
+@pytest.mark.parametrize("height, width", [(32, 40), (60, 28), (26, 30)])  # landscape; portrait (Pillow 13 resizes
+def test_the_batch_transform_draws_and_gives_what_the_per_image_transform_gives(crop, height, width):  # it rows first)
+    images = np.random.default_rng(0).integers(0, 256, (48, height, width, 3), dtype=np.uint8)
     settings = dict(
         size=24, mean=(0.5, 0.4, 0.3), std=(0.2, 0.3, 0.4), augment=batchable_augment(random_resized_crop=crop)
     )
@@ -411,3 +420,27 @@ def test_folder_training_and_digits_need_no_tensorflow_and_tfds_names_its_extra(
     assert result.returncode == 0, result.stderr[-3000:]
     assert "data.source=tfds:imagenet2012 needs TensorFlow Datasets" in result.stdout
     assert 'pip install "vitjax[tfds]"' in result.stdout
+
+
+def test_an_undecoded_image_whose_pixels_are_cut_short_is_skipped_or_named_like_any_bad_image(tmp_path):
+    """With ``data.reduced_decode`` the training loader reads headers and leaves decoding to the
+    transform; a file whose header is whole but whose pixels are truncated fails there, and
+    ``on_bad_image`` treats it as it treats a file that cannot be opened."""
+    for name in ("a", "b"):
+        (tmp_path / name).mkdir()
+        for i in range(3):
+            pixels = np.random.default_rng(i).integers(0, 255, (120, 160, 3), np.uint8)
+            Image.fromarray(pixels).save(tmp_path / name / f"{i}.jpg", quality=90)
+    cut = tmp_path / "a" / "0.jpg"
+    cut.write_bytes(cut.read_bytes()[: cut.stat().st_size // 3])
+    source = encoded(ImageFolderSource(str(tmp_path)))
+
+    def transform(image, rng):
+        return train_transform(image, rng, size=32, mean=(0.5,) * 3, std=(0.5,) * 3, augment=batchable_augment())
+
+    skipping = TrainLoader(source, transform, 6, seed=0, on_bad_image="skip", num_workers=0)
+    batch = skipping.batch(0)  # every example of the epoch: the cut file among them, replaced by the next
+    assert batch.images.shape == (6, 32, 32, 3) and batch.mask.all()
+    assert len(skipping.bad_images.skipped) == 1 and "0.jpg: cannot decode image" in skipping.bad_images.skipped[0]
+    with pytest.raises(ImageError, match=r"a/0\.jpg: cannot decode image .*truncated"):
+        TrainLoader(source, transform, 6, seed=0, on_bad_image="fail", num_workers=0).batch(0)

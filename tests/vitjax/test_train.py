@@ -21,6 +21,8 @@ from vitjax.hostmem import mimalloc_library, preload_plan
 from vitjax.training import checkpoints, train
 from vitjax.training.config import base_config
 from vitjax.training.monitoring import InputWaitMeter, LossCheck
+from vitjax.training.optim import lr_schedule, make_optimizer
+from vitjax.training.steps import normalize_on_device
 
 REPO = Path(__file__).resolve().parents[2]
 SUBPROCESS_ENV = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=8", "TF_CPP_MIN_LOG_LEVEL": "3"}
@@ -428,3 +430,29 @@ def test_prediction_names_come_from_imagenet_the_dataset_or_a_file(tmp_path):
     assert train.class_names(tiny_config(**{"data.class_names": str(tmp_path / "names.txt")}), 2) == ["cat", "dog"]
     with pytest.raises(ValueError, match="2 names for 3 classes"):
         train.class_names(tiny_config(**{"data.class_names": str(tmp_path / "names.txt")}), 3)
+
+
+def test_batched_recipes_travel_as_uint8_and_the_step_normalises_them_as_the_host_does(tmp_path):
+    """The digits recipe's loader hands the step uint8 pixels (a quarter of the bytes, no float pass
+    on the host); the step normalises them on the device to what the per-image loader's float32
+    batch holds (to one float32 step), so one update from either batch gives the same loss and
+    parameters."""
+    c = tiny_config(**{"augment.mixup_alpha": 0.0, "augment.cutmix_alpha": 0.0})
+    exp = train.Experiment(c, tmp_path)
+    uint8_batch, float_batch = exp.train_loader().batch(5), exp.train_loader(per_image=True).batch(5)
+    assert uint8_batch.images.dtype == np.uint8 and float_batch.images.dtype == np.float32
+    mean, std = vitjax.get_spec(c.model.name).eval_transform.mean, vitjax.get_spec(c.model.name).eval_transform.std
+    on_device = np.asarray(normalize_on_device(uint8_batch.images, mean, std))
+    # Equal to the last bit or one float32 step apart (XLA divides by the constant std as a multiplication).
+    np.testing.assert_array_max_ulp(on_device, float_batch.images, maxulp=1)
+
+    schedule = lr_schedule(c.optimizer, c.batch_size, 10.0, 100)
+    tx = make_optimizer(c.optimizer, schedule, exp.abstract_params, 2)
+    _, shardings = train.train_state_layout(exp, tx)
+    step = train.jitted_train_step(exp, tx, schedule, shardings)
+    results = []
+    for batch in (uint8_batch, float_batch):
+        state, metrics = step(train.initial_state(exp, tx, shardings), *exp.global_batch(batch.images, batch.labels))
+        results.append((float(metrics["loss"]), flatten_dict(jax.tree.map(np.asarray, state.params), sep="/")))
+    assert results[0][0] == pytest.approx(results[1][0], abs=1e-6)
+    assert_params_close(results[0][1], results[1][1], atol=1e-6)

@@ -95,7 +95,7 @@ def _absl_flags_parsed() -> None:
 
 @dataclasses.dataclass
 class Batch:
-    images: np.ndarray  # [local_batch, H, W, C] float32
+    images: np.ndarray  # [local_batch, H, W, C] float32, or uint8 from a batch transform left for the device
     labels: np.ndarray  # [local_batch] int32
     mask: np.ndarray  # [local_batch] bool; False for eval padding and dropped bad images
     skipped: tuple[str, ...] = ()  # messages of the bad images met while building this batch
@@ -198,15 +198,16 @@ class _ReadExample:
         for attempt in range(min(n, _MAX_REPLACEMENTS) if self.replace_bad else 1):
             try:
                 image, label = self.source.load((index + attempt) % n)
+                if self.transform is None:
+                    return _Example(image, label, tuple(skipped), position)
+                # An undecoded image (data.reduced_decode) meets its bad pixels here, in the transform.
+                image = self.transform(image, np.random.default_rng([self.seed, position]))
             except ImageError as e:
                 if self.policy == "fail":
                     raise
                 skipped.append(str(e))
                 continue
-            if self.transform is None:
-                return _Example(image, label, tuple(skipped), position)
-            rng = np.random.default_rng([self.seed, position])
-            return _Example(self.transform(image, rng), label, tuple(skipped), position)
+            return _Example(image, label, tuple(skipped), position)
         if not self.replace_bad:
             return _Example(None, 0, tuple(skipped))
         raise DataError(f"no readable image among {_MAX_REPLACEMENTS} examples from {self.source.describe(index)}")
@@ -229,18 +230,20 @@ def _assemble(examples: Sequence[_Example]) -> Batch:
 class _AssembleTransformed:
     """Raw examples -> a :class:`Batch` augmented by ``batch_transform`` in one call, each
     image with the generator of its stream position; a batch of unequal image sizes goes
-    through ``transform`` image by image (which gives the same pixels)."""
+    through ``batch_transform`` one image at a time (the same pixels and dtype)."""
 
-    def __init__(self, transform: Transform, batch_transform: BatchTransform, seed: int):
-        self.transform, self.batch_transform, self.seed = transform, batch_transform, seed
+    def __init__(self, batch_transform: BatchTransform, seed: int):
+        self.batch_transform, self.seed = batch_transform, seed
 
     def __call__(self, examples: Sequence[_Example]) -> Batch:
         rngs = [np.random.default_rng([self.seed, e.position]) for e in examples]
         shapes = {e.image.shape for e in examples}
         if len(shapes) == 1:
             images = self.batch_transform(np.stack([e.image for e in examples]), rngs)
-        else:
-            images = np.stack([self.transform(e.image, rng) for e, rng in zip(examples, rngs, strict=True)])
+        else:  # one image at a time, still through batch_transform (its dtype, its pixels)
+            images = np.concatenate(
+                [self.batch_transform([e.image], [rng]) for e, rng in zip(examples, rngs, strict=True)]
+            )
         labels = np.asarray([e.label for e in examples], np.int32)
         mask = np.ones(len(examples), bool)
         return Batch(images, labels, mask, tuple(s for e in examples for s in e.skipped))
@@ -383,7 +386,7 @@ class TrainLoader:
             .map(_StreamOrder(len(source), seed))
             .map(_ReadExample(source, None if batch_transform else transform, seed, on_bad_image, replace_bad=True))
         )
-        assemble = _AssembleTransformed(transform, batch_transform, seed) if batch_transform else None
+        assemble = _AssembleTransformed(batch_transform, seed) if batch_transform else None
         self._loader = _Loader(examples, per_host, self.bad_images, num_workers, worker_kind, assemble)
         if batch_transform:  # read a batch's examples in one call, not one grain element each
             read = _ReadExample(source, None, seed, on_bad_image, replace_bad=True)

@@ -21,7 +21,7 @@ from jax.sharding import PartitionSpec as P
 
 from vitjax.data.augment import batch_transform_supported, train_transform, train_transform_batch
 from vitjax.data.pipeline import EvalLoader, TrainLoader
-from vitjax.data.sources import make_source
+from vitjax.data.sources import encoded, make_source
 from vitjax.data.transforms import preprocess_eval
 from vitjax.models.registry import EvalTransform, get_spec
 from vitjax.training import checkpoints, sharding
@@ -104,12 +104,17 @@ class Experiment:
         Where the recipe has no per-image PIL step (:func:`batch_transform_supported`), the loader
         augments a whole batch per call (:func:`train_transform_batch`: the same pixels from the
         same per-position generators, without most of Python's per-image overhead; the digits job's
-        loop runs 1.34x faster); ``per_image=True`` keeps the per-image transform (benchmarks)."""
+        loop runs 1.34x faster) and leaves the batch uint8: the jitted step normalises it
+        (:func:`vitjax.training.steps.normalize_on_device`). ``per_image=True`` keeps the per-image
+        transform and its float32 batches (benchmarks)."""
         c = self.config
         source = make_source(c.data, train=True, img_size=self.shape[0])
         if c.model.num_classes < source.num_classes:
             raise ValueError(f"model.num_classes={c.model.num_classes} but the data has {source.num_classes} classes")
         size, t = self.shape[0], get_spec(c.model.name).eval_transform
+        batched = not per_image and batch_transform_supported(c.augment)
+        if c.data.reduced_decode and not batched:  # files decoded in the transform, at the scale its crop allows
+            source = encoded(source)
         loader = TrainLoader(
             source,
             lambda image, rng: train_transform(image, rng, size=size, mean=t.mean, std=t.std, augment=c.augment),
@@ -121,10 +126,12 @@ class Experiment:
             num_workers=c.data.num_workers,
             worker_kind=c.data.worker_kind,
         )
-        if per_image or not batch_transform_supported(c.augment):
+        if not batched:
             return loader
         return loader.with_batch_transform(
-            functools.partial(train_transform_batch, size=size, mean=t.mean, std=t.std, augment=c.augment)
+            functools.partial(
+                train_transform_batch, size=size, mean=t.mean, std=t.std, augment=c.augment, normalize_images=False
+            )
         )
 
     def eval_transform(self) -> EvalTransform:

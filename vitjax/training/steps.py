@@ -41,6 +41,16 @@ def ema_decay(ema_config, update: jax.Array) -> jax.Array:
     return jnp.where(t > 0, decay, 0.0)
 
 
+def normalize_on_device(images: jax.Array, mean, std) -> jax.Array:
+    """A uint8 ``[B, H, W, C]`` batch as the model's float32 input, computed as the host's
+    ``vitjax.data.transforms.normalize`` computes it: ``(x * float32(1/255) - mean) / std``.
+    Batches from recipes without per-image float steps travel as uint8 (a quarter of the bytes,
+    and no float pass on the host) and are normalised here, inside the jitted step."""
+    scale = jnp.float32(1.0 / 255.0)
+    mean, std = jnp.asarray(mean, jnp.float32), jnp.asarray(std, jnp.float32)
+    return (images.astype(jnp.float32) * scale - mean) / std
+
+
 def check_accum_steps(accum_steps: int, batch_size: int, data_devices: int = 1) -> None:
     """A ``ValueError`` naming ``accum_steps`` and the values allowed, unless it splits
     ``batch_size`` into equal micro-batches that each split evenly over the mesh's data axis."""
@@ -70,6 +80,9 @@ def make_train_step(
 ) -> Callable:
     """``train_step(state, images, labels) -> (state, {"loss", "lr", "grad_norm"})``.
 
+    ``images`` are the model's float input, or uint8 pixels that :func:`normalize_on_device`
+    turns into it with the model's mean and std (the batched loader's output).
+
     The step's randomness (mixing, dropout) is ``fold_in(key(config.seed), state.step)``, so
     a resumed run repeats it exactly. Targets are one-hot labels, smoothed by
     ``augment.label_smoothing`` and mixed by :func:`~vitjax.training.mixing.mix_batch`. Distilled
@@ -87,7 +100,8 @@ def make_train_step(
     """
     num_classes = config.model.num_classes
     smoothing = config.augment.label_smoothing
-    distilled = get_spec(config.model.name).distilled
+    spec = get_spec(config.model.name)
+    distilled = spec.distilled
     base_key = jax.random.key(config.seed)
     accum = int(config.get("accum_steps", 1))
     ema = config.get("ema")
@@ -122,6 +136,8 @@ def make_train_step(
         return jax.tree.map(lambda x: x / accum, (loss, grads))
 
     def train_step(state: TrainState, images: jax.Array, labels: jax.Array):
+        if images.dtype == jnp.uint8:  # the loader left normalisation to the device
+            images = normalize_on_device(images, spec.eval_transform.mean, spec.eval_transform.std)
         rng = jax.random.fold_in(base_key, state.step)
         mix_rng, dropout_rng = jax.random.split(rng)
         targets = jax.nn.one_hot(labels, num_classes)
