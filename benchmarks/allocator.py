@@ -46,18 +46,47 @@ def variants() -> dict[str, tuple[str, dict[str, str]]]:
     mimalloc = mimalloc_library()
     if mimalloc:  # what vitjax.main runs on a CPU host: the wheel's mimalloc, preloaded and told to keep memory
         out["jax / mimalloc"] = ("jax-train", {"LD_PRELOAD": mimalloc, **MIMALLOC_SETTINGS})
-    library = tcmalloc_library()
+        huge = {"MIMALLOC_ALLOW_LARGE_OS_PAGES": "1"}  # measured, not the default: see docs/performance.md
+        out["jax / mimalloc huge pages"] = ("jax-train", {"LD_PRELOAD": mimalloc, **MIMALLOC_SETTINGS, **huge})
+    if only := os.environ.get("ALLOCATOR_VARIANTS"):  # a comma-separated subset of the labels (--variants)
+        out = {label: out[label] for label in out if label in only.split(",")}
+    library = tcmalloc_library() if not only or "tcmalloc" in only else None
     if library:
         out["jax / tcmalloc"] = ("jax-train", {"LD_PRELOAD": library})
         out["timm / tcmalloc"] = ("timm-train", {"LD_PRELOAD": library})
     return out
 
 
-def measure(model: str, batch: int, rounds: int, warmup: int, threads: int, work: Path, log_dir: Path) -> dict:
+def measure(
+    model: str, batch: int, rounds: int, warmup: int, threads: int, work: Path, log_dir: Path, together: int = 0
+) -> dict:
+    """Images/s per variant. ``together`` > 0 keeps at most that many workers alive at once (groups
+    of variants, each group timed in its own interleaved rounds): TNT_small at batch 32 holds ~9 GB
+    per worker, more than 24 GB takes for all six at once."""
+    labels = list(variants())
+    size = together or len(labels)
+    results: dict[str, dict] = {}
+    for first in range(0, len(labels), size):
+        results.update(
+            _measure_group(labels[first : first + size], model, batch, rounds, warmup, threads, work, log_dir)
+        )
+    for r in results.values():
+        if r.get("seconds"):
+            r["images_per_s"] = batch / statistics.median(r["seconds"])
+    base = results.get("timm / glibc", {}).get("images_per_s")
+    for r in results.values():
+        if base and "images_per_s" in r:
+            r["vs_timm_glibc"] = r["images_per_s"] / base
+    return results
+
+
+def _measure_group(labels, model, batch, rounds, warmup, threads, work, log_dir) -> dict:
     results: dict[str, dict] = {}
     workers: dict[str, Worker] = {}
+    every = variants()
     try:
-        for label, (engine, env) in variants().items():
+        for label in labels:
+            engine, env = every[label]
             try:
                 workers[label] = Worker(
                     engine,
@@ -71,22 +100,19 @@ def measure(model: str, batch: int, rounds: int, warmup: int, threads: int, work
                 )
                 workers[label].ask("warmup", batch=batch, n=warmup)
                 results[label] = {"seconds": []}
-            except WorkerError as e:
-                results[label] = {"error": str(e).splitlines()[0]}
+            except (WorkerError, OSError) as e:
+                results[label] = {"error": str(e).splitlines()[0] if str(e) else type(e).__name__}
         for _ in range(rounds):
             for label, worker in workers.items():
-                if "seconds" in results[label]:
+                if "seconds" not in results[label]:
+                    continue
+                try:
                     results[label]["seconds"].append(worker.ask("time", batch=batch)["seconds"])
+                except (WorkerError, OSError):  # the worker ended: out of memory, most likely
+                    results[label] = {"error": f"worker ended ({len(workers)} alive at once; out of memory?)"}
     finally:
         for worker in workers.values():
             worker.close()
-    for r in results.values():
-        if r.get("seconds"):
-            r["images_per_s"] = batch / statistics.median(r["seconds"])
-    base = results.get("timm / glibc", {}).get("images_per_s")
-    for r in results.values():
-        if base and "images_per_s" in r:
-            r["vs_timm_glibc"] = r["images_per_s"] / base
     return results
 
 
@@ -98,7 +124,12 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--out", type=Path, default=OUT)
+    p.add_argument("--together", type=int, default=0, help="at most this many workers alive at once (0: all)")
+    p.add_argument("--append", action="store_true", help="add these rows to the results file's (same date)")
+    p.add_argument("--variants", default="", help="comma-separated labels to run (default: all)")
     args = p.parse_args(argv)
+    if args.variants:
+        os.environ["ALLOCATOR_VARIANTS"] = args.variants
     threads = args.threads or len(os.sched_getaffinity(0))
     report = {
         "date": time.strftime("%Y-%m-%d"),
@@ -108,6 +139,11 @@ def main(argv: list[str] | None = None) -> dict:
         "command": " ".join(["python -m benchmarks.allocator", *(sys.argv[1:] if argv is None else argv)]),
         "rows": [],
     }
+    previous = args.out / "allocator.json"
+    if args.append and previous.exists():
+        old = json.loads(previous.read_text())
+        report["rows"] = old["rows"]
+        report["command"] = f"{old['command']}; then {report['command']}"
     with tempfile.TemporaryDirectory() as tmp:
         for model in args.models:
             work = Path(tmp) / model
@@ -119,16 +155,24 @@ def main(argv: list[str] | None = None) -> dict:
                     {
                         "model": model,
                         "batch": batch,
-                        "results": measure(model, batch, args.rounds, args.warmup, threads, work, Path(tmp) / "logs"),
+                        "results": measure(
+                            model, batch, args.rounds, args.warmup, threads, work, Path(tmp) / "logs", args.together
+                        ),
                     }
                 )
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "allocator.json").write_text(json.dumps(report, indent=1) + "\n")
+                write_report(report, args.out)  # row by row: a later failure keeps what was measured
+    return write_report(report, args.out, final=True)
+
+
+def write_report(report: dict, out: Path, final: bool = False) -> dict:
+    threads, rounds = report["threads"], report["rounds"]
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "allocator.json").write_text(json.dumps(report, indent=1) + "\n")
     labels = list(variants())
     lines = [
         f"# Training step by host allocator ({report['date']}, {report['cpu']}, {threads} threads)",
         "",
-        f"`{report['command']}`: images/s, median of {args.rounds} interleaved rounds (x timm on glibc as it comes).",
+        f"`{report['command']}`: images/s, median of {rounds} interleaved rounds (x timm on glibc as it comes).",
         "",
         "| model | batch | " + " | ".join(labels) + " |",
         "|---|---|" + "---|" * len(labels),
@@ -143,8 +187,9 @@ def main(argv: list[str] | None = None) -> dict:
                 else r.get("error", "-")
             )
         lines.append(f"| {row['model']} | {row['batch']} | " + " | ".join(cells) + " |")
-    (args.out / "allocator.md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
+    (out / "allocator.md").write_text("\n".join(lines) + "\n")
+    if final:
+        print("\n".join(lines))
     return report
 
 

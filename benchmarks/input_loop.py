@@ -41,17 +41,19 @@ ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "results"
 
 
-def job_config(job: str, batch: int | None, data_root: Path):
+def job_config(job: str, batch: int | None, data_root: Path, matmul: str = ""):
     if job == "digits":
         from vitjax.training.default_config import get_config
 
         c = get_config()
         if batch:
             c.batch_size = batch
+        if matmul:
+            c.model.matmul = matmul
         return c
     from benchmarks.train_loop import model_config
 
-    return model_config("DeiT_tiny_patch16_224", data_root, batch or 8, 10**6, 4)
+    return model_config("DeiT_tiny_patch16_224", data_root, batch or 8, 10**6, 4, matmul or "auto")
 
 
 def parse_variants(text: str) -> list[tuple[str, dict[str, str]]]:
@@ -92,7 +94,7 @@ def run(args) -> dict:
 
             write_jpegs(tmp / "data" / "train", args.images)
             write_jpegs(tmp / "data" / "val", 8)
-        c = job_config(args.job, args.batch, tmp / "data")
+        c = job_config(args.job, args.batch, tmp / "data", args.matmul)
         c.num_steps = 10**6
         exp = train.Experiment(c, tmp / "work")
         c = exp.config
@@ -183,6 +185,7 @@ def run(args) -> dict:
     return {
         "job": args.job,
         "model": c.model.name,
+        "matmul": exp.model.matmul,
         "batch": c.batch_size,
         "num_workers": c.data.num_workers,
         "worker_kind": c.data.worker_kind,
@@ -199,7 +202,8 @@ def run(args) -> dict:
 
 def markdown(results: dict) -> str:
     lines = [
-        f"# Training loop vs bare step: {results['job']} ({results['model']}, batch {results['batch']})",
+        f"# Training loop vs bare step: {results['job']} ({results['model']}, batch {results['batch']}, "
+        f"dense matmuls: {results.get('matmul', '?')})",
         "",
         f"CPU: {results['cpu']}, {results['cores']} cores (load average {results['load_average_before']:.2f} before); "
         f"allocator: {results['allocator']}; loader: {results['num_workers']} {results['worker_kind']}; "
@@ -226,6 +230,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--steps", type=int, default=20)
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--variants", default="default=")
+    p.add_argument("--matmul", default="", help="model.matmul (auto, xla, onednn); default: the job's config")
     p.add_argument("--out", type=Path, default=None)
     args = p.parse_args(argv)
     args.load_before = os.getloadavg()[0]
@@ -236,7 +241,7 @@ def main(argv: list[str] | None = None) -> int:
     out.parent.mkdir(parents=True, exist_ok=True)
     path = out.with_suffix(".json")
     everything = json.loads(path.read_text()) if path.exists() else {}
-    everything[f"{args.job}_b{results['batch']}"] = results
+    everything[f"{args.job}_b{results['batch']}" + (f"_{args.matmul}" if args.matmul else "")] = results
     path.write_text(json.dumps(everything, indent=2) + "\n")
     out.with_suffix(".md").write_text("\n".join(markdown(r) for _, r in sorted(everything.items())))
     print(markdown(results))

@@ -115,13 +115,20 @@ def keep_freed_memory() -> bool:
 # (``LD_PRELOAD``); loaded later it serves nobody. So an entry point (``python -m vitjax.main``,
 # ``python -m interop serve``) that finds glibc in charge starts itself again, once, with mimalloc
 # (the ``cmeel-mimalloc`` wheel, a dependency on Linux) preloaded and told to keep freed memory
-# (``MIMALLOC_PURGE_DELAY=-1``) on transparent huge pages (``MIMALLOC_ALLOW_LARGE_OS_PAGES=1``): the
+# (``MIMALLOC_PURGE_DELAY=-1``) and to serve blocks of any size from its arenas
+# (``MIMALLOC_ARENA_MAX_OBJECT_SIZE``: by default a block over 2 GiB, such as DeiT-small's step
+# buffer at batch 32, is mapped fresh from the system and unmapped when freed, every step; the
+# first arena reserves 16 GiB of address space, not memory, so that such a block fits): the
 # per-step buffer is then reused with neither page faults nor the single arena's lock that
-# :func:`keep_freed_memory` pays (docs/performance.md, "The host allocator").
+# :func:`keep_freed_memory` pays (docs/performance.md, "The training step by host allocator").
 
 _REEXEC_MARK = "VITJAX_MALLOC_PRELOADED"  # set in the started-again program: never start a third time
 _SAVED_PRELOAD = "VITJAX_MALLOC_SAVED_LD_PRELOAD"  # the caller's own LD_PRELOAD, given back to children
-MIMALLOC_SETTINGS = {"MIMALLOC_PURGE_DELAY": "-1", "MIMALLOC_ALLOW_LARGE_OS_PAGES": "1"}
+MIMALLOC_SETTINGS = {
+    "MIMALLOC_PURGE_DELAY": "-1",
+    "MIMALLOC_ARENA_MAX_OBJECT_SIZE": "64GiB",
+    "MIMALLOC_ARENA_RESERVE": "16GiB",
+}
 
 
 def mimalloc_library() -> str | None:

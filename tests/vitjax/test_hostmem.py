@@ -113,7 +113,7 @@ def test_the_preload_plan_puts_mimalloc_first_and_keeps_what_the_user_set():
         return
     assert plan["LD_PRELOAD"] == "/x/libmimalloc.so /opt/libother.so"
     assert plan["MIMALLOC_PURGE_DELAY"] == "100"  # the user's own setting wins
-    assert plan["MIMALLOC_ALLOW_LARGE_OS_PAGES"] == "1"
+    assert plan["MIMALLOC_ARENA_MAX_OBJECT_SIZE"] == "64GiB"  # a multi-GB step buffer is kept in an arena too
     assert base["LD_PRELOAD"] == "/opt/libother.so"  # the caller's mapping is not changed
     # Each way out: the user chose glibc, the program was started again already, an accelerator host.
     assert preload_plan({**base, "VITJAX_MALLOC": "keep"}, library="/x/libmimalloc.so") is None

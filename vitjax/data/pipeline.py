@@ -34,11 +34,11 @@ per-image overhead, which dominates for small images.
 
 Both give the same batches as ``dataset[s]`` (tested). ``benchmarks/loader.py`` measures
 the two as workers grow (``benchmarks/results/loader.md``). On the 2-core development
-machine, with the DeiT recipe on 500x375 JPEGs: one core alone 242 img/s; threads 234 /
-432 / 418 img/s with 1 / 2 / 4 workers, level with the hand-written thread pool this module
-replaced (236 / 413 / 404), so grain costs nothing here; processes 195 / 348 / 286 img/s,
-because every float32 batch is pickled by a worker and unpickled by the trainer (19 MB at
-batch 32, 0.2-0.3 of a core) on the same two cores. That overhead buys scaling past the
+machine (Intel Xeon, 2026-12-06), with the DeiT recipe on 500x375 JPEGs: one core alone 275
+img/s; threads 280 / 466 / 461 img/s with 1 / 2 / 4 workers, level with the hand-written thread
+pool this module replaced (262 / 462 / 463), so grain costs nothing here; processes 230 / 369 /
+352 img/s, because every float32 batch is pickled by a worker and unpickled by the trainer
+(19 MB at batch 32, 0.2-0.3 of a core) on the same two cores. That overhead buys scaling past the
 GIL, which pays on many-core hosts, not on two cores: hence threads are the default.
 
 A corrupt or unreadable image is either fatal (``on_bad_image="fail"``: the error
