@@ -330,6 +330,13 @@ def run(args: argparse.Namespace) -> dict:
     }
 
 
+def decoder_table(rows: list[dict], heading: str) -> list[str]:
+    """Markdown lines of a decoder table: img/s and the decoded array's shape per decoder."""
+    return [f"| {heading} | img/s | output |", "|---|---|---|"] + [
+        f"| {r['decoder']} | {r['images_per_s']:.1f} | {r['shape']} |" for r in rows
+    ]
+
+
 def markdown(results: dict) -> str:
     lines = [
         "# Input pipeline throughput (DeiT ImageNet recipe)",
@@ -353,10 +360,8 @@ def markdown(results: dict) -> str:
             "",
             "JPEG decoding alone, one thread (libjpeg's DCT scaling: reduced output):",
             "",
-            "| decoder | img/s | output |",
-            "|---|---|---|",
         ]
-        lines += [f"| {r['decoder']} | {r['images_per_s']:.1f} | {r['shape']} |" for r in results["decoders"]]
+        lines += decoder_table(results["decoders"], "decoder")
     lines += [
         "",
         "`baseline` is the previous thread-pool loader's design; `threads` / `processes` are",
@@ -373,10 +378,8 @@ def markdown(results: dict) -> str:
             "",
             f"Crops of the recipe decoded at each scale: {shares}.",
             "",
-            "| decoder, one thread | img/s | output |",
-            "|---|---|---|",
         ]
-        lines += [f"| {r['decoder']} | {r['images_per_s']:.1f} | {r['shape']} |" for r in study["decoders"]]
+        lines += decoder_table(study["decoders"], "decoder, one thread")
         lines += [
             "",
             "| loader (threads, files read undecoded) | workers | img/s |",
