@@ -9,8 +9,9 @@ times their steps in interleaved rounds, so a busy moment of the machine hits ev
   no preload: what ``python -m vitjax.main`` runs where mimalloc is not installed, and what a
   user's own loop gets from ``vitjax.keep_freed_memory()``;
 * ``jax / mimalloc``: what ``python -m vitjax.main`` runs on a CPU host: the ``cmeel-mimalloc``
-  wheel's library preloaded, told to keep freed memory on huge pages
-  (:func:`vitjax.hostmem.preload_allocator`);
+  wheel's library preloaded, told to keep freed memory, large blocks included
+  (:func:`vitjax.hostmem.preload_allocator`); ``jax / mimalloc huge pages`` adds transparent huge
+  pages (measured, not the default);
 * ``jax / tcmalloc``: ``LD_PRELOAD`` of tcmalloc (where installed);
 * ``timm / glibc`` and ``timm / tcmalloc``: timm's DeiT/TNT with the same AdamW, the peer.
 
@@ -23,6 +24,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shlex
 import statistics
 import sys
 import tempfile
@@ -136,7 +138,7 @@ def main(argv: list[str] | None = None) -> dict:
         "cpu": machine.describe(measure_clock=False).get("cpu", ""),
         "threads": threads,
         "rounds": args.rounds,
-        "command": " ".join(["python -m benchmarks.allocator", *(sys.argv[1:] if argv is None else argv)]),
+        "command": "python -m benchmarks.allocator " + shlex.join(sys.argv[1:] if argv is None else argv),
         "rows": [],
     }
     previous = args.out / "allocator.json"

@@ -154,7 +154,13 @@ def _accelerator_present(environ: dict[str, str]) -> bool:
         return True
     if platforms == "cpu":
         return False
-    return Path("/dev/nvidia0").exists() or any(Path("/dev").glob("accel*")) or Path("/dev/kfd").exists()
+    dev = Path("/dev")
+    devices = ("nvidia[0-9]*", "accel*", "vfio/[0-9]*", "kfd")  # NVIDIA, TPU (older / newer VMs), AMD ROCm
+    return any(any(dev.glob(pattern)) for pattern in devices)
+
+
+def _started_again(environ) -> bool:
+    return environ.get(_REEXEC_MARK) == str(os.getpid())
 
 
 def preload_plan(environ: dict[str, str] | None = None, library: str | None = None) -> dict[str, str] | None:
@@ -165,7 +171,7 @@ def preload_plan(environ: dict[str, str] | None = None, library: str | None = No
     loaded, off Linux/glibc, on a host with an accelerator, or when mimalloc is not installed.
     """
     env = dict(os.environ if environ is None else environ)
-    if env.get("VITJAX_MALLOC", "auto") not in ("auto", "mimalloc") or env.get(_REEXEC_MARK):
+    if env.get("VITJAX_MALLOC", "auto") not in ("auto", "mimalloc") or _started_again(env):
         return None
     if not sys.platform.startswith("linux") or platform.libc_ver()[0] != "glibc" or host_allocator() != "glibc":
         return None
@@ -176,7 +182,9 @@ def preload_plan(environ: dict[str, str] | None = None, library: str | None = No
         return None
     preload = env.get("LD_PRELOAD", "")
     env.update({key: env.get(key, value) for key, value in MIMALLOC_SETTINGS.items()})
-    env.update({_REEXEC_MARK: library, _SAVED_PRELOAD: preload, "LD_PRELOAD": f"{library} {preload}".strip()})
+    # The mark names this process: execve keeps the pid, so the started-again program knows itself,
+    # while a program it starts in turn (another pid) may preload for itself.
+    env.update({_REEXEC_MARK: str(os.getpid()), _SAVED_PRELOAD: preload, "LD_PRELOAD": f"{library} {preload}".strip()})
     return env
 
 
@@ -185,7 +193,7 @@ def preload_allocator() -> None:
     when it is not started again. Call it first thing in an entry point's ``__main__``, before JAX is
     imported. In the started-again program, ``LD_PRELOAD`` is given back its old value, so the programs
     it starts (workers, compilers) run on their usual allocator."""
-    if os.environ.get(_REEXEC_MARK):
+    if _started_again(os.environ):
         saved = os.environ.pop(_SAVED_PRELOAD, "")
         if saved:
             os.environ["LD_PRELOAD"] = saved
@@ -193,7 +201,8 @@ def preload_allocator() -> None:
             os.environ.pop("LD_PRELOAD", None)
         return
     env = preload_plan()
-    if env is None or not getattr(sys, "orig_argv", None):
+    argv = getattr(sys, "orig_argv", None)
+    if env is None or not argv or argv[1:2] in (["-"], []):  # a program read from stdin cannot be read again
         return
     sys.stdout.flush()
     sys.stderr.flush()
@@ -206,7 +215,7 @@ def preload_allocator() -> None:
 def allocator_summary() -> str:
     """One line for a log: which allocator this process runs on, and how to choose another."""
     name = host_allocator()
-    if name == "mimalloc" and os.environ.get(_REEXEC_MARK):
+    if name == "mimalloc" and _started_again(os.environ):
         return "mimalloc, preloaded by vitjax from the cmeel-mimalloc wheel (VITJAX_MALLOC=keep or system: glibc)"
     if name == "glibc" and _applied:
         return "glibc, freed memory kept (vitjax.keep_freed_memory)"

@@ -247,8 +247,9 @@ def _decode_opencv(cv2, data: bytes, reduce: int) -> np.ndarray | None:
 
 @functools.cache
 def _opencv_like_pillow():
-    """The ``cv2`` module if it is importable and decodes JPEGs to Pillow's pixels exactly
-    (every subsampling and scale, on a small photo-like probe encoded here), else None."""
+    """The ``cv2`` module if it is importable, decodes JPEGs to Pillow's pixels exactly (every
+    subsampling and scale, on a small photo-like probe encoded here) and refuses one cut short,
+    else None."""
     try:
         import cv2
     except ImportError:
@@ -269,6 +270,16 @@ def _opencv_like_pillow():
                     stacklevel=2,
                 )
                 return None
+    # A file cut short must be refused, not filled in (OpenCV 4's libjpeg only warns and returns
+    # the image with a grey tail): a truncated training image is a bad image, not a picture.
+    cut = buffer.getvalue()[: len(buffer.getvalue()) // 2]
+    if _decode_opencv(cv2, cut, 1) is not None:
+        warnings.warn(
+            f"OpenCV {cv2.__version__} decodes a truncated JPEG without an error: decoding with Pillow",
+            RuntimeWarning,
+            stacklevel=2,
+        )
+        return None
     return cv2
 
 
