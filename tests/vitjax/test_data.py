@@ -444,3 +444,20 @@ def test_an_undecoded_image_whose_pixels_are_cut_short_is_skipped_or_named_like_
     assert len(skipping.bad_images.skipped) == 1 and "0.jpg: cannot decode image" in skipping.bad_images.skipped[0]
     with pytest.raises(ImageError, match=r"a/0\.jpg: cannot decode image .*truncated"):
         TrainLoader(source, transform, 6, seed=0, on_bad_image="fail", num_workers=0).batch(0)
+
+
+def test_the_batched_resize_gives_pillows_pixels_for_any_shape_box_and_size():
+    """Pillow 13 resizes rows first when the height shrinks by more than twice the width; the
+    batched resize follows its order: random shapes (portrait, landscape, up- and downscaling,
+    near the rule's threshold), boxes and sizes, each equal to Pillow's own resize."""
+    from vitjax.data.augment import resize_boxes
+
+    rng = np.random.default_rng(5)
+    for _ in range(300):
+        height, width, size = (int(v) for v in rng.integers(4, 60, 3))
+        image = rng.integers(0, 256, (height, width, 3), dtype=np.uint8)
+        left, top = int(rng.integers(0, width)), int(rng.integers(0, height))
+        box = (left, top, int(rng.integers(left + 1, width + 1)), int(rng.integers(top + 1, height + 1)))
+        pillow = np.asarray(Image.fromarray(image).resize((size, size), Image.BICUBIC, box=box))
+        ours = resize_boxes(image[None], np.array([box]), size)[0].astype(np.uint8)
+        np.testing.assert_array_equal(ours, pillow, err_msg=f"{height}x{width} -> {size}, box {box}")
