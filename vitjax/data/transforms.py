@@ -20,7 +20,7 @@ import os
 import warnings
 
 import numpy as np
-from PIL import Image, ImageOps
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 from vitjax.eval_transform import EvalTransform
 
@@ -176,6 +176,8 @@ def _header(file, name: str) -> tuple[int, int, str, str, int]:
             orientation = _orientation(image)
             width, height = image.size
             stored_format, mode = image.format or "", image.mode
+    except UnidentifiedImageError:  # Pillow names the file object it was given; name the file
+        raise ImageError(f"{name}: cannot decode image (cannot identify image file {name!r})") from None
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
         raise ImageError(f"{name}: cannot decode image ({e})") from None
     if orientation in (5, 6, 7, 8):
