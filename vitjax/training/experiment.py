@@ -115,7 +115,12 @@ class Experiment:
         batched = not per_image and batch_transform_supported(c.augment)
         if c.data.reduced_decode and not batched:  # files decoded in the transform, at the scale its crop allows
             source = encoded(source)
-        loader = TrainLoader(
+        batch_transform = None
+        if batched:  # uint8 out: the jitted step normalises
+            batch_transform = functools.partial(
+                train_transform_batch, size=size, mean=t.mean, std=t.std, augment=c.augment, normalize_images=False
+            )
+        return TrainLoader(
             source,
             lambda image, rng: train_transform(image, rng, size=size, mean=t.mean, std=t.std, augment=c.augment),
             c.batch_size,
@@ -125,13 +130,7 @@ class Experiment:
             on_bad_image=c.data.on_bad_image,
             num_workers=c.data.num_workers,
             worker_kind=c.data.worker_kind,
-        )
-        if not batched:
-            return loader
-        return loader.with_batch_transform(
-            functools.partial(
-                train_transform_batch, size=size, mean=t.mean, std=t.std, augment=c.augment, normalize_images=False
-            )
+            batch_transform=batch_transform,
         )
 
     def eval_transform(self) -> EvalTransform:
