@@ -180,6 +180,12 @@ def parse_randaugment(spec: str) -> dict:
     return options
 
 
+@functools.lru_cache(maxsize=16)
+def _randaugment_options(spec: str) -> tuple[tuple[str, float], ...]:
+    """:func:`parse_randaugment` once per spec (``train_transform`` asks for every image)."""
+    return tuple(parse_randaugment(spec).items())
+
+
 def rand_augment(image: Image.Image, rng: np.random.Generator, magnitude=9.0, magnitude_std=0.5, num_ops=2, prob=0.5):
     names = list(RAND_AUGMENT_OPS)
     for index in rng.choice(len(names), size=num_ops, replace=True):
@@ -242,7 +248,7 @@ def train_transform(
     if augment.hflip and rng.random() < 0.5:
         pil = pil.transpose(Image.FLIP_LEFT_RIGHT)
     if augment.randaugment:
-        pil = rand_augment(pil, rng, **parse_randaugment(augment.randaugment))
+        pil = rand_augment(pil, rng, **dict(_randaugment_options(augment.randaugment)))
     out = normalize(np.asarray(pil), mean, std)
     return random_erasing(out, rng, augment.random_erasing)
 

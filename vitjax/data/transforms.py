@@ -301,9 +301,66 @@ def center_crop(image: np.ndarray, size: int) -> np.ndarray:
 
 
 def normalize(image: np.ndarray, mean, std) -> np.ndarray:
-    scale = np.float32(1.0 / 255.0)
-    mean, std = np.asarray(mean, np.float32), np.asarray(std, np.float32)
-    return (image.astype(np.float32) * scale - mean) / std
+    """``(x * float32(1/255) - mean) / std`` in float32, per channel (the last axis).
+
+    A uint8 image is looked up in a table of that formula's 256 values per channel instead
+    (OpenCV's ``LUT``, or numpy's ``take`` without OpenCV): the same float32 values, bit for
+    bit (tested), about ten times cheaper than the arithmetic on a 224 x 224 image."""
+    mean32, std32 = np.asarray(mean, np.float32), np.asarray(std, np.float32)
+    if image.dtype != np.uint8 or image.ndim < 2 or mean32.ndim > 1 or std32.ndim > 1:
+        return _normalize_arithmetic(image, mean32, std32)
+    channels = image.shape[-1]
+    if mean32.size not in (1, channels) or std32.size not in (1, channels):
+        return _normalize_arithmetic(image, mean32, std32)  # numpy's broadcasting error, or its result
+    table = _normalize_table(
+        tuple(mean32.reshape(-1).tolist()), tuple(std32.reshape(-1).tolist()), channels
+    )  # [256, C]
+    cv2 = _opencv()
+    if cv2 is not None and image.ndim in (3, 4) and channels <= 4:
+        # OpenCV runs a LUT of 2**18 pixels or more on several threads: one image at a time keeps it on this one.
+        lut = table[None]  # [1, 256, C]: a C-channel table for a C-channel image
+        if image.ndim == 3:
+            return _lut(cv2, image, lut)
+        out = np.empty(image.shape, np.float32)
+        for i, single in enumerate(image):
+            out[i] = _lut(cv2, single, lut)
+        return out
+    out = np.empty(image.shape, np.float32)
+    for c in range(channels):
+        out[..., c] = table[:, c].take(image[..., c])
+    return out
+
+
+def _normalize_arithmetic(image: np.ndarray, mean: np.ndarray, std: np.ndarray) -> np.ndarray:
+    return (image.astype(np.float32) * np.float32(1.0 / 255.0) - mean) / std
+
+
+@functools.lru_cache(maxsize=64)
+def _normalize_table(mean: tuple[float, ...], std: tuple[float, ...], channels: int) -> np.ndarray:
+    """:func:`normalize`'s float32 value of each uint8 level per channel, ``[256, channels]``
+    (read-only), computed by the formula itself."""
+    levels = np.repeat(np.arange(256, dtype=np.uint8)[:, None], channels, axis=1)
+    table = np.ascontiguousarray(
+        _normalize_arithmetic(levels, np.asarray(mean, np.float32), np.asarray(std, np.float32))
+    )
+    table.flags.writeable = False
+    return table
+
+
+def _lut(cv2, image: np.ndarray, lut: np.ndarray) -> np.ndarray:
+    if image.shape[-1] == 1:  # OpenCV sees an [H, W, 1] array as [H, W]
+        return cv2.LUT(np.ascontiguousarray(image[..., 0]), lut)[..., None]
+    return cv2.LUT(np.ascontiguousarray(image), lut)
+
+
+@functools.cache
+def _opencv():
+    """The ``cv2`` module, or None where OpenCV is not installed."""
+    try:
+        import cv2
+    except ImportError:
+        return None
+    return cv2
 
 
 def preprocess_eval(image: np.ndarray, transform: EvalTransform) -> np.ndarray:
