@@ -51,3 +51,140 @@ def test_normalize_of_a_flipped_view_and_of_floats_is_the_formulas():
     assert np.array_equal(normalize(floats, *IMAGENET), formula(floats, *IMAGENET))
     table = transforms._normalize_table(*map(tuple, IMAGENET), 3)
     assert not table.flags.writeable  # shared by every call: nobody may change it
+
+
+# --- uint8 to the device: the host draws the erasing rectangle, the device fills it ---
+
+
+def deit_augment(**overrides):
+    from ml_collections import ConfigDict
+
+    settings = dict(
+        random_resized_crop=True,
+        crop_scale=(0.08, 1.0),
+        interpolation="bicubic",
+        hflip=True,
+        randaugment="rand-m9-mstd0.5-inc1",
+        random_erasing=0.25,
+    )
+    return ConfigDict({**settings, **overrides})
+
+
+def photo(seed: int, shape=(75, 100, 3)) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    y, x = np.mgrid[0 : shape[0], 0 : shape[1]]
+    smooth = np.stack([x * 2, y * 3, x + y], -1)[..., : shape[2]]
+    return (smooth + rng.integers(0, 60, shape)).clip(0, 255).astype(np.uint8)
+
+
+@pytest.mark.parametrize("erasing", [0.25, 1.0, 0.0])
+def test_uint8_output_is_the_float_output_before_normalising_with_erasings_rectangle(erasing):
+    from vitjax.data.augment import ErasedImage, train_transform
+
+    settings = dict(size=48, mean=IMAGENET[0], std=IMAGENET[1], augment=deit_augment(random_erasing=erasing))
+    erased = 0
+    for seed in range(40):
+        image = photo(seed)
+        full = train_transform(image, np.random.default_rng([7, seed]), **settings)
+        out = train_transform(image, np.random.default_rng([7, seed]), normalize_image=False, **settings)
+        assert isinstance(out, ErasedImage) and out.image.dtype == np.uint8 and out.erase.dtype == np.int32
+        top, left, h, w = (int(v) for v in out.erase)
+        inside = np.zeros(full.shape[:2], bool)
+        inside[top : top + h, left : left + w] = True
+        normalized = normalize(out.image, *IMAGENET)
+        np.testing.assert_array_equal(normalized[~inside], full[~inside])  # every pixel the host computes
+        if h:  # the host's noise is where the rectangle says, nowhere else
+            erased += 1
+            assert 0 < h < 48 and 0 < w < 48 and top + h <= 48 and left + w <= 48
+            assert np.mean(normalized[inside] != full[inside]) > 0.99
+    assert erased == 0 if erasing == 0 else erased >= (40 if erasing == 1 else 3)
+
+
+def test_random_erasing_draws_its_rectangle_with_erase_box():
+    from vitjax.data.augment import erase_box, random_erasing
+
+    for seed in range(200):
+        image = np.zeros((32, 24, 3), np.float32)
+        out = random_erasing(image, np.random.default_rng(seed), 0.5)
+        box = erase_box(32, 24, np.random.default_rng(seed), 0.5)
+        if box is None:
+            assert out is image
+            continue
+        top, left, h, w = box
+        changed = np.argwhere(np.any(out != 0, -1))
+        assert changed.min(0).tolist() == [top, left] and changed.max(0).tolist() == [top + h - 1, left + w - 1]
+
+
+def test_fill_erased_puts_standard_normal_noise_in_the_rectangles_only_and_is_a_function_of_the_key():
+    jax = pytest.importorskip("jax")
+    stats = pytest.importorskip("scipy.stats")
+    from vitjax.data.augment import fill_erased
+
+    images = np.full((4, 40, 30, 3), 7.0, np.float32)
+    erase = np.array([[0, 0, 0, 0], [5, 3, 20, 10], [0, 0, 39, 29], [39, 29, 1, 1]], np.int32)
+    key = jax.random.key(3)
+    out = np.asarray(fill_erased(images, erase, key))
+    assert out.dtype == np.float32 and out.shape == images.shape
+    np.testing.assert_array_equal(out, np.asarray(fill_erased(images, erase, key)))
+    assert not np.array_equal(out, np.asarray(fill_erased(images, erase, jax.random.key(4))))
+    np.testing.assert_array_equal(out[0], images[0])  # an empty rectangle erases nothing
+    for i, (top, left, h, w) in enumerate(erase.tolist()):
+        inside = np.zeros((40, 30), bool)
+        inside[top : top + h, left : left + w] = True
+        np.testing.assert_array_equal(out[i][~inside], images[i][~inside])
+        assert not np.any(out[i][inside] == 7.0)
+    noise = out[2, :39, :29].reshape(-1)  # 3393 values: the host's N(0, 1), per pixel and channel
+    assert stats.kstest(noise, "norm").pvalue > 1e-3
+    host = np.random.default_rng(0).standard_normal(noise.size).astype(np.float32)
+    assert stats.ks_2samp(noise, host).pvalue > 1e-3
+
+
+class Photos:
+    """An in-memory source of photo-like images of a few sizes."""
+
+    num_classes = 3
+
+    def __init__(self, count=24):
+        self.images = [photo(i, ((60, 80, 3), (80, 60, 3), (70, 70, 3))[i % 3]) for i in range(count)]
+
+    def __len__(self):
+        return len(self.images)
+
+    def load(self, index):
+        return self.images[index], index % 3
+
+    def describe(self, index):
+        return f"photos[{index}]"
+
+
+@pytest.mark.parametrize("num_workers", [0, 2])
+def test_a_uint8_loader_gives_the_float_loaders_batches_before_normalising_and_erasing(num_workers):
+    from vitjax.data.augment import train_transform
+    from vitjax.data.pipeline import TrainLoader
+
+    source, settings = (
+        Photos(),
+        dict(size=32, mean=IMAGENET[0], std=IMAGENET[1], augment=deit_augment(random_erasing=0.5)),
+    )
+    floats = TrainLoader(source, lambda im, rng: train_transform(im, rng, **settings), 8, seed=5, num_workers=0)
+    uint8 = TrainLoader(
+        source,
+        lambda im, rng: train_transform(im, rng, normalize_image=False, **settings),
+        8,
+        seed=5,
+        num_workers=num_workers,
+    )
+    stream, erased = uint8.iterate(2), 0  # a resumed run
+    for step in range(2, 7):
+        got, expected = next(stream), floats.batch(step)
+        assert got.images.dtype == np.uint8 and got.erase.shape == (8, 4) and expected.erase is None
+        np.testing.assert_array_equal(got.labels, expected.labels)
+        np.testing.assert_array_equal(got.erase, uint8.batch(step).erase)  # the same again, read directly
+        normalized = normalize(got.images, *IMAGENET)
+        for i, (top, left, h, w) in enumerate(got.erase.tolist()):
+            outside = np.ones((32, 32), bool)
+            outside[top : top + h, left : left + w] = False
+            erased += h > 0
+            np.testing.assert_array_equal(normalized[i][outside], expected.images[i][outside])
+    stream.close()
+    assert erased > 5

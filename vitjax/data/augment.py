@@ -20,6 +20,7 @@ import functools
 import math
 import re
 from collections.abc import Sequence
+from typing import NamedTuple
 
 import numpy as np
 from PIL import Image, ImageEnhance, ImageOps
@@ -197,13 +198,14 @@ def rand_augment(image: Image.Image, rng: np.random.Generator, magnitude=9.0, ma
     return image
 
 
-def random_erasing(
-    image: np.ndarray, rng: np.random.Generator, prob: float, area=(0.02, 1 / 3), min_aspect=0.3
-) -> np.ndarray:
-    """Replaces a random rectangle of a normalized HWC image with per-pixel normal noise."""
+def erase_box(
+    height: int, width: int, rng: np.random.Generator, prob: float, area=(0.02, 1 / 3), min_aspect=0.3
+) -> tuple[int, int, int, int] | None:
+    """:func:`random_erasing`'s rectangle ``(top, left, height, width)`` for an image of
+    ``height x width``, or None (no erasing), drawn from ``rng`` with its draws: all of them
+    but the noise."""
     if prob <= 0 or rng.random() >= prob:
-        return image
-    height, width, channels = image.shape
+        return None
     log_aspect = (math.log(min_aspect), math.log(1 / min_aspect))
     for _ in range(10):
         target = height * width * rng.uniform(*area)
@@ -211,10 +213,57 @@ def random_erasing(
         h, w = int(round(math.sqrt(target * aspect))), int(round(math.sqrt(target / aspect)))
         if h < height and w < width:
             top, left = int(rng.integers(0, height - h + 1)), int(rng.integers(0, width - w + 1))
-            image = image.copy()
-            image[top : top + h, left : left + w] = rng.standard_normal((h, w, channels)).astype(image.dtype)
-            return image
+            return top, left, h, w
+    return None
+
+
+def random_erasing(
+    image: np.ndarray, rng: np.random.Generator, prob: float, area=(0.02, 1 / 3), min_aspect=0.3
+) -> np.ndarray:
+    """Replaces a random rectangle of a normalized HWC image with per-pixel normal noise."""
+    height, width, channels = image.shape
+    box = erase_box(height, width, rng, prob, area, min_aspect)
+    if box is None:
+        return image
+    top, left, h, w = box
+    image = image.copy()
+    image[top : top + h, left : left + w] = rng.standard_normal((h, w, channels)).astype(image.dtype)
     return image
+
+
+class ErasedImage(NamedTuple):
+    """:func:`train_transform`'s result with ``normalize_image=False``: the augmented uint8
+    pixels, and the rectangle random erasing fills with noise once they are normalised (on the
+    device: :func:`fill_erased`)."""
+
+    image: np.ndarray  # uint8 HWC, not erased
+    erase: np.ndarray  # int32 [4]: top, left, height, width; all 0 where nothing is erased
+
+
+NO_ERASE = np.zeros(4, np.int32)
+NO_ERASE.flags.writeable = False
+
+
+def fill_erased(images, erase, key):
+    """Random erasing of a normalised float batch ``[B, H, W, C]`` (a jax or numpy array), on
+    the device: the rectangle ``erase[i]`` (``[B, 4]``: top, left, height, width, as
+    :class:`ErasedImage` carries it) of image ``i`` replaced by standard normal noise drawn from
+    the jax ``key``; other pixels, and images with an empty rectangle, unchanged.
+
+    The rectangles are the host's draws, the same as :func:`random_erasing`'s; the noise has its
+    distribution (independent N(0, 1) per pixel and channel, float32) but comes from ``key``, not
+    from the image's numpy generator: a function of whatever ``key`` is derived from (the seed and
+    the step), so a batch stays a pure function of (seed, step)."""
+    import jax
+    import jax.numpy as jnp
+
+    _, height, width, _ = images.shape
+    erase = jnp.asarray(erase, jnp.int32)
+    top, left, h, w = (erase[:, i, None, None] for i in range(4))
+    rows, cols = jnp.arange(height)[None, :, None], jnp.arange(width)[None, None, :]
+    inside = (rows >= top) & (rows < top + h) & (cols >= left) & (cols < left + w)
+    noise = jax.random.normal(key, images.shape, images.dtype)
+    return jnp.where(inside[..., None], noise, images)
 
 
 def train_transform(
@@ -227,11 +276,17 @@ def train_transform(
     augment,
     max_reduce: int = 8,
     decoder: str = "auto",
-) -> np.ndarray:
+    normalize_image: bool = True,
+) -> np.ndarray | ErasedImage:
     """RGB uint8 HWC -> augmented, normalized float32 HWC, following ``config.augment``.
 
     An :class:`EncodedImage` is cropped with the same draws as its decoded array, and decoded
-    at up to 1/``max_reduce`` scale where the crop allows (:func:`resized_crop`)."""
+    at up to 1/``max_reduce`` scale where the crop allows (:func:`resized_crop`).
+
+    ``normalize_image=False`` leaves normalisation and the noise of random erasing to the device:
+    an :class:`ErasedImage`, the uint8 pixels before normalisation and the erasing rectangle,
+    from the same draws (the pixels outside the rectangle, normalised, are this function's
+    float32 pixels exactly; :func:`fill_erased` fills the rectangle)."""
     if isinstance(image, EncodedImage):
         width, height = image.size
         if augment.random_resized_crop:
@@ -249,8 +304,11 @@ def train_transform(
         pil = pil.transpose(Image.FLIP_LEFT_RIGHT)
     if augment.randaugment:
         pil = rand_augment(pil, rng, **dict(_randaugment_options(augment.randaugment)))
-    out = normalize(np.asarray(pil), mean, std)
-    return random_erasing(out, rng, augment.random_erasing)
+    pixels = np.asarray(pil)
+    if not normalize_image:
+        box = erase_box(*pixels.shape[:2], rng, augment.random_erasing)
+        return ErasedImage(pixels, NO_ERASE if box is None else np.asarray(box, np.int32))
+    return random_erasing(normalize(pixels, mean, std), rng, augment.random_erasing)
 
 
 # --- The same transform on a whole batch (numpy), where it has no per-image PIL step ---

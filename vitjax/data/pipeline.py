@@ -60,10 +60,13 @@ from typing import Any
 
 import numpy as np
 
+from vitjax.data.augment import NO_ERASE, ErasedImage
 from vitjax.data.sources import DataError, Source
 from vitjax.data.transforms import ImageError
 
-Transform = Callable[[np.ndarray, np.random.Generator], np.ndarray]
+# One image: uint8 HWC (an array, or ``EncodedImage`` from an ``EncodedSource``) -> float32 HWC, or an
+# ``augment.ErasedImage`` (uint8 pixels and an erasing rectangle, for the device to normalise and erase).
+Transform = Callable[[np.ndarray, np.random.Generator], np.ndarray | ErasedImage]
 # A whole batch at once: equally sized uint8 images [B, H, W, C] and one generator per image,
 # giving exactly what ``Transform`` gives image by image (``augment.train_transform_batch``).
 BatchTransform = Callable[[np.ndarray, list[np.random.Generator]], np.ndarray]
@@ -99,6 +102,10 @@ class Batch:
     labels: np.ndarray  # [local_batch] int32
     mask: np.ndarray  # [local_batch] bool; False for eval padding and dropped bad images
     skipped: tuple[str, ...] = ()  # messages of the bad images met while building this batch
+    # [local_batch, 4] int32 (top, left, height, width) of each image's random-erasing rectangle,
+    # from a transform that leaves normalisation and erasing's noise to the device
+    # (``augment.train_transform(..., normalize_image=False)``, filled by ``augment.fill_erased``); else None.
+    erase: np.ndarray | None = None
 
 
 class BadImageLog:
@@ -137,7 +144,7 @@ def check_workers(num_workers: int, worker_kind: str) -> None:
 
 @dataclasses.dataclass(frozen=True)
 class _Example:
-    image: np.ndarray | None  # None: a bad eval image or padding, masked out
+    image: np.ndarray | ErasedImage | None  # None: a bad eval image or padding, masked out
     label: int
     skipped: tuple[str, ...]
     position: int = 0  # the stream position whose generator augments it
@@ -221,10 +228,16 @@ def _assemble(examples: Sequence[_Example]) -> Batch:
             f"no readable image in a batch of {len(examples)} examples: "
             + "; ".join(s for e in examples for s in e.skipped)[:2000]
         )
-    images = np.stack([e.image if e.image is not None else np.zeros_like(good) for e in examples])
+    erase = None
+    if isinstance(good, ErasedImage):  # uint8 pixels and erasing rectangles: the device normalises and erases
+        erase = np.stack([e.image.erase if e.image is not None else NO_ERASE for e in examples])
+        good = good.image
+        images = np.stack([e.image.image if e.image is not None else np.zeros_like(good) for e in examples])
+    else:
+        images = np.stack([e.image if e.image is not None else np.zeros_like(good) for e in examples])
     labels = np.asarray([e.label for e in examples], np.int32)
     mask = np.asarray([e.image is not None for e in examples])
-    return Batch(images, labels, mask, tuple(s for e in examples for s in e.skipped))
+    return Batch(images, labels, mask, tuple(s for e in examples for s in e.skipped), erase)
 
 
 class _AssembleTransformed:
