@@ -1,5 +1,6 @@
 """Training: one real run, sharding strategies, resumption, preemption, NaN, modes."""
 
+import contextlib
 import json
 import logging
 import math
@@ -12,6 +13,7 @@ import time
 from pathlib import Path
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax.traverse_util import flatten_dict
@@ -338,6 +340,51 @@ def test_train_records_report_data_wait_between_0_and_1(tmp_path, capsys):
         (r["step"], pytest.approx(r["data_wait"])) for r in records
     ]
     assert re.search(r"step 4/4 .*  data_wait \d+%", capsys.readouterr().out)
+
+
+def test_data_wait_counts_the_wait_for_a_logged_step_as_step_time(tmp_path, monkeypatch):
+    # Every step is logged (log_every=1). Each batch takes 0.1 s to get (a sleep in the loader's
+    # stream), and each step runs >= 0.3 s on the device after its dispatch (its loss goes through 48
+    # chained 768x768 matmuls, dispatched asynchronously). The wait for a logged step's own loss is
+    # step time, so data_wait is about 0.1 / (0.1 + 0.3+) <= 0.25; counted as neither (as it once
+    # was), the share would be 0.1 s against a dispatch of a few ms: near 1.
+    jitted, train_loader = train.jitted_train_step, train.Experiment.train_loader
+
+    def matmuls(loss):
+        x = jnp.full((768, 768), 1e-3, jnp.float32)
+        x = jax.lax.fori_loop(0, 48, lambda _, y: jnp.tanh(y @ y), x)
+        return loss + 0.0 * x[0, 0]
+
+    def slow_on_the_device(*args, **kwargs):
+        step, slow = jitted(*args, **kwargs), jax.jit(matmuls)
+
+        def slow_step(state, images, labels):
+            state, metrics = step(state, images, labels)
+            return state, {**metrics, "loss": slow(metrics["loss"])}
+
+        return slow_step
+
+    def slow_to_read(self, *args, **kwargs):
+        loader = train_loader(self, *args, **kwargs)
+        iterate = loader.iterate
+
+        def sleepy(start):
+            with contextlib.closing(iterate(start)) as batches:
+                for batch in batches:
+                    time.sleep(0.1)
+                    yield batch
+
+        loader.iterate = sleepy
+        return loader
+
+    monkeypatch.setattr(train, "jitted_train_step", slow_on_the_device)
+    monkeypatch.setattr(train.Experiment, "train_loader", slow_to_read)
+    train.train_and_evaluate(tiny_config(num_steps=5, log_every=1), tmp_path)
+    records = [
+        r for r in map(json.loads, (tmp_path / "metrics.jsonl").read_text().splitlines()) if r["kind"] == "train"
+    ]
+    assert [r["step"] for r in records] == [1, 2, 3, 4, 5]
+    assert all(0.01 < r["data_wait"] < 0.45 for r in records[1:]), records
 
 
 def test_config_typos_are_errors_and_overrides_apply(tmp_path):

@@ -56,8 +56,11 @@ class InputWaitMeter:
 
     A step's time is what :meth:`waiting` and :meth:`stepping` enclose: getting the batch
     and placing it on the devices, then dispatching the update and reading the previous
-    step's loss (where the host waits for the device). Evaluation, checkpoints and logging
-    between steps count as neither. Near 0: the model is the bottleneck; near 1: the input.
+    step's loss (where the host waits for the device), and, on a step that is logged, reading
+    its own loss (the host waits for the step to finish: left out, a short ``log_every``
+    would count a whole step of every few as neither and inflate the share). Evaluation,
+    checkpoints and writing the logs count as neither. Near 0: the model is the bottleneck;
+    near 1: the input.
     """
 
     def __init__(self):

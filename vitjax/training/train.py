@@ -209,7 +209,9 @@ def run_steps(
                 step += 1
                 losses.after_dispatch(step, metrics["loss"])
             if step % c.log_every == 0 or step == total_steps or step == start + 1:
-                log_train_step(writer, progress, step, losses.latest(), metrics, input_wait.read())
+                with input_wait.stepping():  # waiting for this step to finish is step time, not logging
+                    loss = losses.latest()
+                log_train_step(writer, progress, step, loss, metrics, input_wait.read())
             if c.eval_every and step % c.eval_every == 0 and step < total_steps:
                 writer.write(step, "eval", eval_state(exp, state))
             if step % c.checkpoint_every == 0 or step == total_steps:
