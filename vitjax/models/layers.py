@@ -220,44 +220,95 @@ def packed_multi_head_attention(
     float32 rounding, normalising before the second matmul rather than after). ``record`` (see
     :func:`multi_head_attention`) always takes the unfused path, which materialises the weights.
     """
-    q, k, v = (source[:, :, slot] for source, slot in zip((q_source, k_source, v_source), slots, strict=True))
-    fused = (
-        dropout is None
-        and record is None
-        and matmul == "onednn"
-        and q_source.dtype == k_source.dtype == v_source.dtype == jnp.float32
-    )
-    if not fused:
+    sources, plan = _distinct_sources((q_source, k_source, v_source), slots)
+    if dropout is not None or record is not None:
+        q, k, v = (sources[i][:, :, slot] for i, slot in plan[0])
         return multi_head_attention(q, k, v, dropout, matmul, record)
-    return _fused_attention(tuple(slots), q_source, k_source, v_source)
+    if matmul not in MATMUL_KERNELS:
+        raise ValueError(f"matmul={matmul!r}: expected one of {MATMUL_KERNELS}")
+    float32 = all(source.dtype == jnp.float32 for source in sources)
+    if matmul == "onednn" and float32:
+        return _fused_attention(plan, *sources)
+    return _packed_attention(matmul == "onednn" and float32, plan, *sources)
 
 
-def _unfused_attention(slots, q_source, k_source, v_source):
-    q, k, v = (source[:, :, slot] for source, slot in zip((q_source, k_source, v_source), slots, strict=True))
-    return multi_head_attention(q, k, v, None, "onednn")
+def _distinct_sources(sources, slots) -> tuple[tuple[jax.Array, ...], tuple]:
+    """The distinct arrays among q's, k's and v's sources (DeiT passes one ``qkv`` three times) and
+    the plan ``(((source index, slot) for q, k, v), (slots of each distinct source))`` that finds
+    each of q, k and v in them."""
+    distinct: list[jax.Array] = []
+    plan = []
+    for source, slot in zip(sources, slots, strict=True):
+        index = next((i for i, seen in enumerate(distinct) if seen is source), None)
+        if index is None:
+            index = len(distinct)
+            distinct.append(source)
+        plan.append((index, int(slot)))
+    return tuple(distinct), (tuple(plan), tuple(source.shape[2] for source in distinct))
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1))
+def _packed_attention(use_onednn: bool, plan, *sources):
+    """:func:`softmax_attention` of the q, k and v that ``plan`` finds in ``sources``, taken from
+    and returned to the tokens-major ``[batch, tokens, heads, head_dim]`` layout.
+
+    The gradient is :func:`softmax_attention`'s closed form, and each source's gradient is built
+    in one piece: the q, k and v gradients moved back to tokens-major and stacked into their slots
+    (zeros in a slot nothing reads). Autodiff of the slicing would instead pad each gradient to the
+    source's full shape and add the padded copies, several passes over ``[batch, tokens, 3, heads,
+    head_dim]`` that cost DeiT on digits (17 tokens) about as much as its attention matmuls. The
+    values are the same: the padded copies add exact zeros.
+    """
+    return _packed_attention_fwd(use_onednn, plan, *sources)[0]
+
+
+def _packed_attention_fwd(use_onednn, plan, *sources):
+    q, k, v = (sources[i][:, :, slot].transpose(0, 2, 1, 3) for i, slot in plan[0])
+    out, residuals = _softmax_attention_fwd(use_onednn, q, k, v)
+    return out.transpose(0, 2, 1, 3), residuals
+
+
+def _packed_attention_bwd(use_onednn, plan, residuals, d_out):
+    grads = _softmax_attention_bwd(use_onednn, residuals, d_out.transpose(0, 2, 1, 3))
+    by_slot: dict[tuple[int, int], jax.Array] = {}
+    for (i, slot), grad in zip(plan[0], grads, strict=True):
+        grad = grad.transpose(0, 2, 1, 3)
+        by_slot[i, slot] = by_slot[i, slot] + grad if (i, slot) in by_slot else grad
+    d_sources = []
+    for i, num_slots in enumerate(plan[1]):
+        present = [g for (j, _), g in by_slot.items() if j == i]
+        zeros = jnp.zeros_like(present[0]) if present else None
+        d_sources.append(jnp.stack([by_slot.get((i, slot), zeros) for slot in range(num_slots)], axis=2))
+    return tuple(d_sources)
+
+
+_packed_attention.defvjp(_packed_attention_fwd, _packed_attention_bwd)
+
+
+def _unfused_attention(plan, *sources):
+    return _packed_attention(True, plan, *sources)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
-def _fused_attention(slots, q_source, k_source, v_source):
+def _fused_attention(plan, *sources):
     from vitjax.kernels import onednn
 
-    scale = q_source.shape[-1] ** -0.5
+    (qi, q_slot), (ki, k_slot), (vi, v_slot) = plan[0]
+    scale = sources[qi].shape[-1] ** -0.5
     return jax.lax.platform_dependent(
-        q_source,
-        k_source,
-        v_source,
-        cpu=lambda q, k, v: onednn.attention(q, k, v, slots, scale),
-        default=functools.partial(_unfused_attention, slots),
+        *sources,
+        cpu=lambda *s: onednn.attention(s[qi], s[ki], s[vi], (q_slot, k_slot, v_slot), scale),
+        default=functools.partial(_unfused_attention, plan),
     )
 
 
-def _fused_attention_fwd(slots, q_source, k_source, v_source):
+def _fused_attention_fwd(plan, *sources):
     # Differentiated, the unfused attention runs (and its closed-form backward); its VJP
     # closure carries the residuals.
-    return jax.vjp(functools.partial(_unfused_attention, slots), q_source, k_source, v_source)
+    return jax.vjp(functools.partial(_unfused_attention, plan), *sources)
 
 
-def _fused_attention_bwd(slots, vjp, d_out):
+def _fused_attention_bwd(plan, vjp, d_out):
     return vjp(d_out)
 
 
