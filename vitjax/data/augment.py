@@ -233,37 +233,57 @@ def random_erasing(
 
 class ErasedImage(NamedTuple):
     """:func:`train_transform`'s result with ``normalize_image=False``: the augmented uint8
-    pixels, and the rectangle random erasing fills with noise once they are normalised (on the
-    device: :func:`fill_erased`)."""
+    pixels, and random erasing's rectangle and noise, for the device to put in once it has
+    normalised the pixels (:func:`fill_erased`)."""
 
     image: np.ndarray  # uint8 HWC, not erased
     erase: np.ndarray  # int32 [4]: top, left, height, width; all 0 where nothing is erased
+    noise: np.ndarray  # float32 [height * width * C]: the rectangle's noise, row-major; empty where none
 
 
 NO_ERASE = np.zeros(4, np.int32)
 NO_ERASE.flags.writeable = False
+NO_NOISE = np.zeros(0, np.float32)
+NO_NOISE.flags.writeable = False
 
 
-def fill_erased(images, erase, key):
-    """Random erasing of a normalised float batch ``[B, H, W, C]`` (a jax or numpy array), on
-    the device: the rectangle ``erase[i]`` (``[B, 4]``: top, left, height, width, as
-    :class:`ErasedImage` carries it) of image ``i`` replaced by standard normal noise drawn from
-    the jax ``key``; other pixels, and images with an empty rectangle, unchanged.
+def max_erase_pixels(height: int, width: int, area=(0.02, 1 / 3)) -> int:
+    """A bound on the pixels of :func:`erase_box`'s rectangle in a ``height x width`` image
+    (``h * w`` for ``h = round(sqrt(t a))``, ``w = round(sqrt(t / a))``, ``t < area[1] H W``,
+    ``h < H``, ``w < W``: at most ``t + (h + w) / 2 + 1/4``): the length, per channel, of
+    the noise every image of a batch carries (:func:`erase_noise`), so its shape is fixed."""
+    return min((height - 1) * (width - 1), int(height * width * area[1] + 0.5 * (height + width)) + 1)
 
-    The rectangles are the host's draws, the same as :func:`random_erasing`'s; the noise has its
-    distribution (independent N(0, 1) per pixel and channel, float32) but comes from ``key``, not
-    from the image's numpy generator: a function of whatever ``key`` is derived from (the seed and
-    the step), so a batch stays a pure function of (seed, step)."""
-    import jax
+
+def erase_noise(examples: Sequence[ErasedImage]) -> np.ndarray:
+    """The noise of a batch of :class:`ErasedImage` s, ``[B, max_erase_pixels(H, W) * C]``
+    float32, each image's zero-padded."""
+    height, width, channels = examples[0].image.shape
+    out = np.zeros((len(examples), max_erase_pixels(height, width) * channels), np.float32)
+    for row, example in zip(out, examples, strict=True):
+        row[: example.noise.size] = example.noise
+    return out
+
+
+def fill_erased(images, erase, noise):
+    """Random erasing of a normalised float batch ``[B, H, W, C]``, on the device (jax): the
+    rectangle ``erase[i]`` (``[B, 4]``: top, left, height, width) of image ``i`` replaced by
+    the noise ``noise[i]`` (``[B, L]``, the first ``height * width * C`` values, row-major), as
+    :func:`random_erasing` replaces it on the host; other pixels, and images with an empty
+    rectangle, unchanged. With a batch of :class:`ErasedImage` s (``erase`` stacked,
+    :func:`erase_noise`), this is :func:`train_transform`'s float32 batch exactly, given the
+    host's normalisation (tested)."""
     import jax.numpy as jnp
 
-    _, height, width, _ = images.shape
+    batch, height, width, channels = images.shape
     erase = jnp.asarray(erase, jnp.int32)
     top, left, h, w = (erase[:, i, None, None] for i in range(4))
     rows, cols = jnp.arange(height)[None, :, None], jnp.arange(width)[None, None, :]
-    inside = (rows >= top) & (rows < top + h) & (cols >= left) & (cols < left + w)
-    noise = jax.random.normal(key, images.shape, images.dtype)
-    return jnp.where(inside[..., None], noise, images)
+    inside = (rows >= top) & (rows < top + h) & (cols >= left) & (cols < left + w)  # [B, H, W]
+    index = jnp.where(inside, (rows - top) * w + (cols - left), 0).reshape(batch, height * width, 1)
+    noise = jnp.asarray(noise, images.dtype).reshape(batch, -1, channels)
+    values = jnp.take_along_axis(noise, index, axis=1, mode="clip").reshape(images.shape)
+    return jnp.where(inside[..., None], values, images)
 
 
 def train_transform(
@@ -283,10 +303,10 @@ def train_transform(
     An :class:`EncodedImage` is cropped with the same draws as its decoded array, and decoded
     at up to 1/``max_reduce`` scale where the crop allows (:func:`resized_crop`).
 
-    ``normalize_image=False`` leaves normalisation and the noise of random erasing to the device:
-    an :class:`ErasedImage`, the uint8 pixels before normalisation and the erasing rectangle,
-    from the same draws (the pixels outside the rectangle, normalised, are this function's
-    float32 pixels exactly; :func:`fill_erased` fills the rectangle)."""
+    ``normalize_image=False`` leaves normalisation and random erasing to the device: an
+    :class:`ErasedImage`, the uint8 pixels before normalisation, and the erasing rectangle and
+    its noise, from the same draws; normalised and erased by :func:`fill_erased`, they are this
+    function's float32 pixels exactly."""
     if isinstance(image, EncodedImage):
         width, height = image.size
         if augment.random_resized_crop:
@@ -305,9 +325,12 @@ def train_transform(
     if augment.randaugment:
         pil = rand_augment(pil, rng, **dict(_randaugment_options(augment.randaugment)))
     pixels = np.asarray(pil)
-    if not normalize_image:
+    if not normalize_image:  # random_erasing's draws, noise included; the device puts it in
         box = erase_box(*pixels.shape[:2], rng, augment.random_erasing)
-        return ErasedImage(pixels, NO_ERASE if box is None else np.asarray(box, np.int32))
+        if box is None:
+            return ErasedImage(pixels, NO_ERASE, NO_NOISE)
+        noise = rng.standard_normal((box[2], box[3], pixels.shape[2])).astype(np.float32)
+        return ErasedImage(pixels, np.asarray(box, np.int32), noise.reshape(-1))
     return random_erasing(normalize(pixels, mean, std), rng, augment.random_erasing)
 
 

@@ -60,12 +60,12 @@ from typing import Any
 
 import numpy as np
 
-from vitjax.data.augment import NO_ERASE, ErasedImage
+from vitjax.data.augment import NO_ERASE, NO_NOISE, ErasedImage, erase_noise
 from vitjax.data.sources import DataError, Source
 from vitjax.data.transforms import ImageError
 
 # One image: uint8 HWC (an array, or ``EncodedImage`` from an ``EncodedSource``) -> float32 HWC, or an
-# ``augment.ErasedImage`` (uint8 pixels and an erasing rectangle, for the device to normalise and erase).
+# ``augment.ErasedImage`` (uint8 pixels, an erasing rectangle and its noise, for the device to normalise and erase).
 Transform = Callable[[np.ndarray, np.random.Generator], np.ndarray | ErasedImage]
 # A whole batch at once: equally sized uint8 images [B, H, W, C] and one generator per image,
 # giving exactly what ``Transform`` gives image by image (``augment.train_transform_batch``).
@@ -102,10 +102,12 @@ class Batch:
     labels: np.ndarray  # [local_batch] int32
     mask: np.ndarray  # [local_batch] bool; False for eval padding and dropped bad images
     skipped: tuple[str, ...] = ()  # messages of the bad images met while building this batch
-    # [local_batch, 4] int32 (top, left, height, width) of each image's random-erasing rectangle,
-    # from a transform that leaves normalisation and erasing's noise to the device
-    # (``augment.train_transform(..., normalize_image=False)``, filled by ``augment.fill_erased``); else None.
+    # From a transform that leaves normalisation and random erasing to the device (uint8 images,
+    # ``augment.train_transform(..., normalize_image=False)``): each image's erasing rectangle,
+    # [local_batch, 4] int32 (top, left, height, width), and its noise, [local_batch, L] float32
+    # zero-padded (``augment.erase_noise``), for ``augment.fill_erased``; else None.
     erase: np.ndarray | None = None
+    erase_noise: np.ndarray | None = None
 
 
 class BadImageLog:
@@ -228,16 +230,17 @@ def _assemble(examples: Sequence[_Example]) -> Batch:
             f"no readable image in a batch of {len(examples)} examples: "
             + "; ".join(s for e in examples for s in e.skipped)[:2000]
         )
-    erase = None
-    if isinstance(good, ErasedImage):  # uint8 pixels and erasing rectangles: the device normalises and erases
-        erase = np.stack([e.image.erase if e.image is not None else NO_ERASE for e in examples])
-        good = good.image
-        images = np.stack([e.image.image if e.image is not None else np.zeros_like(good) for e in examples])
+    erase = noise = None
+    if isinstance(good, ErasedImage):  # uint8 pixels, erasing rectangles and noise: the device normalises and erases
+        blank = ErasedImage(np.zeros_like(good.image), NO_ERASE, NO_NOISE)
+        erased = [e.image if e.image is not None else blank for e in examples]
+        images = np.stack([e.image for e in erased])
+        erase, noise = np.stack([e.erase for e in erased]), erase_noise(erased)
     else:
         images = np.stack([e.image if e.image is not None else np.zeros_like(good) for e in examples])
     labels = np.asarray([e.label for e in examples], np.int32)
     mask = np.asarray([e.image is not None for e in examples])
-    return Batch(images, labels, mask, tuple(s for e in examples for s in e.skipped), erase)
+    return Batch(images, labels, mask, tuple(s for e in examples for s in e.skipped), erase, noise)
 
 
 class _AssembleTransformed:

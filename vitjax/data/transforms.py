@@ -335,10 +335,18 @@ def _normalize_arithmetic(image: np.ndarray, mean: np.ndarray, std: np.ndarray) 
     return (image.astype(np.float32) * np.float32(1.0 / 255.0) - mean) / std
 
 
+def normalize_table(mean, std, channels: int = 3) -> np.ndarray:
+    """:func:`normalize`'s float32 value of each uint8 level per channel, ``[256, channels]``
+    (read-only, shared). ``table[x, arange(C)]`` normalises a uint8 image with the host's very
+    bits on any device (a compiled ``(x / 255 - mean) / std`` may round differently: XLA's does,
+    by one unit in the last place for about a third of the levels here)."""
+    mean32, std32 = np.asarray(mean, np.float32).reshape(-1), np.asarray(std, np.float32).reshape(-1)
+    return _normalize_table(tuple(mean32.tolist()), tuple(std32.tolist()), channels)
+
+
 @functools.lru_cache(maxsize=64)
 def _normalize_table(mean: tuple[float, ...], std: tuple[float, ...], channels: int) -> np.ndarray:
-    """:func:`normalize`'s float32 value of each uint8 level per channel, ``[256, channels]``
-    (read-only), computed by the formula itself."""
+    """:func:`normalize_table`, computed by the formula itself, once per mean, std and channels."""
     levels = np.repeat(np.arange(256, dtype=np.uint8)[:, None], channels, axis=1)
     table = np.ascontiguousarray(
         _normalize_arithmetic(levels, np.asarray(mean, np.float32), np.asarray(std, np.float32))
