@@ -2,7 +2,8 @@
 
 The packed attention (``layers.packed_multi_head_attention``) builds the gradient of its
 projections' output in one piece instead of letting autodiff pad each of q's, k's and v's
-gradients to the full ``qkv`` shape and add them; its values must not change.
+gradients to the full ``qkv`` shape and add them; ``layers.dense`` multiplies its input's rows
+(2-D) rather than the N-D input. Neither may change what is computed.
 """
 
 import jax
@@ -53,3 +54,26 @@ def test_packed_attention_with_distinct_sources_for_q_k_and_v():
     loss = jax.jit(jax.grad(lambda a, b, c, f: jnp.sum(f(a, b, c) * weights), argnums=(0, 1, 2)), static_argnums=3)
     for grad, ref in zip(loss(q, k, v, packed), loss(q, k, v, sliced), strict=True):
         np.testing.assert_array_equal(grad, ref)
+
+
+@pytest.mark.parametrize("shape", [(8, 17, 64), (2, 3, 16, 24), (5, 12)], ids=["tokens", "tnt-words", "rows"])
+def test_dense_on_rows_computes_what_the_n_d_dot_general_computes(shape):
+    """``layers.dense`` (``matmul="xla"``) multiplies the input's rows; outputs and gradients are
+    ``flax.linen.Dense``'s with ``lax.dot_general`` on the N-D input."""
+    import flax.linen as nn
+
+    from vitjax.models.layers import dense
+
+    x = jax.random.normal(jax.random.key(0), shape)
+    ours, plain = dense(48, "fc"), nn.Dense(48, name="fc")
+    params = ours.init(jax.random.key(1), x)
+    assert jax.tree.map(jnp.shape, params) == jax.tree.map(jnp.shape, plain.init(jax.random.key(1), x))
+    weights = jax.random.normal(jax.random.key(2), (*shape[:-1], 48))
+
+    def loss(module):
+        return jax.jit(jax.value_and_grad(lambda p, x: jnp.sum(module.apply(p, x) * weights), argnums=(0, 1)))
+
+    (value, grads), (ref_value, ref_grads) = loss(ours)(params, x), loss(plain)(params, x)
+    np.testing.assert_allclose(value, ref_value, rtol=1e-6)
+    for grad, ref in zip(jax.tree.leaves(grads), jax.tree.leaves(ref_grads), strict=True):
+        np.testing.assert_allclose(grad, ref, rtol=1e-5, atol=1e-6)
