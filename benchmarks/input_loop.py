@@ -109,7 +109,7 @@ def run(args) -> dict:
         state = train.initial_state(exp, tx, shardings)
         step_fn = train.jitted_train_step(exp, tx, schedule, shardings)
         first = loaders["vitjax.main"].batch(0)  # the batch vitjax.main's step gets (uint8 where batched)
-        device_batch = exp.global_batch(first.images, first.labels)
+        device_batch = exp.step_inputs(first)
         state, metrics = step_fn(state, *device_batch)
         jax.block_until_ready(metrics)
 
@@ -138,7 +138,7 @@ def run(args) -> dict:
                         started = time.perf_counter()
                     with meter.waiting():
                         batch = next(batches)
-                        arrays = exp.global_batch(batch.images, batch.labels)
+                        arrays = exp.step_inputs(batch)
                     with meter.stepping():
                         state, metrics = step_fn(state, *arrays)
                         if previous is not None:

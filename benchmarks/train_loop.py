@@ -115,14 +115,14 @@ def bare_step_seconds(config, workdir: Path, steps: int) -> list[float]:
     batches = loader.iterate(0)
     batch = next(batches)
     batches.close()
-    images, labels = exp.global_batch(batch.images, batch.labels)
+    inputs = exp.step_inputs(batch)
     for _ in range(2):  # compile, warm up
-        state, metrics = step(state, images, labels)
+        state, metrics = step(state, *inputs)
     jax.block_until_ready(metrics)
     times = []
     for _ in range(steps):
         started = time.perf_counter()
-        state, metrics = step(state, images, labels)
+        state, metrics = step(state, *inputs)
         jax.block_until_ready(metrics)
         times.append(time.perf_counter() - started)
     return times

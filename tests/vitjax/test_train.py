@@ -358,8 +358,8 @@ def test_data_wait_counts_the_wait_for_a_logged_step_as_step_time(tmp_path, monk
     def slow_on_the_device(*args, **kwargs):
         step, slow = jitted(*args, **kwargs), jax.jit(matmuls)
 
-        def slow_step(state, images, labels):
-            state, metrics = step(state, images, labels)
+        def slow_step(state, *inputs):
+            state, metrics = step(state, *inputs)
             return state, {**metrics, "loss": slow(metrics["loss"])}
 
         return slow_step
@@ -477,6 +477,46 @@ def test_prediction_names_come_from_imagenet_the_dataset_or_a_file(tmp_path):
     assert train.class_names(tiny_config(**{"data.class_names": str(tmp_path / "names.txt")}), 2) == ["cat", "dog"]
     with pytest.raises(ValueError, match="2 names for 3 classes"):
         train.class_names(tiny_config(**{"data.class_names": str(tmp_path / "names.txt")}), 3)
+
+
+def test_per_image_recipes_travel_as_uint8_and_the_step_normalises_and_erases_as_the_host_does(tmp_path):
+    """A recipe with RandAugment and random erasing (per image, on PIL) hands the step uint8 pixels
+    with each image's erasing rectangle and noise, drawn on the host as before; the step normalises
+    and erases on the device, so one update from that batch equals one from the per-image float32
+    batch (same loss and parameters, to float32 rounding)."""
+    c = tiny_config(
+        **{
+            "augment.mixup_alpha": 0.0,
+            "augment.cutmix_alpha": 0.0,
+            "augment.randaugment": "rand-m9-mstd0.5-inc1",
+            "augment.random_erasing": 0.9,
+        }
+    )
+    exp = train.Experiment(c, tmp_path)
+    assert exp.erases_on_device
+    uint8_batch, float_batch = exp.train_loader().batch(3), exp.train_loader(per_image=True).batch(3)
+    assert uint8_batch.images.dtype == np.uint8 and float_batch.images.dtype == np.float32
+    assert (uint8_batch.erase[:, 2] > 0).sum() >= 20  # most of the 32 images have a rectangle
+    assert float_batch.erase is None
+    with pytest.raises(ValueError, match="no erasing rectangles"):
+        exp.step_inputs(float_batch)
+
+    schedule = lr_schedule(c.optimizer, c.batch_size, 10.0, 100)
+    tx = make_optimizer(c.optimizer, schedule, exp.abstract_params, 2)
+    _, shardings = train.train_state_layout(exp, tx)
+    step = train.jitted_train_step(exp, tx, schedule, shardings)
+    plain = jax.jit(
+        train.make_train_step(exp.model, tx, schedule, c, None), in_shardings=(shardings, *[exp.batch_sharding] * 2)
+    )
+    results = []
+    for batch_step, inputs in (
+        (step, exp.step_inputs(uint8_batch)),
+        (plain, exp.global_batch(float_batch.images, float_batch.labels)),
+    ):
+        state, metrics = batch_step(train.initial_state(exp, tx, shardings), *inputs)
+        results.append((float(metrics["loss"]), flatten_dict(jax.tree.map(np.asarray, state.params), sep="/")))
+    assert results[0][0] == pytest.approx(results[1][0], abs=1e-6)
+    assert_params_close(results[0][1], results[1][1], atol=1e-6)
 
 
 def test_batched_recipes_travel_as_uint8_and_the_step_normalises_them_as_the_host_does(tmp_path):

@@ -20,7 +20,7 @@ from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from vitjax.data.augment import batch_transform_supported, train_transform, train_transform_batch
-from vitjax.data.pipeline import EvalLoader, TrainLoader
+from vitjax.data.pipeline import Batch, EvalLoader, TrainLoader
 from vitjax.data.sources import encoded, make_source
 from vitjax.data.transforms import preprocess_eval
 from vitjax.models.registry import EvalTransform, get_spec
@@ -97,6 +97,23 @@ class Experiment:
         """This process's slice of a batch, as global arrays split along the mesh's data axis."""
         return tuple(jax.make_array_from_process_local_data(self.batch_sharding, a) for a in (images, *rest))
 
+    @property
+    def erases_on_device(self) -> bool:
+        """Whether :meth:`train_loader`'s batches carry random erasing's rectangles and noise for the
+        step to put in (a per-image recipe with ``augment.random_erasing`` > 0): the step then takes
+        them as two more arguments (:meth:`step_inputs`)."""
+        c = self.config
+        return c.augment.random_erasing > 0 and not batch_transform_supported(c.augment)
+
+    def step_inputs(self, batch: Batch) -> tuple[jax.Array, ...]:
+        """What the jitted training step takes after the state, as global arrays: the images and
+        labels, and with :attr:`erases_on_device` the erasing rectangles and their noise."""
+        if not self.erases_on_device:
+            return self.global_batch(batch.images, batch.labels)
+        if batch.erase is None:
+            raise ValueError("this recipe erases on the device, but the batch carries no erasing rectangles")
+        return self.global_batch(batch.images, batch.labels, batch.erase, batch.erase_noise)
+
     def train_loader(self, per_image: bool = False) -> TrainLoader:
         """The augmented training stream (``loader.source`` is its dataset). A model with fewer
         classes than the data is a ``ValueError``.
@@ -120,9 +137,12 @@ class Experiment:
             batch_transform = functools.partial(
                 train_transform_batch, size=size, mean=t.mean, std=t.std, augment=c.augment, normalize_images=False
             )
+        normalize_image = per_image or batched  # else uint8 out, with random erasing's draws: the step finishes
         return TrainLoader(
             source,
-            lambda image, rng: train_transform(image, rng, size=size, mean=t.mean, std=t.std, augment=c.augment),
+            lambda image, rng: train_transform(
+                image, rng, size=size, mean=t.mean, std=t.std, augment=c.augment, normalize_image=normalize_image
+            ),
             c.batch_size,
             seed=c.seed,
             process_index=jax.process_index(),

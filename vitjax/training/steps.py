@@ -12,6 +12,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from vitjax.data.augment import fill_erased
 from vitjax.models.registry import get_spec
 from vitjax.training.mixing import mix_batch
 from vitjax.training.optim import soft_cross_entropy
@@ -78,10 +79,13 @@ def make_train_step(
     teacher: Teacher | None,
     micro_sharding: jax.sharding.Sharding | None = None,
 ) -> Callable:
-    """``train_step(state, images, labels) -> (state, {"loss", "lr", "grad_norm"})``.
+    """``train_step(state, images, labels[, erase, erase_noise]) -> (state, {"loss", "lr", "grad_norm"})``.
 
     ``images`` are the model's float input, or uint8 pixels that :func:`normalize_on_device`
-    turns into it with the model's mean and std (the batched loader's output).
+    turns into it with the model's mean and std (the training loader's output). With ``erase``
+    and ``erase_noise`` (``Batch.erase``/``Batch.erase_noise``: random erasing's rectangles and
+    noise, drawn on the host), :func:`~vitjax.data.augment.fill_erased` then erases the
+    normalised images as the host's ``random_erasing`` would.
 
     The step's randomness (mixing, dropout) is ``fold_in(key(config.seed), state.step)``, so
     a resumed run repeats it exactly. Targets are one-hot labels, smoothed by
@@ -135,9 +139,17 @@ def make_train_step(
         (loss, grads), _ = jax.lax.scan(body, zeros, xs)
         return jax.tree.map(lambda x: x / accum, (loss, grads))
 
-    def train_step(state: TrainState, images: jax.Array, labels: jax.Array):
+    def train_step(
+        state: TrainState,
+        images: jax.Array,
+        labels: jax.Array,
+        erase: jax.Array | None = None,
+        erase_noise: jax.Array | None = None,
+    ):
         if images.dtype == jnp.uint8:  # the loader left normalisation to the device
             images = normalize_on_device(images, spec.eval_transform.mean, spec.eval_transform.std)
+        if erase is not None:  # and random erasing: its rectangles and noise, drawn on the host
+            images = fill_erased(images, erase, erase_noise)
         rng = jax.random.fold_in(base_key, state.step)
         mix_rng, dropout_rng = jax.random.split(rng)
         targets = jax.nn.one_hot(labels, num_classes)

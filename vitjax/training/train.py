@@ -157,11 +157,13 @@ def train_state_layout(exp: Experiment, tx: optax.GradientTransformation) -> tup
 def jitted_train_step(
     exp: Experiment, tx: optax.GradientTransformation, schedule: optax.Schedule, state_shardings: TrainState
 ) -> Callable:
-    """The loop's update: ``make_train_step`` jitted over the mesh, the state donated."""
+    """The loop's update: ``make_train_step`` jitted over the mesh, the state donated; it takes the
+    state and :meth:`Experiment.step_inputs`."""
     micro_sharding = NamedSharding(exp.mesh, P(None, sharding.DATA))
+    inputs = 4 if exp.erases_on_device else 2  # images, labels[, erase, erase_noise]: Experiment.step_inputs
     return jax.jit(
         make_train_step(exp.model, tx, schedule, exp.config, make_teacher(exp.config, exp.mesh.size), micro_sharding),
-        in_shardings=(state_shardings, exp.batch_sharding, exp.batch_sharding),
+        in_shardings=(state_shardings, *[exp.batch_sharding] * inputs),
         out_shardings=(state_shardings, exp.replicated),
         donate_argnums=0,
     )
@@ -202,10 +204,9 @@ def run_steps(
     with PreemptionWatch() as preemption, contextlib.closing(loader.iterate(start)) as batches:
         while step < total_steps:
             with input_wait.waiting():
-                batch = next(batches)
-                images, labels = exp.global_batch(batch.images, batch.labels)
+                inputs = exp.step_inputs(next(batches))
             with input_wait.stepping():
-                state, metrics = train_step(state, images, labels)
+                state, metrics = train_step(state, *inputs)
                 step += 1
                 losses.after_dispatch(step, metrics["loss"])
             if step % c.log_every == 0 or step == total_steps or step == start + 1:
