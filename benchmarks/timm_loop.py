@@ -16,9 +16,10 @@ worker processes), as busy cores and images per CPU-second: a main process does 
 
 * ours: :class:`vitjax.data.pipeline.TrainLoader` as ``Experiment.train_loader`` builds it for
   ``configs/deit_tiny.py`` (the model's ImageNet recipe, as ``benchmarks.train_loop.model_config``
-  points it at the folder), ``data.num_workers`` 0 (main thread), 1 and 2 threads. Out: float32
-  normalized NHWC batches after crop, flip, RandAugment and random erasing. Mixup/CutMix are not in
-  it: our step mixes the batch on the device.
+  points it at the folder), ``data.num_workers`` 0 (main thread), 1 and 2 threads. Out: uint8
+  NHWC batches after crop, flip and RandAugment, with random erasing's rectangles and noise drawn
+  (``Batch.erase``, ``Batch.erase_noise``). Normalizing, putting the erasing in and Mixup/CutMix
+  are not in it: our step does them on the device.
 * timm: ``timm.data.create_dataset`` + ``create_loader`` as timm's ``train.py`` sets them up on a
   CPU (prefetcher on, ``device=cpu``, Mixup/CutMix as ``FastCollateMixup`` in the workers' collate,
   normalization and random erasing ``re_mode='pixel'`` on the batch in the main process by
@@ -728,8 +729,9 @@ def main(argv: list[str] | None = None) -> int:
             f"Mixup {a.mixup_alpha} / CutMix {a.cutmix_alpha}, label smoothing {a.label_smoothing}, AdamW"
         ),
         "included": {
-            "ours": "ours: decode, crop, flip, RandAugment, normalize, random erasing (Mixup/CutMix run inside the jitted step, "
-            "so they count in the loop rows only).",
+            "ours": "ours: decode, crop, flip, RandAugment, random erasing's draws (rectangle and noise); uint8 out "
+            "(normalizing, putting the erasing in and Mixup/CutMix run inside the jitted step, so they count in the loop "
+            "rows only).",
             "timm": "timm: decode, crop, flip, RandAugment, Mixup/CutMix (FastCollateMixup, in the workers), normalize and "
             "random erasing (PrefetchLoader, main process).",
         },
