@@ -2,7 +2,7 @@
 
 ``python -m benchmarks.input_loop [--job digits|deit_tiny] [--batch N] [--rounds 3] [--steps 20]``
 
-* ``digits``: the quick start's default job (``vitjax/training/default_config.py``: a 4-block
+* ``digits``: the quick start's default job (``vitjax/training/default_config.py``: a 2-block
   DeiT on scikit-learn's 8x8 digits, batch 128);
 * ``deit_tiny``: ``configs/deit_tiny.py`` (RandAugment, random erasing 0.25, Mixup/CutMix,
   label smoothing, AdamW) on ~200 photo-like 500x375 JPEGs (``benchmarks.loader.write_jpegs``).
