@@ -17,7 +17,8 @@ interleaved variants, each timing ``--steps`` steps after two warm-up steps:
   ``data_wait`` is the share of that time spent getting the batch (``InputWaitMeter``).
 
 Variants differ only in environment settings read by the loader at ``iterate``
-(``--variants name=VAR:value,...``; ``LOADER:per-image`` is ``Experiment.train_loader(per_image=True)``,
+(``--variants name=VAR:value,...``; ``LOADER:per-image`` is ``Experiment.train_loader(per_image=True)``, for
+jobs without random erasing,
 ``LOADER:vitjax.main`` what ``vitjax.main`` builds). Results: one entry per job and batch in
 ``benchmarks/results/input_loop.json``, all of them in ``input_loop.md``.
 """
@@ -98,6 +99,11 @@ def run(args) -> dict:
         c.num_steps = 10**6
         exp = train.Experiment(c, tmp / "work")
         c = exp.config
+        if exp.erases_on_device and any(env.get("LOADER") == "per-image" for _, env in parse_variants(args.variants)):
+            raise SystemExit(
+                f"LOADER:per-image gives float32 batches without random erasing's rectangles, but the {args.job} "
+                "job's step erases on the device (Experiment.erases_on_device): leave that variant out"
+            )
         loaders = {"per-image": exp.train_loader(per_image=True), "vitjax.main": exp.train_loader()}
         loaders["processes"] = type(loaders["vitjax.main"])(
             **{**loaders["vitjax.main"]._arguments, "worker_kind": "processes"}

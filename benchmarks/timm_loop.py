@@ -44,7 +44,8 @@ worker processes), as busy cores and images per CPU-second: a main process does 
   stamps each line. Steady state is the median, over the ``--log-every``-step intervals from the
   line of step ``--warmup`` to that of the last step, of the seconds per step: compilation,
   start-up, the first steps (and the read-ahead the loader did while the step compiled) are
-  outside it, and so is an interval in which the process's heap grew. (Each of the first few
+  outside it, and outlying intervals, such as those in which the process's heap grew, fall
+  outside the median while they are fewer than half. (Each of the first few
   steps at batch 32 can map ~1.75 GB of fresh memory, whose first touch costs this VM's kernel
   ~1-3 s a GB; the step then runs at its steady speed for good.) The mean over all the timed
   steps, heap growth included, is reported beside it. The final checkpoint and evaluation come
@@ -284,9 +285,10 @@ def interval_seconds(stamps: dict[int, float], warmup: int, steps: int, every: i
 
 
 def loop_timing(stamps: dict[int, float], warmup: int, steps: int, every: int) -> dict:
-    """Steady state as the median ``every``-step interval (an interval in which the process's heap
-    grew, paying for fresh pages, is an outlier it leaves out), beside the plain mean over all the
-    timed steps (what the clock saw, heap growth included)."""
+    """Steady state as the median ``every``-step interval (outlying intervals, such as one in which
+    the process's heap grew and paid for fresh pages, fall outside it while they are fewer than
+    half), beside the plain mean over all the timed steps (what the clock saw, heap growth
+    included)."""
     intervals = interval_seconds(stamps, warmup, steps, every)
     return {
         "s_per_step": statistics.median(intervals),

@@ -43,7 +43,7 @@ def test_tiny_run_reports_every_row_and_both_targets(tmp_path, capsys, monkeypat
     assert set(batch["loop"]) == {"ours", "timm"} | ({"timm-mimalloc"} if with_mimalloc else set())
     for side in batch["loop"].values():
         assert math.isfinite(side["images_per_s"]) and side["images_per_s"] > 0
-        assert side["s_per_step"] <= max(side["mean_s_per_step"], side["s_per_step"])
+        assert math.isfinite(side["mean_s_per_step"]) and side["mean_s_per_step"] > 0
         assert side["allocator"]
     for name, rounds in batch["raw"].items():
         if name.startswith("loop "):

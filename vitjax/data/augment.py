@@ -325,6 +325,8 @@ def train_transform(
     if augment.randaugment:
         pil = rand_augment(pil, rng, **dict(_randaugment_options(augment.randaugment)))
     pixels = np.asarray(pil)
+    if not normalize_image and not augment.random_erasing:  # uint8 out, nothing to erase
+        return pixels
     if not normalize_image:  # random_erasing's draws, noise included; the device puts it in
         box = erase_box(*pixels.shape[:2], rng, augment.random_erasing)
         if box is None:

@@ -338,8 +338,9 @@ def _normalize_arithmetic(image: np.ndarray, mean: np.ndarray, std: np.ndarray) 
 def normalize_table(mean, std, channels: int = 3) -> np.ndarray:
     """:func:`normalize`'s float32 value of each uint8 level per channel, ``[256, channels]``
     (read-only, shared). ``table[x, arange(C)]`` normalises a uint8 image with the host's very
-    bits on any device (a compiled ``(x / 255 - mean) / std`` may round differently: XLA's does,
-    by one unit in the last place for about a third of the levels here)."""
+    bits, wherever it is looked up (a compiled ``(x / 255 - mean) / std`` may round differently:
+    XLA's does, by one unit in the last place for about a third of the levels here; the training
+    step keeps that formula, ``steps.normalize_on_device``, which was cheaper on a CPU)."""
     mean32, std32 = np.asarray(mean, np.float32).reshape(-1), np.asarray(std, np.float32).reshape(-1)
     return _normalize_table(tuple(mean32.tolist()), tuple(std32.tolist()), channels)
 

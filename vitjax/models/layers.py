@@ -245,7 +245,8 @@ def packed_multi_head_attention(
     With ``matmul="onednn"``, float32 and no attention dropout, the forward pass on the CPU is one
     fused oneDNN call (:func:`vitjax.kernels.onednn.attention`: q, k and v taken from the sources
     per head, the softmax of each tile's weights taken while they are in cache, no heads-major
-    copies); its gradient, and everything on other platforms, is :func:`multi_head_attention`'s
+    copies); its gradient, and everything else, is ``_packed_attention``'s: the closed-form gradient
+    of :func:`multi_head_attention`'s computation, each source's gradient built in one piece
     (training computes exactly what it did without the fused call; the fused forward equals it to
     float32 rounding, normalising before the second matmul rather than after). ``record`` (see
     :func:`multi_head_attention`) always takes the unfused path, which materialises the weights.
@@ -259,7 +260,7 @@ def packed_multi_head_attention(
     float32 = all(source.dtype == jnp.float32 for source in sources)
     if matmul == "onednn" and float32:
         return _fused_attention(plan, *sources)
-    return _packed_attention(matmul == "onednn" and float32, plan, *sources)
+    return _packed_attention(False, plan, *sources)
 
 
 def _distinct_sources(sources, slots) -> tuple[tuple[jax.Array, ...], tuple]:

@@ -71,7 +71,8 @@ class InputWaitMeter:
         return self._timed("waiting")
 
     def stepping(self) -> contextlib.AbstractContextManager[None]:
-        """Encloses dispatching the update and reading the previous step's loss."""
+        """Encloses dispatching the update and reading the previous step's loss, and, on a logged
+        step, reading its own."""
         return self._timed("stepping")
 
     @contextlib.contextmanager
