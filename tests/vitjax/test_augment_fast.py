@@ -89,6 +89,9 @@ def test_uint8_output_normalised_and_erased_on_the_device_is_the_float_output_ex
         image = photo(seed)
         floats.append(train_transform(image, np.random.default_rng([7, seed]), **settings))
         out = train_transform(image, np.random.default_rng([7, seed]), normalize_image=False, **settings)
+        if not erasing:  # nothing to erase: the uint8 pixels alone
+            assert isinstance(out, np.ndarray) and out.dtype == np.uint8
+            out = ErasedImage(out, np.zeros(4, np.int32), np.zeros(0, np.float32))
         assert isinstance(out, ErasedImage) and out.image.dtype == np.uint8 and out.erase.dtype == np.int32
         top, left, h, w = (int(v) for v in out.erase)
         assert out.noise.dtype == np.float32 and out.noise.shape == (h * w * 3,)

@@ -306,7 +306,8 @@ def train_transform(
     ``normalize_image=False`` leaves normalisation and random erasing to the device: an
     :class:`ErasedImage`, the uint8 pixels before normalisation, and the erasing rectangle and
     its noise, from the same draws; normalised and erased by :func:`fill_erased`, they are this
-    function's float32 pixels exactly."""
+    function's float32 pixels exactly. Without random erasing (``augment.random_erasing`` 0), the
+    uint8 pixels alone."""
     if isinstance(image, EncodedImage):
         width, height = image.size
         if augment.random_resized_crop:
