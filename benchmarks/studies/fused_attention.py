@@ -34,7 +34,7 @@ def unfused_attention():
     from vitjax.models import layers
 
     fused = layers._fused_attention
-    layers._fused_attention = lambda slots, q, k, v: layers._unfused_attention(slots, q, k, v)
+    layers._fused_attention = lambda plan, *sources: layers._unfused_attention(plan, *sources)
     try:
         yield
     finally:
