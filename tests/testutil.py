@@ -165,3 +165,22 @@ def serve_command(model_dir, *flags: str, ready_within_s: float = 120.0):
         if proc.poll() is None:
             proc.kill()
         proc.wait(30)
+
+
+class InMemoryImages:
+    """A training source (``vitjax.data.sources.Source``) over images held in a list: image ``i``
+    has label ``i % 3`` and is described as ``{name}[i]``."""
+
+    num_classes, class_names = 3, None
+
+    def __init__(self, images, name: str):
+        self.images, self.name = list(images), name
+
+    def __len__(self):
+        return len(self.images)
+
+    def load(self, index):
+        return self.images[index], index % 3
+
+    def describe(self, index):
+        return f"{self.name}[{index}]"

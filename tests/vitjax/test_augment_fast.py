@@ -2,6 +2,7 @@
 
 import numpy as np
 import pytest
+from testutil import InMemoryImages
 
 from vitjax.data import transforms
 from vitjax.data.transforms import normalize
@@ -146,22 +147,9 @@ def test_fill_erased_writes_each_rectangle_from_its_noise_row_major_and_nothing_
         np.testing.assert_array_equal(out[i], expected)
 
 
-class Photos:
+def photos(count: int = 24) -> InMemoryImages:
     """An in-memory source of photo-like images of a few sizes."""
-
-    num_classes = 3
-
-    def __init__(self, count=24):
-        self.images = [photo(i, ((60, 80, 3), (80, 60, 3), (70, 70, 3))[i % 3]) for i in range(count)]
-
-    def __len__(self):
-        return len(self.images)
-
-    def load(self, index):
-        return self.images[index], index % 3
-
-    def describe(self, index):
-        return f"photos[{index}]"
+    return InMemoryImages([photo(i, ((60, 80, 3), (80, 60, 3), (70, 70, 3))[i % 3]) for i in range(count)], "photos")
 
 
 @pytest.mark.parametrize("num_workers", [0, 2])
@@ -170,7 +158,7 @@ def test_a_uint8_loader_gives_the_float_loaders_batches_once_normalised_and_eras
     from vitjax.data.augment import fill_erased, train_transform
     from vitjax.data.pipeline import TrainLoader
 
-    source = Photos()
+    source = photos()
     settings = dict(size=32, mean=IMAGENET[0], std=IMAGENET[1], augment=deit_augment(random_erasing=0.5))
     floats = TrainLoader(source, lambda im, rng: train_transform(im, rng, **settings), 8, seed=5, num_workers=0)
     uint8 = TrainLoader(

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import skimage.data
 from PIL import Image
+from testutil import InMemoryImages
 
 import vitjax
 from vitjax.data.augment import (
@@ -191,29 +192,16 @@ def test_the_batch_transform_draws_and_gives_what_the_per_image_transform_gives(
         train_transform_batch(images, rngs, **{**settings, "augment": batchable_augment(randaugment="rand-m9")})
 
 
-class MixedSizes:
+def mixed_sizes() -> InMemoryImages:
     """In-memory images, every fifth one of another size."""
-
-    num_classes, class_names = 3, None
-
-    def __init__(self):
-        rng = np.random.default_rng(1)
-        self.images = [rng.integers(0, 256, (20, 20) if i % 5 else (26, 18), dtype=np.uint8) for i in range(23)]
-        self.images = [np.repeat(image[..., None], 3, axis=-1) for image in self.images]
-
-    def __len__(self):
-        return len(self.images)
-
-    def load(self, index):
-        return self.images[index], index % 3
-
-    def describe(self, index):
-        return f"mixed[{index}]"
+    rng = np.random.default_rng(1)
+    images = [rng.integers(0, 256, (20, 20) if i % 5 else (26, 18), dtype=np.uint8) for i in range(23)]
+    return InMemoryImages([np.repeat(image[..., None], 3, axis=-1) for image in images], "mixed")
 
 
 @pytest.mark.parametrize("num_workers", [0, 2])
 def test_a_loader_with_a_batch_transform_streams_the_per_image_loaders_batches(num_workers):
-    source, settings = MixedSizes(), dict(size=16, mean=(0.5,) * 3, std=(0.25,) * 3, augment=batchable_augment())
+    source, settings = mixed_sizes(), dict(size=16, mean=(0.5,) * 3, std=(0.25,) * 3, augment=batchable_augment())
 
     def transform(image, rng):
         return train_transform(image, rng, **settings)
