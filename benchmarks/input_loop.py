@@ -30,6 +30,7 @@ import contextlib
 import json
 import os
 import statistics
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -70,9 +71,13 @@ def parse_variants(text: str) -> list[tuple[str, dict[str, str]]]:
 def environment(env: dict[str, str]):
     saved = {k: os.environ.get(k) for k in env}
     os.environ.update(env)
+    switch = sys.getswitchinterval()
+    if "SWITCH" in env:  # the GIL's switch interval (s) while the variant runs
+        sys.setswitchinterval(float(env["SWITCH"]))
     try:
         yield
     finally:
+        sys.setswitchinterval(switch)
         for k, v in saved.items():
             if v is None:
                 os.environ.pop(k, None)
@@ -137,7 +142,7 @@ def run(args) -> dict:
             with environment(env):
                 batches = loaders[env.get("LOADER", "vitjax.main")].iterate(start)
             meter, previous = InputWaitMeter(), None
-            with contextlib.closing(batches):
+            with contextlib.closing(batches), environment(env):
                 for i in range(args.steps + 2):
                     if i == 2:
                         meter.read()

@@ -449,3 +449,24 @@ def test_the_batched_resize_gives_pillows_pixels_for_any_shape_box_and_size():
         pillow = np.asarray(Image.fromarray(image).resize((size, size), Image.BICUBIC, box=box))
         ours = resize_boxes(image[None], np.array([box]), size)[0].astype(np.uint8)
         np.testing.assert_array_equal(ours, pillow, err_msg=f"{height}x{width} -> {size}, box {box}")
+
+
+def test_a_gray_batch_is_resized_once_per_pixel_and_gives_pillows_pixels():
+    """Gray images stored as RGB (digits, MNIST-like sets) are resized one channel at a time: the
+    same pixels as Pillow's resize of each RGB image, and a batch with one colour image among gray
+    ones (resized in all three channels) too."""
+    from vitjax.data.augment import resize_boxes
+
+    gray = np.asarray(Image.fromarray(PHOTOS["chelsea"]).convert("L").convert("RGB"))
+    rng = np.random.default_rng(11)
+    boxes = []
+    for _ in range(6):
+        left, top = int(rng.integers(0, 200)), int(rng.integers(0, 150))
+        boxes.append((left, top, left + int(rng.integers(30, 250)), top + int(rng.integers(30, 150))))
+    for images in (np.stack([gray] * 6), np.stack([gray] * 5 + [PHOTOS["chelsea"]])):
+        ours = resize_boxes(images, np.asarray(boxes), 48)
+        assert ours.dtype == np.uint8
+        for image, box, got in zip(images, boxes, ours, strict=True):
+            np.testing.assert_array_equal(
+                got, np.asarray(Image.fromarray(image).resize((48, 48), Image.BICUBIC, box=box))
+            )

@@ -329,6 +329,22 @@ def test_data_wait_is_the_share_of_step_time_spent_getting_the_batch():
     assert 0.25 < meter.read() < 0.75
 
 
+def test_the_progress_line_reports_the_rate_since_the_previous_line():
+    """The first line's rate includes compiling the step; later lines give the loop's rate as it is
+    now (steps since the previous line over its seconds), and the ETA is the steps left at it."""
+    from vitjax.training.reporting import Progress
+
+    now = [100.0]
+    progress = Progress(total_steps=1000, start_step=0, clock=lambda: now[0])
+    now[0] += 12.0  # step 1: compiling
+    assert " 0.08 steps/s " in progress.line(1, 2.3, 1e-3)
+    now[0] += 2.0  # steps 2..100
+    line = progress.line(100, 1.5, 1e-3)
+    assert " 49.50 steps/s " in line and line.endswith("ETA 0:00:18")  # 900 steps at 49.5/s
+    now[0] += 4.0  # steps 101..200, slower
+    assert " 25.00 steps/s " in progress.line(200, 1.2, 1e-3)
+
+
 def test_train_records_report_data_wait_between_0_and_1(tmp_path, capsys):
     train.train_and_evaluate(tiny_config(num_steps=4, log_every=2), tmp_path)
     records = [

@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime
 import json
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -72,14 +73,20 @@ class MetricsWriter:
 
 
 class Progress:
-    """``step 120/500  loss 0.4311  lr 3.1e-04  4.20 steps/s  ETA 0:01:30``."""
+    """``step 120/500  loss 0.4311  lr 3.1e-04  4.20 steps/s  ETA 0:01:30``.
 
-    def __init__(self, total_steps: int, start_step: int):
-        self.total, self.start, self.t0 = total_steps, start_step, time.perf_counter()
+    The rate is that of the steps since the previous line (the first line's includes compiling the
+    step), so it reads the loop's speed as it is now, not an average still carrying the compile
+    time and every evaluation so far; the ETA is the steps left at that rate."""
+
+    def __init__(self, total_steps: int, start_step: int, clock: Callable[[], float] = time.perf_counter):
+        self.total, self.clock = total_steps, clock
+        self._last_step, self._last_time = start_step, clock()
 
     def line(self, step: int, loss: float, lr: float) -> str:
-        done = step - self.start
-        rate = done / max(time.perf_counter() - self.t0, 1e-9)
+        now = self.clock()
+        rate = (step - self._last_step) / max(now - self._last_time, 1e-9)
+        self._last_step, self._last_time = step, now
         eta = datetime.timedelta(seconds=int((self.total - step) / rate)) if rate > 0 else "?"
         return f"step {step}/{self.total}  loss {loss:.4f}  lr {lr:.3g}  {rate:.2f} steps/s  ETA {eta}"
 
