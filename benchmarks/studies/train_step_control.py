@@ -169,7 +169,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--rounds", type=int, default=5)
     p.add_argument("--no-timm", action="store_true")
     p.add_argument("--profile", action="store_true")
-    p.add_argument("--matmul", default="xla", help="our model's dense matmuls: xla or onednn (what training on one CPU runs)")
+    p.add_argument(
+        "--matmul", default="xla", help="our model's dense matmuls: xla or onednn (what training on one CPU runs)"
+    )
     args = p.parse_args(argv)
     dump_dir = tempfile.mkdtemp(prefix="train_step_hlo_") if args.profile else None
     if args.profile:
@@ -189,7 +191,9 @@ def main(argv: list[str] | None = None) -> int:
     images = np.random.RandomState(0).randn(args.batch, size, size, 3).astype(np.float32)
     labels = (np.arange(args.batch) % 1000).astype(np.int32)
     arch = spec.arch
-    ours, (grad, params) = jax_variant(vitjax.create_model(args.model, matmul=args.matmul), jnp.asarray(images), jnp.asarray(labels))
+    ours, (grad, params) = jax_variant(
+        vitjax.create_model(args.model, matmul=args.matmul), jnp.asarray(images), jnp.asarray(labels)
+    )
     variants = {"vitjax": ours}
     if spec.family == "deit" and not spec.distilled:  # the control is a plain ViT
         variants["Flax ViT (control)"] = jax_variant(
