@@ -404,6 +404,32 @@ def _is_gray(images: np.ndarray) -> bool:
     return bool(np.array_equal(images[..., 0], images[..., 1]) and np.array_equal(images[..., 0], images[..., 2]))
 
 
+_SPAN_TABLE_BYTES = 16 << 20  # an axis this short (up to ~40 pixels at 32 out) has every span's weights in one table
+
+
+@functools.lru_cache(maxsize=8)
+def _span_table(in_size: int, size: int) -> np.ndarray:
+    """:func:`resample_weights` of every span ``[start, stop)`` of an axis of ``in_size`` pixels,
+    at row ``start * (in_size + 1) + stop`` (read-only)."""
+    table = np.zeros(((in_size + 1) ** 2, size, in_size))
+    for start in range(in_size):
+        for stop in range(start + 1, in_size + 1):
+            table[start * (in_size + 1) + stop] = resample_weights(start, stop, in_size, size)
+    table.flags.writeable = False
+    return table
+
+
+def _span_weights(starts: np.ndarray, stops: np.ndarray, in_size: int, size: int) -> np.ndarray:
+    """:func:`resample_weights` of each span ``[starts[i], stops[i])``, ``[B, size, in_size]``: one
+    gather from a table of all spans where the axis is short (small images: the digits job), else
+    looked up span by span."""
+    if (in_size + 1) ** 2 * size * in_size * 8 <= _SPAN_TABLE_BYTES:
+        return _span_table(in_size, size)[starts * (in_size + 1) + stops]
+    return np.stack(
+        [resample_weights(start, stop, in_size, size) for start, stop in zip(starts.tolist(), stops.tolist())]
+    )
+
+
 def resize_boxes(images: np.ndarray, boxes: np.ndarray, size: int) -> np.ndarray:
     """``Image.resize((size, size), BICUBIC, box=box)`` of each ``[H, W, C]`` uint8 image of a
     batch (uint8 ``[B, size, size, C]``), computed as Pillow computes it (one pass per axis, in
@@ -414,9 +440,9 @@ def resize_boxes(images: np.ndarray, boxes: np.ndarray, size: int) -> np.ndarray
     batch, height, width, channels = images.shape
     if channels == 3 and _is_gray(images):
         return np.repeat(resize_boxes(images[..., :1], boxes, size), 3, axis=-1)
-    boxes = [tuple(int(v) for v in box) for box in boxes]
-    wx = np.stack([resample_weights(b[0], b[2], width, size) for b in boxes])  # [B, size, W]
-    wy = np.stack([resample_weights(b[1], b[3], height, size) for b in boxes])  # [B, size, H]
+    boxes = np.asarray(boxes, np.int64)
+    wx = _span_weights(boxes[:, 0], boxes[:, 2], width, size)  # [B, size, W]
+    wy = _span_weights(boxes[:, 1], boxes[:, 3], height, size)  # [B, size, H]
     pixels = images.transpose(0, 3, 1, 2).astype(np.float64)  # [B, C, H, W]
     if _vertical_first(height, width, size):
         columns = _fixed_point_pass(wy[:, None] @ pixels)  # [B, C, size, W]
