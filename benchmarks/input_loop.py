@@ -139,10 +139,11 @@ def run(args) -> dict:
             return state, {"s_per_step": statistics.mean(times)}
 
         def loop(state, env, start):
-            with environment(env):
-                batches = loaders[env.get("LOADER", "vitjax.main")].iterate(start)
             meter, previous = InputWaitMeter(), None
-            with contextlib.closing(batches), environment(env):
+            with (
+                environment(env),
+                contextlib.closing(loaders[env.get("LOADER", "vitjax.main")].iterate(start)) as batches,
+            ):
                 for i in range(args.steps + 2):
                     if i == 2:
                         meter.read()

@@ -410,11 +410,13 @@ _SPAN_TABLE_BYTES = 16 << 20  # an axis this short (up to ~40 pixels at 32 out) 
 @functools.lru_cache(maxsize=8)
 def _span_table(in_size: int, size: int) -> np.ndarray:
     """:func:`resample_weights` of every span ``[start, stop)`` of an axis of ``in_size`` pixels,
-    at row ``start * (in_size + 1) + stop`` (read-only)."""
+    at row ``start * (in_size + 1) + stop`` (read-only). Computed past ``resample_weights``'s own
+    cache, which would otherwise keep a second copy of every span."""
+    weights = resample_weights.__wrapped__
     table = np.zeros(((in_size + 1) ** 2, size, in_size))
     for start in range(in_size):
         for stop in range(start + 1, in_size + 1):
-            table[start * (in_size + 1) + stop] = resample_weights(start, stop, in_size, size)
+            table[start * (in_size + 1) + stop] = weights(start, stop, in_size, size)
     table.flags.writeable = False
     return table
 
