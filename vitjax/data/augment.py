@@ -26,6 +26,7 @@ import numpy as np
 from PIL import Image, ImageEnhance, ImageOps
 
 from vitjax.data.transforms import _PIL_RESAMPLE, REDUCTIONS, EncodedImage, normalize
+from vitjax.kernels import resample
 
 _FILL = (124, 116, 104)  # ImageNet mean pixel, for areas uncovered by geometric ops
 
@@ -75,16 +76,26 @@ def resized_crop(
     interpolation: str = "bicubic",
     max_reduce: int = 8,
     decoder: str = "auto",
-) -> Image.Image:
-    """``box`` of ``image`` resized to ``size`` x ``size``. An :class:`EncodedImage` is decoded
-    at the scale :func:`decode_reduction` allows, and the box scaled down with it."""
+) -> np.ndarray:
+    """``box`` of ``image`` resized to ``size`` x ``size`` (uint8 pixels). An :class:`EncodedImage`
+    is decoded at the scale :func:`decode_reduction` allows, and the box scaled down with it."""
     if isinstance(image, EncodedImage):
         reduce = decode_reduction(image, box, size, max_reduce)
         pixels = image.decode(reduce, decoder)
         if reduce > 1:
             box = tuple(v / reduce for v in box)
         image = pixels
-    return Image.fromarray(image).resize((size, size), _PIL_RESAMPLE[interpolation], box=tuple(box))
+    return resize_box(image, box, size, interpolation)
+
+
+def resize_box(pixels: np.ndarray, box, size: int, interpolation: str = "bicubic") -> np.ndarray:
+    """``Image.resize((size, size), interpolation, box=box)`` of a uint8 array (``box`` ``None``:
+    the whole image): bicubic runs :func:`vitjax.kernels.resample.resize`, Pillow's pixels without
+    Pillow's conversions, the other filters Pillow itself."""
+    if interpolation == "bicubic":
+        return resample.resize(pixels, (size, size), box)
+    box = None if box is None else tuple(box)
+    return np.asarray(Image.fromarray(pixels).resize((size, size), _PIL_RESAMPLE[interpolation], box=box))
 
 
 # --- RandAugment ("rand-m9-mstd0.5-inc1": 2 ops, magnitude ~ N(9, 0.5), increasing ops) ---
@@ -97,11 +108,16 @@ def _signed(value: float, rng: np.random.Generator) -> float:
 
 
 def _affine(image: Image.Image, matrix) -> Image.Image:
+    if image.mode == "RGB":  # Pillow's pixels, computed without Pillow's per-pixel calls
+        return Image.fromarray(resample.affine(np.asarray(image), matrix, _FILL))
     return image.transform(image.size, Image.AFFINE, matrix, resample=Image.BICUBIC, fillcolor=_FILL)
 
 
 def _rotate(image, level, rng):
-    return image.rotate(_signed(level / _MAX_LEVEL * 30.0, rng), resample=Image.BICUBIC, fillcolor=_FILL)
+    angle = _signed(level / _MAX_LEVEL * 30.0, rng)
+    if image.mode == "RGB":
+        return Image.fromarray(resample.rotate(np.asarray(image), angle, _FILL))
+    return image.rotate(angle, resample=Image.BICUBIC, fillcolor=_FILL)
 
 
 def _shear_x(image, level, rng):
@@ -314,18 +330,17 @@ def train_transform(
             box = crop_box(width, height, rng, tuple(augment.crop_scale))
         else:
             box = (0, 0, width, height)
-        pil = resized_crop(image, box, size, augment.interpolation, max_reduce, decoder)
+        pixels = resized_crop(image, box, size, augment.interpolation, max_reduce, decoder)
     elif augment.random_resized_crop:
-        pil = random_resized_crop(
-            Image.fromarray(image), size, rng, tuple(augment.crop_scale), interpolation=augment.interpolation
-        )
+        box = crop_box(image.shape[1], image.shape[0], rng, tuple(augment.crop_scale))
+        pixels = resize_box(image, box, size, augment.interpolation)
     else:
-        pil = Image.fromarray(image).resize((size, size), _PIL_RESAMPLE[augment.interpolation])
+        pixels = resize_box(image, None, size, augment.interpolation)
     if augment.hflip and rng.random() < 0.5:
-        pil = pil.transpose(Image.FLIP_LEFT_RIGHT)
+        pixels = np.ascontiguousarray(pixels[:, ::-1])
     if augment.randaugment:
-        pil = rand_augment(pil, rng, **dict(_randaugment_options(augment.randaugment)))
-    pixels = np.asarray(pil)
+        options = dict(_randaugment_options(augment.randaugment))
+        pixels = np.asarray(rand_augment(Image.fromarray(pixels), rng, **options))
     if not normalize_image and not augment.random_erasing:  # uint8 out, nothing to erase
         return pixels
     if not normalize_image:  # random_erasing's draws, noise included; the device puts it in
@@ -496,7 +511,7 @@ def train_transform_batch(
     if not one_array:
         out = np.stack(
             [
-                np.asarray(resized_crop(image, box, size, augment.interpolation, max_reduce, decoder))
+                resized_crop(image, box, size, augment.interpolation, max_reduce, decoder)
                 for image, box in zip(images, boxes, strict=True)
             ]
         )

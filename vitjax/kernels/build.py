@@ -1,9 +1,10 @@
-"""Building the oneDNN kernel library: toolchain, oneDNN's files, the cache key, the private oneDNN copy.
+"""Building the native libraries: toolchain, the cache key, and for the oneDNN kernel its files and private copy.
 
-:func:`build` compiles ``onednn_matmul.cc`` against the ``cpu-kernels`` extra's oneDNN into
-``$VITJAX_CACHE/kernels/onednn-<key>/`` (one directory per source, jaxlib, oneDNN, compiler, flags
-and machine; it appears complete or not at all), and :func:`open_library` loads it. What the
-library computes and how JAX calls it is :mod:`vitjax.kernels.onednn`'s business.
+:func:`compile_cached` compiles one source file into ``$VITJAX_CACHE/kernels/<stem>-<key>/`` (one
+directory per source, compiler, flags, versions and machine; it appears complete or not at all).
+:func:`build` compiles ``onednn_matmul.cc`` against the ``cpu-kernels`` extra's oneDNN that way,
+and :func:`open_library` loads it; what it computes and how JAX calls it is
+:mod:`vitjax.kernels.onednn`'s business. :mod:`vitjax.kernels.resample` builds its C file the same way.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import shlex
 import shutil
 import subprocess
 import sys
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import jax
@@ -54,23 +56,17 @@ def onednn_paths() -> tuple[Path, Path]:
     return header.parents[2], lib
 
 
-def _compiler() -> list[str]:
-    """The C++ compiler command (``$CXX`` may carry a launcher: ``ccache g++``)."""
-    command = shlex.split(os.environ.get("CXX", "")) or [shutil.which("c++") or shutil.which("g++") or ""]
+def _compiler(variable: str = "CXX", names: tuple[str, ...] = ("c++", "g++"), source: Path = SOURCE) -> list[str]:
+    """The compiler command: ``$CXX`` (``$CC`` for C), which may carry a launcher (``ccache g++``),
+    else the first of ``names`` on the PATH."""
+    found = next((path for path in map(shutil.which, names) if path), "")
+    command = shlex.split(os.environ.get(variable, "")) or [found]
     if not command[0]:
-        raise KernelUnavailable(f"no C++ compiler found (set CXX, or install g++) to build {SOURCE.name}: {EXTRA_HINT}")
+        hint = f": {EXTRA_HINT}" if source == SOURCE else ""
+        raise KernelUnavailable(
+            f"no compiler found (set {variable}, or install {names[-1]}) to build {source.name}{hint}"
+        )
     return command
-
-
-def _build_key(include_dir: Path, libdnnl: Path, compiler: list[str]) -> str:
-    """One key per source, jaxlib, oneDNN (version and location), compiler, flags and machine."""
-    key = hashlib.sha256()
-    key.update(SOURCE.read_bytes())
-    for dist in ("jaxlib", *RUNTIME_DISTS):
-        key.update(f"{dist}={importlib.metadata.version(dist)};".encode())
-    for part in (*compiler, *CXXFLAGS, str(include_dir), str(libdnnl), jax.ffi.include_dir(), platform.machine()):
-        key.update(f"{part};".encode())
-    return key.hexdigest()[:16]
 
 
 def private_onednn_copy(libdnnl: Path, out: Path) -> None:
@@ -92,6 +88,53 @@ def private_onednn_copy(libdnnl: Path, out: Path) -> None:
     out.write_bytes(data.replace(soname, private))
 
 
+def compile_cached(
+    source: Path,
+    library_name: str,
+    compiler: list[str],
+    flags: Sequence[str],
+    key_parts: Sequence[str],
+    cache_dir: Path,
+    prepare: Callable[[Path], list[str]] | None = None,
+    hint: str = "",
+) -> Path:
+    """Compiles ``source`` into ``cache_dir/<stem>-<key>/library_name`` unless it is there; returns its path.
+
+    The key hashes the source, the compiler, ``flags`` and ``key_parts`` (versions, paths, the
+    machine). ``prepare(tmp)`` may put files beside the library (a private copy of a library it
+    links to) and returns the arguments that link them. The directory appears complete or not at
+    all (:func:`vitjax.files.atomic_directory`)."""
+    key = hashlib.sha256(source.read_bytes())
+    for part in (*compiler, *flags, *key_parts):
+        key.update(f"{part};".encode())
+    target = Path(cache_dir) / f"{source.stem}-{key.hexdigest()[:16]}"
+    library = target / library_name
+    if library.exists():
+        return library
+    from vitjax.files import atomic_directory
+
+    hint = f": {hint}" if hint else ""
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        with atomic_directory(target) as tmp:
+            link = prepare(tmp) if prepare else []
+            command = [*compiler, *flags, str(source), *link, "-o", str(tmp / library_name)]
+            try:
+                done = subprocess.run(command, capture_output=True, text=True, timeout=COMPILE_TIMEOUT_S)
+            except OSError as e:
+                raise KernelUnavailable(
+                    f"cannot run the compiler {command[0]} ({e.strerror}) to build {source.name}{hint}"
+                ) from None
+            except subprocess.TimeoutExpired:
+                raise KernelUnavailable(f"compiling {source} took over {COMPILE_TIMEOUT_S} s; gave up") from None
+            if done.returncode != 0:
+                tail = "\n".join(done.stderr.strip().splitlines()[-15:])
+                raise KernelUnavailable(f"compiling {source} failed ({command[0]} exit {done.returncode}):\n{tail}")
+    except OSError as e:  # the cache directory is not writable, the disk is full, ...
+        raise KernelUnavailable(f"cannot build {source.name} in {target.parent}: {e}") from None
+    return library
+
+
 def build(cache_dir: Path | None = None) -> Path:
     """Compiles the kernel library unless it is already in the cache; returns its path.
 
@@ -105,42 +148,22 @@ def build(cache_dir: Path | None = None) -> Path:
         from vitjax.files import cache_root
 
         cache_dir = cache_root() / "kernels"
-    target = Path(cache_dir) / f"onednn-{_build_key(include_dir, libdnnl, compiler)}"
-    library = target / LIBRARY_NAME
-    if library.exists():
-        return library
-    from vitjax.files import atomic_directory
 
-    try:
-        target.parent.mkdir(parents=True, exist_ok=True)
-        with atomic_directory(target) as tmp:
-            private_onednn_copy(libdnnl, tmp / PRIVATE_SONAME)
-            command = [
-                *compiler,
-                *CXXFLAGS,
-                f"-I{jax.ffi.include_dir()}",
-                f"-I{include_dir}",
-                str(SOURCE),
-                f"-L{tmp}",
-                f"-l:{PRIVATE_SONAME}",
-                "-Wl,-rpath,$ORIGIN",
-                "-o",
-                str(tmp / LIBRARY_NAME),
-            ]
-            try:
-                done = subprocess.run(command, capture_output=True, text=True, timeout=COMPILE_TIMEOUT_S)
-            except OSError as e:
-                raise KernelUnavailable(
-                    f"cannot run the C++ compiler {command[0]} ({e.strerror}) to build {SOURCE.name}: {EXTRA_HINT}"
-                ) from None
-            except subprocess.TimeoutExpired:
-                raise KernelUnavailable(f"compiling {SOURCE} took over {COMPILE_TIMEOUT_S} s; gave up") from None
-            if done.returncode != 0:
-                tail = "\n".join(done.stderr.strip().splitlines()[-15:])
-                raise KernelUnavailable(f"compiling {SOURCE} failed ({command[0]} exit {done.returncode}):\n{tail}")
-    except OSError as e:  # the cache directory is not writable, the disk is full, ...
-        raise KernelUnavailable(f"cannot build the kernel in {target.parent}: {e}") from None
-    return library
+    def private_onednn(tmp: Path) -> list[str]:
+        private_onednn_copy(libdnnl, tmp / PRIVATE_SONAME)
+        return [f"-L{tmp}", f"-l:{PRIVATE_SONAME}", "-Wl,-rpath,$ORIGIN"]
+
+    versions = [f"{dist}={importlib.metadata.version(dist)}" for dist in ("jaxlib", *RUNTIME_DISTS)]
+    return compile_cached(
+        SOURCE,
+        LIBRARY_NAME,
+        compiler,
+        (*CXXFLAGS, f"-I{jax.ffi.include_dir()}", f"-I{include_dir}"),
+        (*versions, str(libdnnl), platform.machine()),
+        Path(cache_dir),
+        prepare=private_onednn,
+        hint=EXTRA_HINT,
+    )
 
 
 def _so_version() -> tuple[int, int]:
