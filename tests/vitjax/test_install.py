@@ -9,6 +9,7 @@ fresh environment, so they need the package index. They run in CI's Python 3.12 
 import json
 import subprocess
 import sys
+import zipfile
 from pathlib import Path
 
 import jax
@@ -60,6 +61,11 @@ def wheel(tmp_path_factory) -> Path:
     run(sys.executable, "-m", "pip", "wheel", "--no-deps", "--quiet", "-w", out, REPO)
     (built,) = out.glob("vitjax-*.whl")
     return built
+
+
+def test_wheel_carries_the_native_sources_compiled_on_first_use(wheel):
+    names = set(zipfile.ZipFile(wheel).namelist())
+    assert {"vitjax/kernels/onednn_matmul.cc", "vitjax/kernels/pillow_exact.c"} <= names
 
 
 def fresh_env(root: Path, *packages: str) -> Path:
