@@ -282,6 +282,43 @@ static inline void cubic_of_values(const double *v1, const double *v2, const dou
     }
 }
 
+#ifdef __AVX2__
+/* Pillow's bicubic sample of an RGB pixel whose 4 columns x..x+3 lie inside the image, the three
+ * bands at once: per row, the 12 bytes of the 4 pixels are spread into taps of (r, g, b, 0) int32,
+ * the cubic's integer coefficients formed in int (as Pillow's int promotion does), then converted
+ * and evaluated in double with Pillow's operations in Pillow's order (mul and add, no FMA). */
+static inline void affine_pixel_rgb(const uint8_t *in, const int32_t *row_at, int32_t x, double dx, double dy,
+                                    uint8_t *dst) {
+    const __m128i pick0 = _mm_setr_epi8(0, -1, -1, -1, 1, -1, -1, -1, 2, -1, -1, -1, -1, -1, -1, -1);
+    const __m128i step = _mm_setr_epi8(3, 0, 0, 0, 3, 0, 0, 0, 3, 0, 0, 0, 0, 0, 0, 0);
+    const __m128i pick1 = _mm_add_epi8(pick0, step), pick2 = _mm_add_epi8(pick1, step), pick3 = _mm_add_epi8(pick2, step);
+    __m256d d = _mm256_set1_pd(dx), v[4];
+    for (int j = 0; j < 4; j++) {
+        __m128i px = _mm_loadu_si128((const __m128i *)(in + row_at[j] + x * 3));
+        __m128i t0 = _mm_shuffle_epi8(px, pick0), t1 = _mm_shuffle_epi8(px, pick1);
+        __m128i t2 = _mm_shuffle_epi8(px, pick2), t3 = _mm_shuffle_epi8(px, pick3);
+        __m128i p2 = _mm_sub_epi32(t2, t0);
+        __m128i p3 = _mm_sub_epi32(_mm_add_epi32(_mm_slli_epi32(_mm_sub_epi32(t0, t1), 1), t2), t3);
+        __m128i p4 = _mm_add_epi32(_mm_sub_epi32(_mm_sub_epi32(t1, t0), t2), t3);
+        __m256d inner = _mm256_add_pd(_mm256_cvtepi32_pd(p3), _mm256_mul_pd(d, _mm256_cvtepi32_pd(p4)));
+        inner = _mm256_add_pd(_mm256_cvtepi32_pd(p2), _mm256_mul_pd(d, inner));
+        v[j] = _mm256_add_pd(_mm256_cvtepi32_pd(t1), _mm256_mul_pd(d, inner));
+    }
+    d = _mm256_set1_pd(dy);
+    __m256d p2 = _mm256_sub_pd(v[2], v[0]);
+    __m256d p3 = _mm256_sub_pd(_mm256_add_pd(_mm256_mul_pd(_mm256_set1_pd(2.0), _mm256_sub_pd(v[0], v[1])), v[2]), v[3]);
+    __m256d p4 = _mm256_add_pd(_mm256_sub_pd(_mm256_sub_pd(v[1], v[0]), v[2]), v[3]);
+    __m256d inner = _mm256_add_pd(p3, _mm256_mul_pd(d, p4));
+    inner = _mm256_add_pd(p2, _mm256_mul_pd(d, inner));
+    __m256d value = _mm256_add_pd(v[1], _mm256_mul_pd(d, inner));
+    value = _mm256_min_pd(_mm256_max_pd(value, _mm256_setzero_pd()), _mm256_set1_pd(255.0));
+    __m128i ints = _mm256_cvttpd_epi32(value);
+    __m128i bytes = _mm_packus_epi16(_mm_packs_epi32(ints, ints), _mm_setzero_si128());
+    uint32_t rgb = (uint32_t)_mm_cvtsi128_si32(bytes);
+    dst[0] = (uint8_t)rgb, dst[1] = (uint8_t)(rgb >> 8), dst[2] = (uint8_t)(rgb >> 16);
+}
+#endif
+
 #define MAX_CHANNELS 4
 
 /* Image.transform(size, AFFINE, a, resample=BICUBIC, fillcolor=fill) of a packed [in_h, in_w,
@@ -298,7 +335,8 @@ void vitjax_affine_bicubic_u8(const uint8_t *in, int in_h, int in_w, int channel
                               int out_w, int out_h, uint8_t *out) {
     int32_t stride = in_w * channels;
     double xs[CHUNK], ys[CHUNK], dx[CHUNK], dy[CHUNK], v[4][CHUNK], value[CHUNK];
-    int32_t inside[CHUNK], row_at[4][CHUNK], col_at[4][CHUNK], taps[4][4][CHUNK];
+    int32_t inside[CHUNK], row_at[4][CHUNK], col_at[4][CHUNK], first_col[CHUNK], taps[4][4][CHUNK];
+    size_t last_load = (size_t)in_h * stride;  /* a 16-byte load from the 4 columns must end before this */
     for (int oy = 0; oy < out_h; oy++) {
         double yo = oy + 0.5;
         for (int ox0 = 0; ox0 < out_w; ox0 += CHUNK) {
@@ -316,6 +354,7 @@ void vitjax_affine_bicubic_u8(const uint8_t *in, int in_h, int in_w, int channel
                 double fx = floor(xm), fy = floor(ym);
                 dx[i] = xm - fx, dy[i] = ym - fy;
                 int32_t x = (int32_t)fx - 1, y = (int32_t)fy - 1;
+                first_col[i] = x;
                 for (int t = 0; t < 4; t++) {
                     int32_t c = x + t, r = y + t;
                     c = c < 0 ? 0 : (c < in_w ? c : in_w - 1);
@@ -335,6 +374,37 @@ void vitjax_affine_bicubic_u8(const uint8_t *in, int in_h, int in_w, int channel
                     for (int b = 0; b < channels; b++) dst[i * channels + b] = fill[b];
                 continue;
             }
+#ifdef __AVX2__
+            if (channels == 3 && any_x && any_y) {
+                for (int i = 0; i < n; i++) {
+                    uint8_t *pixel = dst + i * 3;
+                    int32_t x = first_col[i];
+                    int interior = x >= 0 && x + 3 < in_w;
+                    for (int j = 0; j < 4 && interior; j++) interior = (size_t)row_at[j][i] + (size_t)x * 3 + 16 <= last_load;
+                    if (!inside[i]) {
+                        pixel[0] = fill[0], pixel[1] = fill[1], pixel[2] = fill[2];
+                    } else if (interior) {
+                        int32_t rows[4] = {row_at[0][i], row_at[1][i], row_at[2][i], row_at[3][i]};
+                        affine_pixel_rgb(in, rows, x, dx[i], dy[i], pixel);
+                    } else {
+                        for (int b = 0; b < 3; b++) {
+                            double w[4];
+                            for (int j = 0; j < 4; j++) {
+                                const uint8_t *row = in + row_at[j][i] + b;
+                                int32_t c[4] = {row[col_at[0][i]], row[col_at[1][i]], row[col_at[2][i]], row[col_at[3][i]]};
+                                double p1 = c[1], p2 = -c[0] + c[2], p3 = 2 * (c[0] - c[1]) + c[2] - c[3];
+                                double p4 = -c[0] + c[1] - c[2] + c[3];
+                                w[j] = p1 + dx[i] * (p2 + dx[i] * (p3 + dx[i] * p4));
+                            }
+                            double p2 = -w[0] + w[2], p3 = 2 * (w[0] - w[1]) + w[2] - w[3], p4 = -w[0] + w[1] - w[2] + w[3];
+                            double value = w[1] + dy[i] * (p2 + dy[i] * (p3 + dy[i] * p4));
+                            pixel[b] = value <= 0.0 ? 0 : (value >= 255.0 ? 255 : (uint8_t)value);
+                        }
+                    }
+                }
+                continue;
+            }
+#endif
             int rows_from = any_y ? 0 : 1, rows_to = any_y ? 4 : 2, cols_from = any_x ? 0 : 1, cols_to = any_x ? 4 : 2;
             for (int b = 0; b < channels; b++) {
                 const uint8_t *band = in + b;
