@@ -169,7 +169,7 @@ static int horizontal_pass(const uint8_t *in, size_t in_stride, int rows, int ch
     size_t column_bytes = (size_t)rows * channels;
     uint8_t *columns = scratch(0, column_bytes * (size_t)(cols > 0 ? cols : 1) + 1);
     uint8_t *result = scratch(1, column_bytes * (size_t)out_w + 1);
-    int *shifted = malloc(sizeof(int) * 2 * (size_t)out_w);
+    int *shifted = calloc(2 * (size_t)out_w, sizeof(int));
     if (!columns || !result || !shifted) {
         free(shifted);
         return -1;
