@@ -157,11 +157,24 @@ def test_train_augmentation_is_deterministic_per_seed_and_stays_normalized():
     assert out.size == (image.shape[1], image.shape[0]) and not np.array_equal(np.asarray(out), image)
 
 
+@pytest.fixture(params=["native", "numpy"])
+def batched_resize(request, monkeypatch):
+    """Both ways to the batched resize: one native call (where the library builds) and numpy's
+    batched matrix products (where it does not)."""
+    from vitjax.kernels import resample
+
+    if request.param == "numpy":
+        monkeypatch.setattr(resample, "resize_batch", lambda *args: None)
+    elif resample.native_reason() is not None:
+        pytest.skip(resample.native_reason())
+    return request.param
+
+
 @pytest.mark.parametrize(
     "box,size",
     [((0, 0, 451, 300), 64), ((10, 20, 200, 250), 224), ((3, 7, 400, 290), 500), ((0, 0, 451, 300), 451)],
 )
-def test_batched_resize_gives_pillows_bicubic_pixels_exactly(box, size):
+def test_batched_resize_gives_pillows_bicubic_pixels_exactly(box, size, batched_resize):
     photo = PHOTOS["chelsea"]  # 451x300: down- and upsampling, whole image and inner boxes
     expected = np.asarray(Image.fromarray(photo).resize((size, size), Image.BICUBIC, box=box))
     got = resize_boxes(photo[None], np.asarray([box]), size)[0]
@@ -434,7 +447,7 @@ def test_an_undecoded_image_whose_pixels_are_cut_short_is_skipped_or_named_like_
         TrainLoader(source, transform, 6, seed=0, on_bad_image="fail", num_workers=0).batch(0)
 
 
-def test_the_batched_resize_gives_pillows_pixels_for_any_shape_box_and_size():
+def test_the_batched_resize_gives_pillows_pixels_for_any_shape_box_and_size(batched_resize):
     """Pillow 13 resizes rows first when the height shrinks by more than twice the width; the
     batched resize follows its order: random shapes (portrait, landscape, up- and downscaling,
     near the rule's threshold), boxes and sizes, each equal to Pillow's own resize."""
@@ -451,7 +464,7 @@ def test_the_batched_resize_gives_pillows_pixels_for_any_shape_box_and_size():
         np.testing.assert_array_equal(ours, pillow, err_msg=f"{height}x{width} -> {size}, box {box}")
 
 
-def test_a_gray_batch_is_resized_once_per_pixel_and_gives_pillows_pixels():
+def test_a_gray_batch_is_resized_once_per_pixel_and_gives_pillows_pixels(batched_resize):
     """Gray images stored as RGB (digits, MNIST-like sets) are resized one channel at a time: the
     same pixels as Pillow's resize of each RGB image, and a batch with one colour image among gray
     ones (resized in all three channels) too."""

@@ -165,3 +165,18 @@ def test_library_is_built_once_per_cache(tmp_path, monkeypatch):
         KernelUnavailable, match=r"no compiler found \(set CC, or install gcc\) to build pillow_exact\.c"
     ):
         resample.build(tmp_path / "other")
+
+
+def test_a_batch_is_resized_in_one_call_each_image_with_its_box():
+    rng = np.random.default_rng(6)
+    images = np.stack([photo((12, 9, 3), seed) for seed in range(40)])
+    boxes = np.array([random_box(rng, 9, 12, integer=True) for _ in range(40)])
+    boxes[0] = (1, 2, 9, 12)  # 8x10: Pillow's crop when that is the output size
+    got = resample.resize_batch(images, boxes, (8, 10))
+    for image, box, out in zip(images, boxes, got, strict=True):
+        box = tuple(int(v) for v in box)
+        np.testing.assert_array_equal(out, np.asarray(Image.fromarray(image).resize((8, 10), Image.BICUBIC, box=box)))
+    with pytest.raises(ValueError, match="outside"):
+        resample.resize_batch(images[:1], np.array([[0, 0, 10, 12]]), (8, 10))
+    with pytest.raises(ValueError, match="empty"):
+        resample.resize_batch(images[:1], np.array([[3, 0, 3, 12]]), (8, 10))

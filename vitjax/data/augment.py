@@ -450,10 +450,14 @@ def _span_weights(starts: np.ndarray, stops: np.ndarray, in_size: int, size: int
 def resize_boxes(images: np.ndarray, boxes: np.ndarray, size: int) -> np.ndarray:
     """``Image.resize((size, size), BICUBIC, box=box)`` of each ``[H, W, C]`` uint8 image of a
     batch (uint8 ``[B, size, size, C]``), computed as Pillow computes it (one pass per axis, in
-    Pillow's order, each rounded to 8 bits in fixed point): the same pixels, with two batched
+    Pillow's order, each rounded to 8 bits in fixed point): the same pixels, in one native call
+    (:func:`vitjax.kernels.resample.resize_batch`) where it is built, else with two batched
     matrix products instead of one Pillow call per image. The sums are exact in float64
     (255 x 2**22 x width < 2**53). A gray batch (R = G = B in every image) is resized one channel
     at a time, as the three would come out equal (a third of the work)."""
+    native = resample.resize_batch(images, boxes, (size, size))
+    if native is not None:
+        return native
     batch, height, width, channels = images.shape
     if channels == 3 and _is_gray(images):
         return np.repeat(resize_boxes(images[..., :1], boxes, size), 3, axis=-1)

@@ -256,6 +256,20 @@ end:
     return status;
 }
 
+/* vitjax_resize_bicubic_u8 of each image of a batch ([batch, in_h, in_w, channels]) with its own
+ * box (boxes[4 i .. 4 i + 3]) into out ([batch, out_h, out_w, channels]), all to the same size: one
+ * call for a batch of small images, whose cost is otherwise the calls. The caller has handled
+ * Pillow's crop shortcut (an integer box of the output's size). Returns 0, or -1 when out of memory. */
+int vitjax_resize_bicubic_batch_u8(const uint8_t *in, int batch, int in_h, int in_w, int channels, const float *boxes,
+                                   int out_w, int out_h, int vertical_first_rule, uint8_t *out) {
+    size_t in_size = (size_t)in_h * in_w * channels, out_size = (size_t)out_h * out_w * channels;
+    for (int i = 0; i < batch; i++)
+        if (vitjax_resize_bicubic_u8(in + i * in_size, in_h, in_w, channels, boxes + 4 * (size_t)i, out_w, out_h,
+                                     vertical_first_rule, out + i * out_size))
+            return -1;
+    return 0;
+}
+
 /* Pillow's BICUBIC macro, the cubic through v1..v4 at d, in the same operations, over CHUNK lanes.
  * The first level takes pixel values, whose differences Pillow forms in int before converting. */
 #define CHUNK 32

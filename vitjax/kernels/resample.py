@@ -67,6 +67,11 @@ def _load(path: Path) -> ctypes.CDLL:
         ctypes.c_int, ctypes.c_int, ctypes.c_int, _U8,
     ]  # fmt: skip
     library.vitjax_resize_bicubic_u8.restype = ctypes.c_int
+    library.vitjax_resize_bicubic_batch_u8.argtypes = [
+        _U8, ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.POINTER(ctypes.c_float),
+        ctypes.c_int, ctypes.c_int, ctypes.c_int, _U8,
+    ]  # fmt: skip
+    library.vitjax_resize_bicubic_batch_u8.restype = ctypes.c_int
     library.vitjax_affine_bicubic_u8.argtypes = [
         _U8, ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.POINTER(ctypes.c_double), _U8,
         ctypes.c_int, ctypes.c_int, _U8,
@@ -171,6 +176,38 @@ def _resize_native(
     )
     if status != 0:
         raise MemoryError(f"resizing a {width}x{height} image to {out_w}x{out_h}: out of memory")
+    return out
+
+
+def resize_batch(images: np.ndarray, boxes: np.ndarray, size: tuple[int, int]) -> np.ndarray | None:
+    """:func:`resize` of each uint8 ``[H, W, 3]`` or ``[H, W]`` image of a ``[B, ...]`` batch with
+    its own box (``boxes``: ``[B, 4]`` integers, ``(left, top, right, bottom)`` inside the image), all
+    to ``size``, in one native call; ``None`` where the library is not built (the caller resizes
+    another way). A box of the output's size is Pillow's crop shortcut, copied here as Pillow crops."""
+    library = _library_or_none(None, images[0])
+    if library is None or images.dtype != np.uint8 or images.ndim not in (3, 4):
+        return None
+    images = np.ascontiguousarray(images)
+    batch, height, width = images.shape[:3]
+    out_w, out_h = int(size[0]), int(size[1])
+    boxes = np.asarray(boxes, np.int64).reshape(batch, 4)
+    if (boxes[:, :2] < 0).any() or (boxes[:, 2] > width).any() or (boxes[:, 3] > height).any():
+        raise ValueError(f"resize_batch: a box lies outside the {width}x{height} images")
+    if (boxes[:, 2] <= boxes[:, 0]).any() or (boxes[:, 3] <= boxes[:, 1]).any():
+        raise ValueError("resize_batch: a box is empty")
+    channels = images.shape[3] if images.ndim == 4 else 1
+    out = np.empty((batch, out_h, out_w, *images.shape[3:]), np.uint8)
+    fboxes = np.ascontiguousarray(boxes, np.float32)
+    status = library.vitjax_resize_bicubic_batch_u8(
+        _pointer(images), batch, height, width, channels, fboxes.ctypes.data_as(ctypes.POINTER(ctypes.c_float)),
+        out_w, out_h, int(_vertical_first_rule()), _pointer(out),
+    )  # fmt: skip
+    if status != 0:
+        raise MemoryError(f"resizing {batch} images of {width}x{height} to {out_w}x{out_h}: out of memory")
+    crops = np.flatnonzero((boxes[:, 2] - boxes[:, 0] == out_w) & (boxes[:, 3] - boxes[:, 1] == out_h))
+    for i in crops.tolist():
+        left, top = int(boxes[i, 0]), int(boxes[i, 1])
+        out[i] = images[i, top : top + out_h, left : left + out_w]
     return out
 
 
