@@ -111,13 +111,30 @@ def _as_pixels(image: np.ndarray, what: str) -> np.ndarray:
     return np.ascontiguousarray(image)
 
 
-@functools.cache
-def _vertical_first_rule() -> bool:
-    """Whether the installed Pillow resizes vertically first when the height shrinks by more than
-    twice the width (Pillow 13; earlier releases never did): found from one small resize."""
-    from vitjax.data.augment import _pillow_can_resize_vertically_first
+_RULE_PROBE = ((26, 18), (16, 16), (2.0, 3.0, 16.0, 25.0))  # an image, size and box the two orders round apart
 
-    return _pillow_can_resize_vertically_first()
+
+@functools.cache
+def _vertical_first_rule(library: ctypes.CDLL) -> bool:
+    """Whether the installed Pillow resizes vertically first when the height shrinks by more than
+    twice the width (Pillow 13; earlier releases never did): the order whose pixels are Pillow's
+    on one small resize (found once per process)."""
+    (height, width), size, box = _RULE_PROBE
+    image = np.random.default_rng(0).integers(0, 256, (height, width), dtype=np.uint8)
+    pillow = np.asarray(Image.fromarray(image).resize(size, Image.BICUBIC, box=box))
+    return bool(np.array_equal(_resize_with_rule(library, image, size, box, True), pillow))
+
+
+def _resize_with_rule(library: ctypes.CDLL, pixels: np.ndarray, size: tuple[int, int], box, rule: bool) -> np.ndarray:
+    out = np.empty((size[1], size[0], *pixels.shape[2:]), np.uint8)
+    channels = pixels.shape[2] if pixels.ndim == 3 else 1
+    fbox = (ctypes.c_float * 4)(*box)
+    status = library.vitjax_resize_bicubic_u8(
+        _pointer(pixels), pixels.shape[0], pixels.shape[1], channels, fbox, size[0], size[1], int(rule), _pointer(out)
+    )
+    if status != 0:
+        raise MemoryError(f"resizing a {pixels.shape[1]}x{pixels.shape[0]} image to {size[0]}x{size[1]}: out of memory")
+    return out
 
 
 def _library_or_none(native: bool | None, pixels: np.ndarray) -> ctypes.CDLL | None:
@@ -169,14 +186,7 @@ def _resize_native(
         return pixels.copy()
     if left == int(left) and top == int(top) and right - left == out_w and bottom - top == out_h:
         return pixels[int(top) : int(top) + out_h, int(left) : int(left) + out_w].copy()  # Pillow crops
-    out = np.empty((out_h, out_w, *pixels.shape[2:]), np.uint8)
-    channels = pixels.shape[2] if pixels.ndim == 3 else 1
-    status = library.vitjax_resize_bicubic_u8(
-        _pointer(pixels), height, width, channels, fbox, out_w, out_h, int(_vertical_first_rule()), _pointer(out)
-    )
-    if status != 0:
-        raise MemoryError(f"resizing a {width}x{height} image to {out_w}x{out_h}: out of memory")
-    return out
+    return _resize_with_rule(library, pixels, size, box, _vertical_first_rule(library))
 
 
 def resize_batch(images: np.ndarray, boxes: np.ndarray, size: tuple[int, int]) -> np.ndarray | None:
@@ -200,7 +210,7 @@ def resize_batch(images: np.ndarray, boxes: np.ndarray, size: tuple[int, int]) -
     fboxes = np.ascontiguousarray(boxes, np.float32)
     status = library.vitjax_resize_bicubic_batch_u8(
         _pointer(images), batch, height, width, channels, fboxes.ctypes.data_as(ctypes.POINTER(ctypes.c_float)),
-        out_w, out_h, int(_vertical_first_rule()), _pointer(out),
+        out_w, out_h, int(_vertical_first_rule(library)), _pointer(out),
     )  # fmt: skip
     if status != 0:
         raise MemoryError(f"resizing {batch} images of {width}x{height} to {out_w}x{out_h}: out of memory")
