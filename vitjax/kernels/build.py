@@ -56,16 +56,13 @@ def onednn_paths() -> tuple[Path, Path]:
     return header.parents[2], lib
 
 
-def _compiler(variable: str = "CXX", names: tuple[str, ...] = ("c++", "g++"), source: Path = SOURCE) -> list[str]:
+def compiler_command(variable: str = "CXX", names: tuple[str, ...] = ("c++", "g++"), hint: str = "") -> list[str]:
     """The compiler command: ``$CXX`` (``$CC`` for C), which may carry a launcher (``ccache g++``),
-    else the first of ``names`` on the PATH."""
+    else the first of ``names`` on the PATH. ``hint`` ends the error where there is none ("to build ...")."""
     found = next((path for path in map(shutil.which, names) if path), "")
     command = shlex.split(os.environ.get(variable, "")) or [found]
     if not command[0]:
-        hint = f": {EXTRA_HINT}" if source == SOURCE else ""
-        raise KernelUnavailable(
-            f"no compiler found (set {variable}, or install {names[-1]}) to build {source.name}{hint}"
-        )
+        raise KernelUnavailable(f"no compiler found (set {variable}, or install {names[-1]}) {hint}".rstrip())
     return command
 
 
@@ -94,7 +91,7 @@ def compile_cached(
     compiler: list[str],
     flags: Sequence[str],
     key_parts: Sequence[str],
-    cache_dir: Path,
+    cache_dir: Path | None = None,
     prepare: Callable[[Path], list[str]] | None = None,
     hint: str = "",
 ) -> Path:
@@ -103,7 +100,11 @@ def compile_cached(
     The key hashes the source, the compiler, ``flags`` and ``key_parts`` (versions, paths, the
     machine). ``prepare(tmp)`` may put files beside the library (a private copy of a library it
     links to) and returns the arguments that link them. The directory appears complete or not at
-    all (:func:`vitjax.files.atomic_directory`)."""
+    all (:func:`vitjax.files.atomic_directory`). ``cache_dir``: ``$VITJAX_CACHE/kernels`` by default."""
+    if cache_dir is None:
+        from vitjax.files import cache_root
+
+        cache_dir = cache_root() / "kernels"
     key = hashlib.sha256(source.read_bytes())
     for part in (*compiler, *flags, *key_parts):
         key.update(f"{part};".encode())
@@ -143,11 +144,7 @@ def build(cache_dir: Path | None = None) -> Path:
     if sys.platform != "linux":
         raise KernelUnavailable(f"the oneDNN kernel is built for Linux only (this is {sys.platform})")
     include_dir, libdnnl = onednn_paths()
-    compiler = _compiler()
-    if cache_dir is None:
-        from vitjax.files import cache_root
-
-        cache_dir = cache_root() / "kernels"
+    compiler = compiler_command(hint=f"to build {SOURCE.name}: {EXTRA_HINT}")
 
     def private_onednn(tmp: Path) -> list[str]:
         private_onednn_copy(libdnnl, tmp / PRIVATE_SONAME)
@@ -160,7 +157,7 @@ def build(cache_dir: Path | None = None) -> Path:
         compiler,
         (*CXXFLAGS, f"-I{jax.ffi.include_dir()}", f"-I{include_dir}"),
         (*versions, str(libdnnl), platform.machine()),
-        Path(cache_dir),
+        cache_dir,
         prepare=private_onednn,
         hint=EXTRA_HINT,
     )

@@ -270,31 +270,29 @@ int vitjax_resize_bicubic_batch_u8(const uint8_t *in, int batch, int in_h, int i
     return 0;
 }
 
-/* Pillow's BICUBIC macro, the cubic through v1..v4 at d, in the same operations, over CHUNK lanes.
- * The first level takes pixel values, whose differences Pillow forms in int before converting. */
-#define CHUNK 32
-
-static inline void cubic_of_pixels(const int32_t *v1, const int32_t *v2, const int32_t *v3, const int32_t *v4,
-                                   const double *d, double *out) {
-    for (int i = 0; i < CHUNK; i++) {
-        double p1 = v2[i];
-        double p2 = -v1[i] + v3[i];
-        double p3 = 2 * (v1[i] - v2[i]) + v3[i] - v4[i];
-        double p4 = -v1[i] + v2[i] - v3[i] + v4[i];
-        out[i] = p1 + d[i] * (p2 + d[i] * (p3 + d[i] * p4));
-    }
+/* Pillow's BICUBIC macro, the cubic through v1..v4 at d, in the same operations. The first level
+ * takes pixel values, whose differences Pillow forms in int before converting; the second takes
+ * the first level's doubles. */
+static inline double cubic_of_pixels(int32_t v1, int32_t v2, int32_t v3, int32_t v4, double d) {
+    double p1 = v2;
+    double p2 = -v1 + v3;
+    double p3 = 2 * (v1 - v2) + v3 - v4;
+    double p4 = -v1 + v2 - v3 + v4;
+    return p1 + d * (p2 + d * (p3 + d * p4));
 }
 
-static inline void cubic_of_values(const double *v1, const double *v2, const double *v3, const double *v4,
-                                   const double *d, double *out) {
-    for (int i = 0; i < CHUNK; i++) {
-        double p1 = v2[i];
-        double p2 = -v1[i] + v3[i];
-        double p3 = 2 * (v1[i] - v2[i]) + v3[i] - v4[i];
-        double p4 = -v1[i] + v2[i] - v3[i] + v4[i];
-        out[i] = p1 + d[i] * (p2 + d[i] * (p3 + d[i] * p4));
-    }
+static inline double cubic_of_values(double v1, double v2, double v3, double v4, double d) {
+    double p1 = v2;
+    double p2 = -v1 + v3;
+    double p3 = 2 * (v1 - v2) + v3 - v4;
+    double p4 = -v1 + v2 - v3 + v4;
+    return p1 + d * (p2 + d * (p3 + d * p4));
 }
+
+/* Pillow's conversion of a sample to 8 bits: clamped, then truncated. */
+static inline uint8_t sample_to_u8(double value) { return value <= 0.0 ? 0 : (value >= 255.0 ? 255 : (uint8_t)value); }
+
+#define CHUNK 32 /* output pixels whose coordinates and cubics are computed together (vectorised) */
 
 #ifdef __AVX2__
 /* Pillow's bicubic sample of an RGB pixel whose 4 columns x..x+3 lie inside the image, the three
@@ -332,8 +330,6 @@ static inline void affine_pixel_rgb(const uint8_t *in, const int32_t *row_at, in
     dst[0] = (uint8_t)rgb, dst[1] = (uint8_t)(rgb >> 8), dst[2] = (uint8_t)(rgb >> 16);
 }
 #endif
-
-#define MAX_CHANNELS 4
 
 /* Image.transform(size, AFFINE, a, resample=BICUBIC, fillcolor=fill) of a packed [in_h, in_w,
  * channels] uint8 image (channels <= 4) into out ([out_h, out_w, channels]); output pixel (x, y)
@@ -405,14 +401,10 @@ void vitjax_affine_bicubic_u8(const uint8_t *in, int in_h, int in_w, int channel
                             double w[4];
                             for (int j = 0; j < 4; j++) {
                                 const uint8_t *row = in + row_at[j][i] + b;
-                                int32_t c[4] = {row[col_at[0][i]], row[col_at[1][i]], row[col_at[2][i]], row[col_at[3][i]]};
-                                double p1 = c[1], p2 = -c[0] + c[2], p3 = 2 * (c[0] - c[1]) + c[2] - c[3];
-                                double p4 = -c[0] + c[1] - c[2] + c[3];
-                                w[j] = p1 + dx[i] * (p2 + dx[i] * (p3 + dx[i] * p4));
+                                w[j] = cubic_of_pixels(row[col_at[0][i]], row[col_at[1][i]], row[col_at[2][i]],
+                                                       row[col_at[3][i]], dx[i]);
                             }
-                            double p2 = -w[0] + w[2], p3 = 2 * (w[0] - w[1]) + w[2] - w[3], p4 = -w[0] + w[1] - w[2] + w[3];
-                            double value = w[1] + dy[i] * (p2 + dy[i] * (p3 + dy[i] * p4));
-                            pixel[b] = value <= 0.0 ? 0 : (value >= 255.0 ? 255 : (uint8_t)value);
+                            pixel[b] = sample_to_u8(cubic_of_values(w[0], w[1], w[2], w[3], dy[i]));
                         }
                     }
                 }
@@ -425,20 +417,13 @@ void vitjax_affine_bicubic_u8(const uint8_t *in, int in_h, int in_w, int channel
                 for (int j = rows_from; j < rows_to; j++)
                     for (int t = cols_from; t < cols_to; t++)
                         for (int i = 0; i < CHUNK; i++) taps[j][t][i] = band[row_at[j][i] + col_at[t][i]];
-                for (int j = rows_from; j < rows_to; j++) {
-                    if (any_x)
-                        cubic_of_pixels(taps[j][0], taps[j][1], taps[j][2], taps[j][3], dx, v[j]);
-                    else
-                        for (int i = 0; i < CHUNK; i++) v[j][i] = taps[j][1][i];
-                }
-                if (any_y)
-                    cubic_of_values(v[0], v[1], v[2], v[3], dy, value);
-                else
-                    for (int i = 0; i < CHUNK; i++) value[i] = v[1][i];
-                for (int i = 0; i < n; i++) {
-                    double w = value[i];
-                    dst[i * channels + b] = !inside[i] ? fill[b] : (w <= 0.0 ? 0 : (w >= 255.0 ? 255 : (uint8_t)w));
-                }
+                for (int j = rows_from; j < rows_to; j++)
+                    for (int i = 0; i < CHUNK; i++)
+                        v[j][i] = any_x ? cubic_of_pixels(taps[j][0][i], taps[j][1][i], taps[j][2][i], taps[j][3][i], dx[i])
+                                        : taps[j][1][i];
+                for (int i = 0; i < CHUNK; i++)
+                    value[i] = any_y ? cubic_of_values(v[0][i], v[1][i], v[2][i], v[3][i], dy[i]) : v[1][i];
+                for (int i = 0; i < n; i++) dst[i * channels + b] = inside[i] ? sample_to_u8(value[i]) : fill[b];
             }
         }
     }

@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from vitjax.kernels.build import KernelUnavailable, _compiler, compile_cached
+from vitjax.kernels.build import KernelUnavailable, compile_cached, compiler_command
 
 SOURCE = Path(__file__).with_name("pillow_exact.c")
 CFLAGS = ("-O3", "-march=native", "-ffp-contract=off", "-fno-math-errno", "-shared", "-fPIC")
@@ -48,13 +48,9 @@ def build(cache_dir: Path | None = None) -> Path:
     """Compiles ``pillow_exact.c`` (once per cache, compiler and CPU); returns the library's path."""
     if sys.platform not in ("linux", "darwin"):
         raise KernelUnavailable(f"the native resampling is built on Linux and macOS only (this is {sys.platform})")
-    if cache_dir is None:
-        from vitjax.files import cache_root
-
-        cache_dir = cache_root() / "kernels"
-    compiler = _compiler("CC", ("cc", "gcc"), SOURCE)
+    compiler = compiler_command("CC", ("cc", "gcc"), hint=f"to build {SOURCE.name}")
     suffix = ".dylib" if sys.platform == "darwin" else ".so"
-    return compile_cached(SOURCE, f"pillow_exact{suffix}", compiler, CFLAGS, (_cpu_identity(),), Path(cache_dir))
+    return compile_cached(SOURCE, f"pillow_exact{suffix}", compiler, CFLAGS, (_cpu_identity(),), cache_dir)
 
 
 def _load(path: Path) -> ctypes.CDLL:
@@ -127,19 +123,32 @@ def _vertical_first_rule(library: ctypes.CDLL) -> bool:
 
 def _resize_with_rule(library: ctypes.CDLL, pixels: np.ndarray, size: tuple[int, int], box, rule: bool) -> np.ndarray:
     out = np.empty((size[1], size[0], *pixels.shape[2:]), np.uint8)
-    channels = pixels.shape[2] if pixels.ndim == 3 else 1
     fbox = (ctypes.c_float * 4)(*box)
     status = library.vitjax_resize_bicubic_u8(
-        _pointer(pixels), pixels.shape[0], pixels.shape[1], channels, fbox, size[0], size[1], int(rule), _pointer(out)
+        _pointer(pixels),
+        pixels.shape[0],
+        pixels.shape[1],
+        _channels(pixels),
+        fbox,
+        size[0],
+        size[1],
+        int(rule),
+        _pointer(out),
     )
     if status != 0:
         raise MemoryError(f"resizing a {pixels.shape[1]}x{pixels.shape[0]} image to {size[0]}x{size[1]}: out of memory")
     return out
 
 
-def _library_or_none(native: bool | None, pixels: np.ndarray) -> ctypes.CDLL | None:
-    """The library where it runs ``pixels`` (L or RGB: Pillow premultiplies LA and RGBA by their alpha)."""
-    if native is False or (pixels.ndim == 3 and pixels.shape[2] != 3):
+def _channels(pixels: np.ndarray) -> int:
+    """Bands of ``[H, W]`` (1) or ``[H, W, C]`` pixels."""
+    return pixels.shape[2] if pixels.ndim == 3 else 1
+
+
+def _library_or_none(native: bool | None, channels: int) -> ctypes.CDLL | None:
+    """The library where it runs images of ``channels`` bands (L or RGB: Pillow premultiplies LA and
+    RGBA by their alpha)."""
+    if native is False or channels not in (1, 3):
         return None
     outcome = _library()
     return None if isinstance(outcome, str) else outcome
@@ -161,7 +170,7 @@ def resize(image: np.ndarray, size: tuple[int, int], box=None, *, native: bool |
     height, width = pixels.shape[:2]
     size = (int(size[0]), int(size[1]))
     box = (0.0, 0.0, float(width), float(height)) if box is None else tuple(float(v) for v in box)
-    library = _library_or_none(native, pixels)
+    library = _library_or_none(native, _channels(pixels))
     if library is None:
         return np.asarray(Image.fromarray(pixels).resize(size, Image.BICUBIC, box=box))
     return _resize_native(library, pixels, size, box)
@@ -194,8 +203,11 @@ def resize_batch(images: np.ndarray, boxes: np.ndarray, size: tuple[int, int]) -
     its own box (``boxes``: ``[B, 4]`` integers, ``(left, top, right, bottom)`` inside the image), all
     to ``size``, in one native call; ``None`` where the library is not built (the caller resizes
     another way). A box of the output's size is Pillow's crop shortcut, copied here as Pillow crops."""
-    library = _library_or_none(None, images[0])
-    if library is None or images.dtype != np.uint8 or images.ndim not in (3, 4):
+    if images.dtype != np.uint8 or images.ndim not in (3, 4):
+        return None
+    channels = images.shape[3] if images.ndim == 4 else 1
+    library = _library_or_none(None, channels)
+    if library is None:
         return None
     images = np.ascontiguousarray(images)
     batch, height, width = images.shape[:3]
@@ -205,7 +217,6 @@ def resize_batch(images: np.ndarray, boxes: np.ndarray, size: tuple[int, int]) -
         raise ValueError(f"resize_batch: a box lies outside the {width}x{height} images")
     if (boxes[:, 2] <= boxes[:, 0]).any() or (boxes[:, 3] <= boxes[:, 1]).any():
         raise ValueError("resize_batch: a box is empty")
-    channels = images.shape[3] if images.ndim == 4 else 1
     out = np.empty((batch, out_h, out_w, *images.shape[3:]), np.uint8)
     fboxes = np.ascontiguousarray(boxes, np.float32)
     status = library.vitjax_resize_bicubic_batch_u8(
@@ -227,8 +238,8 @@ def affine(image: np.ndarray, matrix, fill=0, *, native: bool | None = None) -> 
     d x' + e y' + f)`` with ``x' = x + 0.5``, ``y' = y + 0.5``; pixels mapped outside the image take
     ``fill`` (one value per channel, or one for all). The same pixels as Pillow."""
     pixels = _as_pixels(image, "affine")
-    fills = _fill_values(fill, pixels.shape[2] if pixels.ndim == 3 else 1)
-    library = _library_or_none(native, pixels)
+    fills = _fill_values(fill, _channels(pixels))
+    library = _library_or_none(native, len(fills))
     if library is None:
         pil = Image.fromarray(pixels)
         return np.asarray(
@@ -272,8 +283,8 @@ def rotate(image: np.ndarray, angle: float, fill=0, *, native: bool | None = Non
     counter-clockwise, about the centre, same size): the same pixels as Pillow."""
     pixels = _as_pixels(image, "rotate")
     matrix = rotate_matrix(pixels.shape[1], pixels.shape[0], angle)
-    if matrix is None or _library_or_none(native, pixels) is None:
-        fills = _fill_values(fill, pixels.shape[2] if pixels.ndim == 3 else 1)
+    if matrix is None or _library_or_none(native, _channels(pixels)) is None:
+        fills = _fill_values(fill, _channels(pixels))
         return np.asarray(Image.fromarray(pixels).rotate(angle, resample=Image.BICUBIC, fillcolor=_pillow_fill(fills)))
     return affine(pixels, matrix, fill, native=native)
 
