@@ -63,6 +63,9 @@ def test_resize_matches_pillow_on_the_pipelines_cases(shape, size, box):
     pillow = np.asarray(Image.fromarray(image).resize(size, Image.BICUBIC, box=box))
     np.testing.assert_array_equal(resample.resize(image, size, box), pillow)
     np.testing.assert_array_equal(resample.resize(image, size, box, native=False), pillow)
+    flipped = np.asarray(Image.fromarray(pillow).transpose(Image.FLIP_LEFT_RIGHT))  # the pipeline's flip, in place
+    np.testing.assert_array_equal(resample.resize(image, size, box, mirror=True), flipped)
+    np.testing.assert_array_equal(resample.resize(image, size, box, mirror=True, native=False), flipped)
 
 
 def test_affine_matches_pillow_on_random_matrices():

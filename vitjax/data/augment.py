@@ -23,10 +23,10 @@ from collections.abc import Sequence
 from typing import NamedTuple
 
 import numpy as np
-from PIL import Image, ImageEnhance, ImageOps
+from PIL import Image
 
 from vitjax.data.transforms import _PIL_RESAMPLE, REDUCTIONS, EncodedImage, normalize
-from vitjax.kernels import resample
+from vitjax.kernels import enhance, resample
 
 _FILL = (124, 116, 104)  # ImageNet mean pixel, for areas uncovered by geometric ops
 
@@ -76,29 +76,39 @@ def resized_crop(
     interpolation: str = "bicubic",
     max_reduce: int = 8,
     decoder: str = "auto",
+    *,
+    mirror: bool = False,
 ) -> np.ndarray:
-    """``box`` of ``image`` resized to ``size`` x ``size`` (uint8 pixels). An :class:`EncodedImage`
-    is decoded at the scale :func:`decode_reduction` allows, and the box scaled down with it."""
+    """``box`` of ``image`` resized to ``size`` x ``size`` (uint8 pixels), flipped left to right with
+    ``mirror``. An :class:`EncodedImage` is decoded at the scale :func:`decode_reduction` allows,
+    and the box scaled down with it."""
     if isinstance(image, EncodedImage):
         reduce = decode_reduction(image, box, size, max_reduce)
         pixels = image.decode(reduce, decoder)
         if reduce > 1:
             box = tuple(v / reduce for v in box)
         image = pixels
-    return resize_box(image, box, size, interpolation)
+    return resize_box(image, box, size, interpolation, mirror=mirror)
 
 
-def resize_box(pixels: np.ndarray, box, size: int, interpolation: str = "bicubic") -> np.ndarray:
+def resize_box(
+    pixels: np.ndarray, box, size: int, interpolation: str = "bicubic", *, mirror: bool = False
+) -> np.ndarray:
     """``Image.resize((size, size), interpolation, box=box)`` of a uint8 array (``box`` ``None``:
-    the whole image): bicubic runs :func:`vitjax.kernels.resample.resize`, Pillow's pixels without
-    Pillow's conversions, the other filters Pillow itself."""
+    the whole image), flipped left to right with ``mirror``: bicubic runs
+    :func:`vitjax.kernels.resample.resize`, Pillow's pixels without Pillow's conversions (the flip
+    in place, in native code), the other filters Pillow itself."""
     if interpolation == "bicubic":
-        return resample.resize(pixels, (size, size), box)
+        return resample.resize(pixels, (size, size), box, mirror=mirror)
     box = None if box is None else tuple(box)
-    return np.asarray(Image.fromarray(pixels).resize((size, size), _PIL_RESAMPLE[interpolation], box=box))
+    out = np.asarray(Image.fromarray(pixels).resize((size, size), _PIL_RESAMPLE[interpolation], box=box))
+    return np.ascontiguousarray(out[:, ::-1]) if mirror else out
 
 
 # --- RandAugment ("rand-m9-mstd0.5-inc1": 2 ops, magnitude ~ N(9, 0.5), increasing ops) ---
+# timm's op set (timm.data.auto_augment), the same Pillow operations on uint8 arrays: the geometric
+# ops through vitjax.kernels.resample, the colour ops through vitjax.kernels.enhance (native code,
+# Pillow's pixels, no PIL.Image in between).
 
 _MAX_LEVEL = 10.0
 
@@ -107,73 +117,71 @@ def _signed(value: float, rng: np.random.Generator) -> float:
     return -value if rng.random() < 0.5 else value
 
 
-def _affine(image: Image.Image, matrix) -> Image.Image:
-    if image.mode == "RGB":  # Pillow's pixels, computed without Pillow's per-pixel calls
-        return Image.fromarray(resample.affine(np.asarray(image), matrix, _FILL))
-    return image.transform(image.size, Image.AFFINE, matrix, resample=Image.BICUBIC, fillcolor=_FILL)
+def _affine(pixels: np.ndarray, matrix) -> np.ndarray:
+    return resample.affine(pixels, matrix, _FILL)
 
 
-def _rotate(image, level, rng):
-    angle = _signed(level / _MAX_LEVEL * 30.0, rng)
-    if image.mode == "RGB":
-        return Image.fromarray(resample.rotate(np.asarray(image), angle, _FILL))
-    return image.rotate(angle, resample=Image.BICUBIC, fillcolor=_FILL)
+def _rotate(pixels, level, rng):
+    return resample.rotate(pixels, _signed(level / _MAX_LEVEL * 30.0, rng), _FILL)
 
 
-def _shear_x(image, level, rng):
-    return _affine(image, (1, _signed(level / _MAX_LEVEL * 0.3, rng), 0, 0, 1, 0))
+def _shear_x(pixels, level, rng):
+    return _affine(pixels, (1, _signed(level / _MAX_LEVEL * 0.3, rng), 0, 0, 1, 0))
 
 
-def _shear_y(image, level, rng):
-    return _affine(image, (1, 0, 0, _signed(level / _MAX_LEVEL * 0.3, rng), 1, 0))
+def _shear_y(pixels, level, rng):
+    return _affine(pixels, (1, 0, 0, _signed(level / _MAX_LEVEL * 0.3, rng), 1, 0))
 
 
-def _translate_x(image, level, rng):
-    return _affine(image, (1, 0, _signed(level / _MAX_LEVEL * 0.45, rng) * image.size[0], 0, 1, 0))
+def _translate_x(pixels, level, rng):
+    return _affine(pixels, (1, 0, _signed(level / _MAX_LEVEL * 0.45, rng) * pixels.shape[1], 0, 1, 0))
 
 
-def _translate_y(image, level, rng):
-    return _affine(image, (1, 0, 0, 0, 1, _signed(level / _MAX_LEVEL * 0.45, rng) * image.size[1]))
+def _translate_y(pixels, level, rng):
+    return _affine(pixels, (1, 0, 0, 0, 1, _signed(level / _MAX_LEVEL * 0.45, rng) * pixels.shape[0]))
 
 
-def _enhancer(kind):
-    def apply(image, level, rng):
-        return kind(image).enhance(1.0 + _signed(level / _MAX_LEVEL * 0.9, rng))
+def _enhancer(operation):
+    def apply(pixels, level, rng):
+        return operation(pixels, 1.0 + _signed(level / _MAX_LEVEL * 0.9, rng))
 
     return apply
 
 
-def _posterize(image, level, rng):
-    return ImageOps.posterize(image, max(1, 4 - int(level / _MAX_LEVEL * 4)))
+def _posterize(pixels, level, rng):
+    return enhance.posterize(pixels, max(1, 4 - int(level / _MAX_LEVEL * 4)))
 
 
-def _solarize(image, level, rng):
-    return ImageOps.solarize(image, 256 - int(level / _MAX_LEVEL * 256))
+def _solarize(pixels, level, rng):
+    return enhance.solarize(pixels, 256 - int(level / _MAX_LEVEL * 256))
 
 
-def _solarize_add(image, level, rng):
+_VALUES = np.arange(256)
+
+
+def _solarize_add(pixels, level, rng):
     add = int(level / _MAX_LEVEL * 110)
-    pixels = np.asarray(image).astype(np.int16)
-    return Image.fromarray(np.where(pixels < 128, np.minimum(pixels + add, 255), pixels).astype(np.uint8))
+    return enhance.apply_lut(pixels, np.where(_VALUES < 128, np.minimum(_VALUES + add, 255), _VALUES))
 
 
 RAND_AUGMENT_OPS = {
-    "AutoContrast": lambda image, level, rng: ImageOps.autocontrast(image),
-    "Equalize": lambda image, level, rng: ImageOps.equalize(image),
-    "Invert": lambda image, level, rng: ImageOps.invert(image),
+    "AutoContrast": lambda pixels, level, rng: enhance.autocontrast(pixels),
+    "Equalize": lambda pixels, level, rng: enhance.equalize(pixels),
+    "Invert": lambda pixels, level, rng: enhance.invert(pixels),
     "Rotate": _rotate,
     "PosterizeIncreasing": _posterize,
     "SolarizeIncreasing": _solarize,
     "SolarizeAdd": _solarize_add,
-    "ColorIncreasing": _enhancer(ImageEnhance.Color),
-    "ContrastIncreasing": _enhancer(ImageEnhance.Contrast),
-    "BrightnessIncreasing": _enhancer(ImageEnhance.Brightness),
-    "SharpnessIncreasing": _enhancer(ImageEnhance.Sharpness),
+    "ColorIncreasing": _enhancer(enhance.color),
+    "ContrastIncreasing": _enhancer(enhance.contrast),
+    "BrightnessIncreasing": _enhancer(enhance.brightness),
+    "SharpnessIncreasing": _enhancer(enhance.sharpness),
     "ShearX": _shear_x,
     "ShearY": _shear_y,
     "TranslateXRel": _translate_x,
     "TranslateYRel": _translate_y,
 }
+_OP_NAMES = tuple(RAND_AUGMENT_OPS)
 
 
 def parse_randaugment(spec: str) -> dict:
@@ -203,15 +211,19 @@ def _randaugment_options(spec: str) -> tuple[tuple[str, float], ...]:
     return tuple(parse_randaugment(spec).items())
 
 
-def rand_augment(image: Image.Image, rng: np.random.Generator, magnitude=9.0, magnitude_std=0.5, num_ops=2, prob=0.5):
-    names = list(RAND_AUGMENT_OPS)
-    for index in rng.choice(len(names), size=num_ops, replace=True):
+def rand_augment(image, rng: np.random.Generator, magnitude=9.0, magnitude_std=0.5, num_ops=2, prob=0.5):
+    """timm's RandAugment (``rand_augment_transform``): ``num_ops`` ops drawn from
+    :data:`RAND_AUGMENT_OPS`, each applied with probability ``prob`` at a level drawn around
+    ``magnitude`` (clipped to [0, 10]). ``image``: uint8 RGB pixels, an array (an array comes back)
+    or a ``PIL.Image`` (one comes back)."""
+    pixels = np.asarray(image) if isinstance(image, Image.Image) else image
+    for index in rng.choice(len(_OP_NAMES), size=num_ops, replace=True):
         if rng.random() > prob:
             continue
         level = magnitude + (rng.normal(0.0, magnitude_std) if magnitude_std > 0 else 0.0)
-        level = float(np.clip(level, 0.0, _MAX_LEVEL))
-        image = RAND_AUGMENT_OPS[names[index]](image, level, rng)
-    return image
+        level = min(max(level, 0.0), _MAX_LEVEL)
+        pixels = RAND_AUGMENT_OPS[_OP_NAMES[index]](pixels, float(level), rng)
+    return Image.fromarray(pixels) if isinstance(image, Image.Image) else pixels
 
 
 def erase_box(
@@ -324,23 +336,17 @@ def train_transform(
     its noise, from the same draws; normalised and erased by :func:`fill_erased`, they are this
     function's float32 pixels exactly. Without random erasing (``augment.random_erasing`` 0), the
     uint8 pixels alone."""
+    width, height = image.size if isinstance(image, EncodedImage) else (image.shape[1], image.shape[0])
+    box = crop_box(width, height, rng, tuple(augment.crop_scale)) if augment.random_resized_crop else None
+    flip = bool(augment.hflip and rng.random() < 0.5)  # drawn after the box, as the flip follows the crop
     if isinstance(image, EncodedImage):
-        width, height = image.size
-        if augment.random_resized_crop:
-            box = crop_box(width, height, rng, tuple(augment.crop_scale))
-        else:
-            box = (0, 0, width, height)
-        pixels = resized_crop(image, box, size, augment.interpolation, max_reduce, decoder)
-    elif augment.random_resized_crop:
-        box = crop_box(image.shape[1], image.shape[0], rng, tuple(augment.crop_scale))
-        pixels = resize_box(image, box, size, augment.interpolation)
+        pixels = resized_crop(
+            image, box or (0, 0, width, height), size, augment.interpolation, max_reduce, decoder, mirror=flip
+        )
     else:
-        pixels = resize_box(image, None, size, augment.interpolation)
-    if augment.hflip and rng.random() < 0.5:
-        pixels = np.ascontiguousarray(pixels[:, ::-1])
+        pixels = resize_box(image, box, size, augment.interpolation, mirror=flip)
     if augment.randaugment:
-        options = dict(_randaugment_options(augment.randaugment))
-        pixels = np.asarray(rand_augment(Image.fromarray(pixels), rng, **options))
+        pixels = rand_augment(pixels, rng, **dict(_randaugment_options(augment.randaugment)))
     if not normalize_image and not augment.random_erasing:  # uint8 out, nothing to erase
         return pixels
     if not normalize_image:  # random_erasing's draws, noise included; the device puts it in

@@ -22,6 +22,7 @@ import warnings
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from vitjax.data import jpeg_header
 from vitjax.eval_transform import EvalTransform
 
 _PIL_RESAMPLE = {
@@ -154,6 +155,11 @@ def open_image(path: str | os.PathLike) -> EncodedImage:
     a missing, unreadable or unsupported file, or a decompression bomb (Pillow's limits)."""
     try:
         with open(path, "rb") as f:
+            head = f.read(_HEADER_BYTES)
+            plain = jpeg_header.read(head)  # a plain JPEG's header, read as Pillow reads it, without Pillow
+            if plain is not None:
+                return _plain_jpeg(head + f.read(), str(path), plain)
+            f.seek(0)
             header = _header(f, str(path))  # first: a file that is no image is not read whole
             f.seek(0)
             data = f.read()
@@ -166,7 +172,23 @@ def open_image(path: str | os.PathLike) -> EncodedImage:
 
 def encoded_image(data: bytes, name: str) -> EncodedImage:
     """:func:`open_image` of bytes already read; ``name`` is what errors call them."""
-    return EncodedImage(data, name, *_header(io.BytesIO(data), name))
+    plain = jpeg_header.read(data[:_HEADER_BYTES])
+    if plain is None:
+        return EncodedImage(data, name, *_header(io.BytesIO(data), name))
+    return _plain_jpeg(data, name, plain)
+
+
+_HEADER_BYTES = 1 << 16  # where jpeg_header looks for a JPEG's header (past it: Pillow reads the file)
+
+
+def _plain_jpeg(data: bytes, name: str, plain: tuple[int, int, str, int]) -> EncodedImage:
+    """The :class:`EncodedImage` of a JPEG whose header :func:`jpeg_header.read` read, as
+    :func:`_header` would have made it."""
+    width, height, mode, orientation = plain
+    orientation = orientation if orientation in range(2, 9) else 1
+    if orientation in (5, 6, 7, 8):
+        width, height = height, width
+    return EncodedImage(data, name, width, height, "JPEG", mode, orientation)
 
 
 def _header(file, name: str) -> tuple[int, int, str, str, int]:

@@ -428,3 +428,120 @@ void vitjax_affine_bicubic_u8(const uint8_t *in, int in_h, int in_w, int channel
         }
     }
 }
+
+/* Mirrors each row of a packed [h, w, channels] image in place (the training pipeline's
+ * horizontal flip, done on the resized crop before it leaves native code). */
+void vitjax_mirror_rows_u8(uint8_t *image, int h, int w, int channels) {
+    for (int y = 0; y < h; y++) {
+        uint8_t *left = image + (size_t)y * w * channels, *right = left + (size_t)(w - 1) * channels;
+        for (; left < right; left += channels, right -= channels)
+            for (int b = 0; b < channels; b++) {
+                uint8_t t = left[b];
+                left[b] = right[b], right[b] = t;
+            }
+    }
+}
+
+/* ---- RandAugment's point and blend operations (Pillow's ImageOps and ImageEnhance) ---- */
+
+/* Image.point(tables) of a packed image: band b of every pixel through tables[256 b ..]. */
+void vitjax_lut_u8(const uint8_t *in, size_t pixels, int channels, const uint8_t *tables, uint8_t *out) {
+    if (channels == 3) {
+        const uint8_t *r = tables, *g = tables + 256, *b = tables + 512;
+        for (size_t p = 0; p < pixels; p++, in += 3, out += 3) out[0] = r[in[0]], out[1] = g[in[1]], out[2] = b[in[2]];
+        return;
+    }
+    for (size_t p = 0; p < pixels; p++)
+        for (int b = 0; b < channels; b++, in++, out++) *out = tables[256 * b + *in];
+}
+
+/* Image.histogram(): counts[256 b + v] pixels have value v in band b (zeroed here). Four partial
+ * histograms per band, so that runs of equal values do not wait on one counter. */
+void vitjax_histogram_u8(const uint8_t *in, size_t pixels, int channels, int64_t *counts) {
+    int64_t (*partial)[256] = calloc(4 * (size_t)channels, sizeof *partial);
+    memset(counts, 0, sizeof(int64_t) * 256 * channels);
+    if (!partial) { /* no 8 KB to spare: one counter per value */
+        for (size_t i = 0; i < pixels * channels; i++) counts[256 * (i % channels) + in[i]]++;
+        return;
+    }
+    size_t p = 0;
+    for (; p + 4 <= pixels; p += 4, in += 4 * channels)
+        for (int k = 0; k < 4; k++)
+            for (int b = 0; b < channels; b++) partial[4 * b + k][in[k * channels + b]]++;
+    for (; p < pixels; p++, in += channels)
+        for (int b = 0; b < channels; b++) partial[4 * b][in[b]]++;
+    for (int b = 0; b < channels; b++)
+        for (int v = 0; v < 256; v++)
+            counts[256 * b + v] = partial[4 * b][v] + partial[4 * b + 1][v] + partial[4 * b + 2][v] + partial[4 * b + 3][v];
+    free(partial);
+}
+
+/* Image.convert("L") of packed RGB (ITU-R 601-2 luma in Pillow's 16-bit fixed point), written to
+ * each of out_channels bands (1: an L image; 3: convert("L").convert("RGB")). */
+void vitjax_gray_u8(const uint8_t *in, size_t pixels, int out_channels, uint8_t *out) {
+    if (out_channels == 3) {
+        for (size_t p = 0; p < pixels; p++) {
+            const uint8_t *rgb = in + 3 * p;
+            uint8_t v = (uint8_t)(((int32_t)rgb[0] * 19595 + (int32_t)rgb[1] * 38470 + (int32_t)rgb[2] * 7471 + 0x8000) >> 16);
+            out[3 * p] = v, out[3 * p + 1] = v, out[3 * p + 2] = v;
+        }
+        return;
+    }
+    for (size_t p = 0; p < pixels; p++) {
+        const uint8_t *rgb = in + 3 * p;
+        out[p] = (uint8_t)(((int32_t)rgb[0] * 19595 + (int32_t)rgb[1] * 38470 + (int32_t)rgb[2] * 7471 + 0x8000) >> 16);
+    }
+}
+
+/* Image.blend(degenerate, image, alpha), as ImageEnhance's enhance(alpha) calls it: in float,
+ * degenerate + alpha (image - degenerate), clamped to [0, 255] and truncated (Pillow clamps only
+ * when alpha is outside [0, 1], where nothing else can leave the range). degenerate is an image
+ * of values values, or (degenerate_values 1) one value for all. */
+void vitjax_blend_u8(const uint8_t *degenerate, size_t degenerate_values, const uint8_t *image, size_t values,
+                     float alpha, uint8_t *out) {
+    if (degenerate_values == 1) {
+        int32_t d = degenerate[0];
+        float base = (float)d;
+        for (size_t i = 0; i < values; i++) {
+            float t = base + alpha * (float)((int32_t)image[i] - d);
+            out[i] = t <= 0.0f ? 0 : (t >= 255.0f ? 255 : (uint8_t)t);
+        }
+        return;
+    }
+    for (size_t i = 0; i < values; i++) {
+        int32_t d = degenerate[i];
+        float t = (float)d + alpha * (float)((int32_t)image[i] - d);
+        out[i] = t <= 0.0f ? 0 : (t >= 255.0f ? 255 : (uint8_t)t);
+    }
+}
+
+/* Image.filter(ImageFilter.SMOOTH) of a packed [h, w, channels] image: Pillow's 3x3 kernel
+ * (1 1 1 / 1 5 1 / 1 1 1) / 13 in float, taps summed row by row (the row below first, as Pillow's
+ * convolution orders them) plus 0.5, clamped and truncated; the border rows and columns copied.
+ * An image under 3 pixels wide or high is copied whole. */
+void vitjax_smooth_u8(const uint8_t *in, int h, int w, int channels, uint8_t *out) {
+    const float side = 1.0f / 13.0f, centre = 5.0f / 13.0f;
+    size_t stride = (size_t)w * channels;
+    if (h < 3 || w < 3) {
+        memcpy(out, in, (size_t)h * stride);
+        return;
+    }
+    memcpy(out, in, stride);
+    for (int y = 1; y < h - 1; y++) {
+        const uint8_t *up = in + (size_t)(y - 1) * stride, *row = up + stride, *down = row + stride;
+        uint8_t *dst = out + (size_t)y * stride;
+        size_t c = (size_t)channels, last = stride - c;
+        memcpy(dst, row, c);
+        for (size_t i = c; i < last; i++) {
+            float ss = 0.5f;
+            ss += (float)down[i - c] * side + (float)down[i] * side + (float)down[i + c] * side;
+            ss += (float)row[i - c] * side + (float)row[i] * centre + (float)row[i + c] * side;
+            ss += (float)up[i - c] * side + (float)up[i] * side + (float)up[i + c] * side;
+            ss = ss < 0.0f ? 0.0f : ss;
+            ss = ss > 255.0f ? 255.0f : ss;
+            dst[i] = (uint8_t)ss;
+        }
+        memcpy(dst + last, row + last, c);
+    }
+    memcpy(out + (size_t)(h - 1) * stride, in + (size_t)(h - 1) * stride, stride);
+}

@@ -73,6 +73,8 @@ def _load(path: Path) -> ctypes.CDLL:
         ctypes.c_int, ctypes.c_int, _U8,
     ]  # fmt: skip
     library.vitjax_affine_bicubic_u8.restype = None
+    library.vitjax_mirror_rows_u8.argtypes = [_U8, ctypes.c_int, ctypes.c_int, ctypes.c_int]
+    library.vitjax_mirror_rows_u8.restype = None
     return library
 
 
@@ -87,6 +89,13 @@ def _library() -> ctypes.CDLL | str:
         return str(e)
     mismatch = _differs_from_pillow(library)
     return mismatch or library
+
+
+def native_library() -> ctypes.CDLL | None:
+    """The built library, checked against Pillow (:mod:`vitjax.kernels.enhance` declares its other
+    functions), or ``None`` (:func:`native_reason` says why)."""
+    outcome = _library()
+    return None if isinstance(outcome, str) else outcome
 
 
 def native_reason() -> str | None:
@@ -162,18 +171,25 @@ def _pillow_fill(fills: np.ndarray):
     return tuple(int(v) for v in fills) if len(fills) > 1 else int(fills[0])
 
 
-def resize(image: np.ndarray, size: tuple[int, int], box=None, *, native: bool | None = None) -> np.ndarray:
+def resize(
+    image: np.ndarray, size: tuple[int, int], box=None, *, mirror: bool = False, native: bool | None = None
+) -> np.ndarray:
     """``Image.resize(size, Image.BICUBIC, box=box)`` of a uint8 ``[H, W]`` or ``[H, W, C]`` array
     (``size`` is ``(width, height)``, ``box`` ``(left, top, right, bottom)`` floats, as Pillow's);
-    the same pixels. ``native=False`` calls Pillow (``None``: native code where it built)."""
+    the same pixels. ``mirror``: the result flipped left to right (``transpose(FLIP_LEFT_RIGHT)``),
+    in place. ``native=False`` calls Pillow (``None``: native code where it built)."""
     pixels = _as_pixels(image, "resize")
     height, width = pixels.shape[:2]
     size = (int(size[0]), int(size[1]))
     box = (0.0, 0.0, float(width), float(height)) if box is None else tuple(float(v) for v in box)
     library = _library_or_none(native, _channels(pixels))
     if library is None:
-        return np.asarray(Image.fromarray(pixels).resize(size, Image.BICUBIC, box=box))
-    return _resize_native(library, pixels, size, box)
+        out = np.asarray(Image.fromarray(pixels).resize(size, Image.BICUBIC, box=box))
+        return np.ascontiguousarray(out[:, ::-1]) if mirror else out
+    out = _resize_native(library, pixels, size, box)
+    if mirror:
+        library.vitjax_mirror_rows_u8(_pointer(out), out.shape[0], out.shape[1], _channels(out))
+    return out
 
 
 def _resize_native(
