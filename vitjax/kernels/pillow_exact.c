@@ -270,18 +270,10 @@ int vitjax_resize_bicubic_batch_u8(const uint8_t *in, int batch, int in_h, int i
     return 0;
 }
 
-/* Pillow's BICUBIC macro, the cubic through v1..v4 at d, in the same operations. The first level
- * takes pixel values, whose differences Pillow forms in int before converting; the second takes
- * the first level's doubles. */
-static inline double cubic_of_pixels(int32_t v1, int32_t v2, int32_t v3, int32_t v4, double d) {
-    double p1 = v2;
-    double p2 = -v1 + v3;
-    double p3 = 2 * (v1 - v2) + v3 - v4;
-    double p4 = -v1 + v2 - v3 + v4;
-    return p1 + d * (p2 + d * (p3 + d * p4));
-}
-
-static inline double cubic_of_values(double v1, double v2, double v3, double v4, double d) {
+/* Pillow's BICUBIC macro, the cubic through v1..v4 at d, in the same operations. For the first
+ * level Pillow forms the differences of pixel values in int before converting; on values that
+ * small, double arithmetic gives the same exact integers, so one function serves both levels. */
+static inline double cubic(double v1, double v2, double v3, double v4, double d) {
     double p1 = v2;
     double p2 = -v1 + v3;
     double p3 = 2 * (v1 - v2) + v3 - v4;
@@ -401,10 +393,10 @@ void vitjax_affine_bicubic_u8(const uint8_t *in, int in_h, int in_w, int channel
                             double w[4];
                             for (int j = 0; j < 4; j++) {
                                 const uint8_t *row = in + row_at[j][i] + b;
-                                w[j] = cubic_of_pixels(row[col_at[0][i]], row[col_at[1][i]], row[col_at[2][i]],
+                                w[j] = cubic(row[col_at[0][i]], row[col_at[1][i]], row[col_at[2][i]],
                                                        row[col_at[3][i]], dx[i]);
                             }
-                            pixel[b] = sample_to_u8(cubic_of_values(w[0], w[1], w[2], w[3], dy[i]));
+                            pixel[b] = sample_to_u8(cubic(w[0], w[1], w[2], w[3], dy[i]));
                         }
                     }
                 }
@@ -419,10 +411,10 @@ void vitjax_affine_bicubic_u8(const uint8_t *in, int in_h, int in_w, int channel
                         for (int i = 0; i < CHUNK; i++) taps[j][t][i] = band[row_at[j][i] + col_at[t][i]];
                 for (int j = rows_from; j < rows_to; j++)
                     for (int i = 0; i < CHUNK; i++)
-                        v[j][i] = any_x ? cubic_of_pixels(taps[j][0][i], taps[j][1][i], taps[j][2][i], taps[j][3][i], dx[i])
+                        v[j][i] = any_x ? cubic(taps[j][0][i], taps[j][1][i], taps[j][2][i], taps[j][3][i], dx[i])
                                         : taps[j][1][i];
                 for (int i = 0; i < CHUNK; i++)
-                    value[i] = any_y ? cubic_of_values(v[0][i], v[1][i], v[2][i], v[3][i], dy[i]) : v[1][i];
+                    value[i] = any_y ? cubic(v[0][i], v[1][i], v[2][i], v[3][i], dy[i]) : v[1][i];
                 for (int i = 0; i < n; i++) dst[i * channels + b] = inside[i] ? sample_to_u8(value[i]) : fill[b];
             }
         }

@@ -159,8 +159,7 @@ def _library_or_none(native: bool | None, channels: int) -> ctypes.CDLL | None:
     RGBA by their alpha)."""
     if native is False or channels not in (1, 3):
         return None
-    outcome = _library()
-    return None if isinstance(outcome, str) else outcome
+    return native_library()
 
 
 def _fill_values(fill, channels: int) -> np.ndarray:
