@@ -19,7 +19,9 @@ interleaved variants, each timing ``--steps`` steps after two warm-up steps:
 Variants differ only in environment settings read by the loader at ``iterate``
 (``--variants name=VAR:value,...``; ``LOADER:per-image`` is ``Experiment.train_loader(per_image=True)``, for
 jobs without random erasing,
-``LOADER:vitjax.main`` what ``vitjax.main`` builds). Results: one entry per job and batch in
+``LOADER:vitjax.main`` what ``vitjax.main`` builds; ``PLACE:main`` copies each batch to the devices in
+the loop's own thread, as ``vitjax.main`` did before it placed them one batch ahead in the loader's,
+``PLACE:ahead``, the default). Results: one entry per job and batch in
 ``benchmarks/results/input_loop.json``, all of them in ``input_loop.md``.
 """
 
@@ -140,17 +142,18 @@ def run(args) -> dict:
 
         def loop(state, env, start):
             meter, previous = InputWaitMeter(), None
+            placed_ahead = env.get("PLACE", "ahead") == "ahead"
+            loader = loaders[env.get("LOADER", "vitjax.main")]
             with (
                 environment(env),
-                contextlib.closing(loaders[env.get("LOADER", "vitjax.main")].iterate(start)) as batches,
+                contextlib.closing(loader.iterate(start, place=exp.step_inputs if placed_ahead else None)) as batches,
             ):
                 for i in range(args.steps + 2):
                     if i == 2:
                         meter.read()
                         started = time.perf_counter()
                     with meter.waiting():
-                        batch = next(batches)
-                        arrays = exp.step_inputs(batch)
+                        arrays = next(batches) if placed_ahead else exp.step_inputs(next(batches))
                     with meter.stepping():
                         state, metrics = step_fn(state, *arrays)
                         if previous is not None:

@@ -1,12 +1,15 @@
 """The grain input pipeline's workers: threads and processes stream exactly the batches that
 ``loader.batch(step)`` computes, from any resumed step, with the same bad-image policy."""
 
+import threading
+
+import jax
 import numpy as np
 import pytest
 from PIL import Image
 
 import vitjax
-from vitjax.data.pipeline import EvalLoader, TrainLoader
+from vitjax.data.pipeline import Batch, EvalLoader, TrainLoader
 from vitjax.data.sources import DataError, FileListSource
 from vitjax.data.transforms import ImageError, preprocess_eval
 
@@ -56,14 +59,41 @@ def test_streamed_batches_equal_the_batches_of_their_steps_and_skips_are_counted
     assert {s.split(": ")[0].rsplit("/", 1)[-1] for s in streaming.bad_images.skipped} == {"img_3.jpg", "gone.jpg"}
 
 
+@pytest.mark.parametrize("worker_kind,num_workers", [("threads", 0), ("threads", 2), ("processes", 2)])
+def test_placed_batches_are_the_batches_of_their_steps_placed_ahead_by_a_thread_of_their_own(
+    tmp_path, worker_kind, num_workers
+):
+    """``iterate(start, place=...)`` (what the training loop does with ``Experiment.step_inputs``)
+    hands out ``place(batch)`` for the same batches, placed outside the consuming thread when
+    there are workers, so that copying to the devices overlaps the step; closing stops that thread."""
+    source = file_list_with_bad_images(tmp_path)
+    streaming = TrainLoader(source, noisy_eval_transform, 4, seed=5, num_workers=num_workers, worker_kind=worker_kind)
+
+    def place(batch):
+        return threading.current_thread(), jax.device_put((batch.images, batch.labels, batch.mask))
+
+    batches = streaming.iterate(2, place=place)
+    placed = [next(batches) for _ in range(5)]
+    assert all(isinstance(a, jax.Array) for _, arrays in placed for a in arrays)
+    placing_threads = {thread for thread, _ in placed}
+    assert (placing_threads == {threading.current_thread()}) == (num_workers == 0)
+    batches.close()
+    assert not any(thread.is_alive() for thread in placing_threads - {threading.current_thread()})
+    computing = TrainLoader(source, noisy_eval_transform, 4, seed=5, num_workers=0)
+    streamed = [Batch(*(np.asarray(a) for a in arrays)) for _, arrays in placed]
+    assert_same_batches(streamed, [computing.batch(step) for step in range(2, 7)])
+    assert len(streaming.bad_images.skipped) == len(computing.bad_images.skipped) >= 2
+
+
 @pytest.mark.parametrize("worker_kind", ["threads", "processes"])
-def test_a_bad_image_stops_the_stream_naming_the_file_when_configured(tmp_path, worker_kind):
+@pytest.mark.parametrize("placed", [False, True])
+def test_a_bad_image_stops_the_stream_naming_the_file_when_configured(tmp_path, worker_kind, placed):
     source = file_list_with_bad_images(tmp_path)
     loader = TrainLoader(
         source, noisy_eval_transform, 11, seed=0, num_workers=2, worker_kind=worker_kind, on_bad_image="fail"
     )
     with pytest.raises(ImageError, match=r"(img_3.jpg: cannot decode image|gone.jpg: no such file)"):
-        next(loader.iterate(0))
+        next(loader.iterate(0, place=jax.device_put if placed else None))
 
 
 def test_evaluation_streams_every_example_once_with_padding_and_bad_images_masked(tmp_path):

@@ -385,8 +385,8 @@ def test_data_wait_counts_the_wait_for_a_logged_step_as_step_time(tmp_path, monk
         loader = train_loader(self, *args, **kwargs)
         iterate = loader.iterate
 
-        def sleepy(start):
-            with contextlib.closing(iterate(start)) as batches:
+        def sleepy(start, place=None):
+            with contextlib.closing(iterate(start, place=place)) as batches:
                 for batch in batches:
                     time.sleep(0.1)
                     yield batch

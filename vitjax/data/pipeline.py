@@ -124,7 +124,7 @@ class BadImageLog:
         self.skipped.append(str(error))
         logging.warning("skipped a bad image (%d so far): %s", len(self.skipped), error)
 
-    def record_batch(self, batch: Batch) -> Batch:
+    def record_batch(self, batch: Batch | _Placed) -> Batch | _Placed:
         """Records the bad images a worker met while building ``batch``, and returns it."""
         for message in batch.skipped:
             self.record(message)
@@ -321,9 +321,10 @@ class _Loader:
     def read(self, step: int) -> Batch:
         return self.bad_images.record_batch(self.batches[step])
 
-    def stream(self, start: int, stop: int) -> Iterator[Batch]:
+    def stream(self, start: int, stop: int, place: Callable[[Batch], Any] | None = None) -> Iterator[Any]:
         """Batches ``start`` to ``stop - 1``, read ahead by the workers (started at once);
-        closing the returned generator stops them."""
+        closing the returned generator stops them. With ``place``, ``place(batch)`` is handed out
+        instead of each batch, computed one batch ahead by a thread of its own when there are workers."""
         grain = _grain()
         if self.worker_kind == "processes" and self.num_workers > 0:
             _absl_flags_parsed()
@@ -345,16 +346,34 @@ class _Loader:
             iter_dataset = examples.to_iter_dataset(
                 grain.ReadOptions(num_threads=self.num_workers, prefetch_buffer_size=read_ahead)
             ).batch(self.per_host, drop_remainder=True, batch_fn=_assemble)
+        if place is not None:
+            # Each batch is placed (e.g. copied to the devices) by a thread one batch ahead, so the
+            # consumer's next() hands out a placed batch; its bad images are still recorded as it is handed out.
+            iter_dataset = iter_dataset.map(lambda batch: _Placed(batch.skipped, place(batch)))
+            if self.num_workers:
+                iter_dataset = grain.experimental.ThreadPrefetchIterDataset(iter_dataset, prefetch_buffer_size=1)
         iterator = iter(iter_dataset)
         iterator.start_prefetch()  # workers start now, not at the first next()
         return self._handed_out(iterator)
 
-    def _handed_out(self, iterator) -> Iterator[Batch]:
+    def _handed_out(self, iterator) -> Iterator[Any]:
         try:
-            for batch in iterator:
-                yield self.bad_images.record_batch(batch)
+            for element in iterator:
+                if isinstance(element, _Placed):
+                    self.bad_images.record_batch(element)
+                    yield element.placed
+                else:
+                    yield self.bad_images.record_batch(element)
         finally:
             iterator.close()  # stops threads and worker processes
+
+
+@dataclasses.dataclass(frozen=True)
+class _Placed:
+    """A batch as ``place`` made it, with the messages of the bad images met building it."""
+
+    skipped: tuple[str, ...]
+    placed: Any
 
 
 class TrainLoader:
@@ -431,9 +450,12 @@ class TrainLoader:
     def batch(self, step: int) -> Batch:
         return self._loader.read(step)
 
-    def iterate(self, start_step: int) -> Iterator[Batch]:
-        """Batches from ``start_step`` on, read ahead by the workers while a step trains."""
-        return self._loader.stream(start_step, len(self._loader.batches))
+    def iterate(self, start_step: int, place: Callable[[Batch], Any] | None = None) -> Iterator[Any]:
+        """Batches from ``start_step`` on, read ahead by the workers while a step trains. With ``place``
+        (e.g. :meth:`vitjax.training.experiment.Experiment.step_inputs`, which copies a batch to the
+        devices), each batch is handed out as ``place(batch)``, computed one batch ahead by a thread of
+        its own (with ``num_workers`` > 0), so that copying overlaps the step instead of adding to it."""
+        return self._loader.stream(start_step, len(self._loader.batches), place)
 
 
 class EvalLoader:

@@ -54,8 +54,9 @@ class LossCheck:
 class InputWaitMeter:
     """``data_wait``: the fraction of step time spent waiting for input since the last reading.
 
-    A step's time is what :meth:`waiting` and :meth:`stepping` enclose: getting the batch
-    and placing it on the devices, then dispatching the update and reading the previous
+    A step's time is what :meth:`waiting` and :meth:`stepping` enclose: getting the batch on
+    the devices (``vitjax.main``'s loader copies each batch there one step ahead, in a thread of
+    its own, so this is the time the loop blocks on its input), then dispatching the update and reading the previous
     step's loss (where the host waits for the device), and, on a step that is logged, reading
     its own loss (the host waits for the step to finish: left out, a short ``log_every``
     would count a whole step of every few as neither and inflate the share). Evaluation,
@@ -67,7 +68,7 @@ class InputWaitMeter:
         self._seconds = {"waiting": 0.0, "stepping": 0.0}
 
     def waiting(self) -> contextlib.AbstractContextManager[None]:
-        """Encloses getting the batch and placing it on the devices."""
+        """Encloses getting the batch on the devices."""
         return self._timed("waiting")
 
     def stepping(self) -> contextlib.AbstractContextManager[None]:
