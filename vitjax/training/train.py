@@ -201,9 +201,12 @@ def run_steps(
     start = step = int(to_host(state.step))
     progress = reporting.Progress(total_steps, start)
     losses, input_wait = LossCheck(c.nan_check), InputWaitMeter()
-    with PreemptionWatch() as preemption, contextlib.closing(
-        loader.iterate(start, place=exp.step_inputs)  # batches copied to the devices one step ahead
-    ) as batches:
+    with (
+        PreemptionWatch() as preemption,
+        contextlib.closing(
+            loader.iterate(start, place=exp.step_inputs)  # batches copied to the devices one step ahead
+        ) as batches,
+    ):
         while step < total_steps:
             with input_wait.waiting():
                 inputs = next(batches)
