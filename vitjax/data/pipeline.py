@@ -32,7 +32,9 @@ them in one numpy call, each image with its own ``(seed, position)`` generator, 
 workers build whole batches, two ahead: the same batches, without grain's and Python's
 per-image overhead, which dominates for small images.
 
-Both give the same batches as ``dataset[s]`` (tested). ``benchmarks/loader.py`` measures
+Both give the same batches as ``dataset[s]`` (tested). ``iterate(start, place=f)`` hands out
+``f(batch)`` instead, computed one batch ahead by a thread of its own: the training loop passes
+``Experiment.step_inputs``, so batches reach the devices while the previous step runs. ``benchmarks/loader.py`` measures
 the two as workers grow (``benchmarks/results/loader.md``). On the 2-core development
 machine (Intel Xeon, 2026-12-06), with the DeiT recipe on 500x375 JPEGs: one core alone 275
 img/s; threads 280 / 466 / 461 img/s with 1 / 2 / 4 workers, level with the hand-written thread
