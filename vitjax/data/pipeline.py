@@ -34,8 +34,8 @@ per-image overhead, which dominates for small images.
 
 Both give the same batches as ``dataset[s]`` (tested). ``iterate(start, place=f)`` hands out
 ``f(batch)`` instead, computed one batch ahead by a thread of its own: the training loop passes
-``Experiment.step_inputs``, so batches reach the devices while the previous step runs. ``benchmarks/loader.py`` measures
-the two as workers grow (``benchmarks/results/loader.md``). On the 2-core development
+``Experiment.step_inputs``, so batches reach the devices while the previous step runs.
+``benchmarks/loader.py`` measures the two as workers grow (``benchmarks/results/loader.md``). On the 2-core development
 machine (Intel Xeon, 2026-12-06), with the DeiT recipe on 500x375 JPEGs: one core alone 275
 img/s; threads 280 / 466 / 461 img/s with 1 / 2 / 4 workers, level with the hand-written thread
 pool this module replaced (262 / 462 / 463), so grain costs nothing here; processes 230 / 369 /
@@ -348,12 +348,10 @@ class _Loader:
             iter_dataset = examples.to_iter_dataset(
                 grain.ReadOptions(num_threads=self.num_workers, prefetch_buffer_size=read_ahead)
             ).batch(self.per_host, drop_remainder=True, batch_fn=_assemble)
-        if place is not None:
-            # Each batch is placed (e.g. copied to the devices) by a thread one batch ahead, so the
-            # consumer's next() hands out a placed batch; its bad images are still recorded as it is handed out.
-            iter_dataset = iter_dataset.map(lambda batch: _Placed(batch.skipped, place(batch)))
-            if self.num_workers:
-                iter_dataset = grain.experimental.ThreadPrefetchIterDataset(iter_dataset, prefetch_buffer_size=1)
+        # Each batch's bad images are recorded as it is handed out, wherever it was placed.
+        iter_dataset = iter_dataset.map(lambda batch: _Placed(batch.skipped, place(batch) if place else batch))
+        if place is not None and self.num_workers:  # placed (e.g. copied to the devices) one batch ahead
+            iter_dataset = grain.experimental.ThreadPrefetchIterDataset(iter_dataset, prefetch_buffer_size=1)
         iterator = iter(iter_dataset)
         iterator.start_prefetch()  # workers start now, not at the first next()
         return self._handed_out(iterator)
@@ -361,18 +359,15 @@ class _Loader:
     def _handed_out(self, iterator) -> Iterator[Any]:
         try:
             for element in iterator:
-                if isinstance(element, _Placed):
-                    self.bad_images.record_batch(element)
-                    yield element.placed
-                else:
-                    yield self.bad_images.record_batch(element)
+                yield self.bad_images.record_batch(element).placed
         finally:
             iterator.close()  # stops threads and worker processes
 
 
 @dataclasses.dataclass(frozen=True)
 class _Placed:
-    """A batch as ``place`` made it, with the messages of the bad images met building it."""
+    """A batch as ``place`` made it (the batch itself without ``place``), with the messages of the
+    bad images met building it."""
 
     skipped: tuple[str, ...]
     placed: Any
