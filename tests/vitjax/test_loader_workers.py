@@ -104,6 +104,24 @@ def test_evaluation_streams_every_example_once_with_padding_and_bad_images_maske
     np.testing.assert_array_equal(labels, [0, 1, 2, 1, 2, 0, 1, 2, 0])
 
 
+@pytest.mark.parametrize("num_workers", [0, 2])
+def test_evaluation_batches_are_placed_ahead_like_training_batches(tmp_path, num_workers):
+    """``EvalLoader.iterate(place=...)`` (what ``eval_metrics`` does with ``Experiment.global_batch``)
+    hands out ``place(batch)`` for every batch of the plain iteration, padding and masks included,
+    placed outside the consuming thread when there are workers."""
+    source = file_list_with_bad_images(tmp_path)
+    plain = list(EvalLoader(source, noisy_eval_transform, 4, num_workers=0))
+
+    def place(batch):
+        return threading.current_thread(), jax.device_put((batch.images, batch.labels, batch.mask))
+
+    loader = EvalLoader(source, noisy_eval_transform, 4, num_workers=num_workers)
+    placed = list(loader.iterate(place=place))
+    assert (({thread for thread, _ in placed}) == {threading.current_thread()}) == (num_workers == 0)
+    assert_same_batches([Batch(*(np.asarray(a) for a in arrays)) for _, arrays in placed], plain)
+    assert len(loader.bad_images.skipped) == 2
+
+
 def test_worker_options_are_checked(tmp_path):
     source = file_list_with_bad_images(tmp_path)
     with pytest.raises(DataError, match="data.worker_kind must be one of threads, processes, not 'fibers'"):

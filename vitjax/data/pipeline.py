@@ -488,4 +488,9 @@ class EvalLoader:
         return -(-len(self.source) // self.global_batch)
 
     def __iter__(self) -> Iterator[Batch]:
-        return self._loader.stream(0, len(self))
+        return self.iterate()
+
+    def iterate(self, place: Callable[[Batch], Any] | None = None) -> Iterator[Any]:
+        """Every batch once, in order, read ahead by the workers; with ``place``, each is handed out
+        as ``place(batch)``, computed one batch ahead as :meth:`TrainLoader.iterate` does."""
+        return self._loader.stream(0, len(self), place)

@@ -3,6 +3,7 @@ evaluation the training loop runs."""
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 from typing import Any
 
@@ -21,10 +22,24 @@ def eval_metrics(exp: Experiment, params: Any, loader: EvalLoader | None = None)
     """Top-1, top-5 and mean loss over every example of ``loader`` (the experiment's eval set
     by default); padding is masked out, and ``count`` is the number of examples scored."""
     totals = {"top1": 0.0, "top5": 0.0, "loss": 0.0, "count": 0.0}
-    for batch in loader or exp.eval_loader:
-        images, labels, mask = exp.global_batch(batch.images, batch.labels, batch.mask)
-        for key, value in exp.eval_step(params, images, labels, mask).items():
+
+    def add(sums: dict[str, jax.Array]) -> None:
+        for key, value in sums.items():
             totals[key] += float(to_host(value))
+
+    # Batches arrive already on the devices (copied one batch ahead, off this thread), and a step's
+    # sums are read back after the next step is dispatched: one step in flight while the loop waits,
+    # and no more (each holds its batch on the devices).
+    place = lambda b: exp.global_batch(b.images, b.labels, b.mask)  # noqa: E731
+    pending = None
+    with contextlib.closing((loader or exp.eval_loader).iterate(place=place)) as batches:
+        for images, labels, mask in batches:
+            sums = exp.eval_step(params, images, labels, mask)
+            if pending is not None:
+                add(pending)
+            pending = sums
+    if pending is not None:
+        add(pending)
     count = max(totals["count"], 1.0)
     return {
         "top1": totals["top1"] / count,
