@@ -35,6 +35,16 @@ def file_list_with_bad_images(root, count=10):
     return FileListSource(root, "list.txt")
 
 
+def place_noting_thread(batch):
+    """A ``place`` for ``iterate``: the batch on the default device, with the thread that placed it."""
+    return threading.current_thread(), jax.device_put((batch.images, batch.labels, batch.mask))
+
+
+def placed_back(placed):
+    """The host batches of what :func:`place_noting_thread` placed."""
+    return [Batch(*(np.asarray(a) for a in arrays)) for _, arrays in placed]
+
+
 def assert_same_batches(streamed, computed):
     assert len(streamed) == len(computed)
     for s, c in zip(streamed, computed, strict=True):
@@ -69,10 +79,7 @@ def test_placed_batches_are_the_batches_of_their_steps_placed_ahead_by_a_thread_
     source = file_list_with_bad_images(tmp_path)
     streaming = TrainLoader(source, noisy_eval_transform, 4, seed=5, num_workers=num_workers, worker_kind=worker_kind)
 
-    def place(batch):
-        return threading.current_thread(), jax.device_put((batch.images, batch.labels, batch.mask))
-
-    batches = streaming.iterate(2, place=place)
+    batches = streaming.iterate(2, place=place_noting_thread)
     placed = [next(batches) for _ in range(5)]
     assert all(isinstance(a, jax.Array) for _, arrays in placed for a in arrays)
     placing_threads = {thread for thread, _ in placed}
@@ -80,8 +87,7 @@ def test_placed_batches_are_the_batches_of_their_steps_placed_ahead_by_a_thread_
     batches.close()
     assert not any(thread.is_alive() for thread in placing_threads - {threading.current_thread()})
     computing = TrainLoader(source, noisy_eval_transform, 4, seed=5, num_workers=0)
-    streamed = [Batch(*(np.asarray(a) for a in arrays)) for _, arrays in placed]
-    assert_same_batches(streamed, [computing.batch(step) for step in range(2, 7)])
+    assert_same_batches(placed_back(placed), [computing.batch(step) for step in range(2, 7)])
     assert len(streaming.bad_images.skipped) == len(computing.bad_images.skipped) >= 2
 
 
@@ -112,13 +118,10 @@ def test_evaluation_batches_are_placed_ahead_like_training_batches(tmp_path, num
     source = file_list_with_bad_images(tmp_path)
     plain = list(EvalLoader(source, noisy_eval_transform, 4, num_workers=0))
 
-    def place(batch):
-        return threading.current_thread(), jax.device_put((batch.images, batch.labels, batch.mask))
-
     loader = EvalLoader(source, noisy_eval_transform, 4, num_workers=num_workers)
-    placed = list(loader.iterate(place=place))
+    placed = list(loader.iterate(place=place_noting_thread))
     assert (({thread for thread, _ in placed}) == {threading.current_thread()}) == (num_workers == 0)
-    assert_same_batches([Batch(*(np.asarray(a) for a in arrays)) for _, arrays in placed], plain)
+    assert_same_batches(placed_back(placed), plain)
     assert len(loader.bad_images.skipped) == 2
 
 

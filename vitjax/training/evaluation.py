@@ -11,7 +11,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from vitjax.data.pipeline import EvalLoader
+from vitjax.data.pipeline import Batch, EvalLoader
 from vitjax.data.sources import source_class_names
 from vitjax.data.transforms import load_rgb, preprocess_eval
 from vitjax.training import reporting
@@ -30,9 +30,11 @@ def eval_metrics(exp: Experiment, params: Any, loader: EvalLoader | None = None)
     # Batches arrive already on the devices (copied one batch ahead, off this thread), and a step's
     # sums are read back after the next step is dispatched: one step in flight while the loop waits,
     # and no more (each holds its batch on the devices).
-    place = lambda b: exp.global_batch(b.images, b.labels, b.mask)  # noqa: E731
+    def on_devices(batch: Batch) -> tuple[jax.Array, ...]:
+        return exp.global_batch(batch.images, batch.labels, batch.mask)
+
     pending = None
-    with contextlib.closing((loader or exp.eval_loader).iterate(place=place)) as batches:
+    with contextlib.closing((loader or exp.eval_loader).iterate(place=on_devices)) as batches:
         for images, labels, mask in batches:
             sums = exp.eval_step(params, images, labels, mask)
             if pending is not None:
