@@ -44,13 +44,19 @@ def random_resized_crop(
     return image.resize((size, size), _PIL_RESAMPLE[interpolation], box=box)
 
 
+def _uniform(rng: np.random.Generator, low: float, high: float) -> float:
+    """A draw uniform on ``[low, high)``: ``rng.uniform(low, high)``'s formula, a quarter of its
+    cost per scalar (no argument parsing), and rounded the same on every platform."""
+    return low + (high - low) * rng.random()
+
+
 def crop_box(width: int, height: int, rng: np.random.Generator, scale=(0.08, 1.0), ratio=(3 / 4, 4 / 3)):
     """:func:`random_resized_crop`'s box ``(left, top, right, bottom)``, drawn from ``rng``."""
     area = width * height
     log_ratio = (math.log(ratio[0]), math.log(ratio[1]))
     for _ in range(10):
-        target = area * rng.uniform(*scale)
-        aspect = math.exp(rng.uniform(*log_ratio))
+        target = area * _uniform(rng, *scale)
+        aspect = math.exp(_uniform(rng, *log_ratio))
         w, h = int(round(math.sqrt(target * aspect))), int(round(math.sqrt(target / aspect)))
         if 0 < w <= width and 0 < h <= height:
             left, top = int(rng.integers(0, width - w + 1)), int(rng.integers(0, height - h + 1))
@@ -236,8 +242,8 @@ def erase_box(
         return None
     log_aspect = (math.log(min_aspect), math.log(1 / min_aspect))
     for _ in range(10):
-        target = height * width * rng.uniform(*area)
-        aspect = math.exp(rng.uniform(*log_aspect))
+        target = height * width * _uniform(rng, *area)
+        aspect = math.exp(_uniform(rng, *log_aspect))
         h, w = int(round(math.sqrt(target * aspect))), int(round(math.sqrt(target / aspect)))
         if h < height and w < width:
             top, left = int(rng.integers(0, height - h + 1)), int(rng.integers(0, width - w + 1))

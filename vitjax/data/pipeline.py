@@ -28,8 +28,8 @@ workers of one of two kinds:
 
 With a ``batch_transform`` (``TrainLoader.with_batch_transform``: a recipe without per-image
 PIL steps, e.g. the digits job), element ``s`` reads its examples in one call and augments
-them in one numpy call, each image with its own ``(seed, position)`` generator, and the thread
-workers build whole batches, two ahead: the same batches, without grain's and Python's
+them in one numpy call, each image with its own ``(seed, position)`` generator (the batch's
+generators built at once, :mod:`vitjax.data.seeding`), and the thread workers build whole batches, two ahead: the same batches, without grain's and Python's
 per-image overhead, which dominates for small images.
 
 Both give the same batches as ``dataset[s]`` (tested). ``iterate(start, place=f)`` hands out
@@ -63,6 +63,7 @@ from typing import Any
 import numpy as np
 
 from vitjax.data.augment import NO_ERASE, NO_NOISE, ErasedImage, erase_noise
+from vitjax.data.seeding import position_generators
 from vitjax.data.sources import DataError, Source
 from vitjax.data.transforms import ImageError
 
@@ -254,7 +255,7 @@ class _AssembleTransformed:
         self.batch_transform, self.seed = batch_transform, seed
 
     def __call__(self, examples: Sequence[_Example]) -> Batch:
-        rngs = [np.random.default_rng([self.seed, e.position]) for e in examples]
+        rngs = position_generators(self.seed, [e.position for e in examples])
         shapes = {e.image.shape for e in examples}
         if len(shapes) == 1:
             images = self.batch_transform(np.stack([e.image for e in examples]), rngs)
