@@ -9,9 +9,10 @@ times their steps in interleaved rounds, so a busy moment of the machine hits ev
   no preload: what ``python -m vitjax.main`` runs where mimalloc is not installed, and what a
   user's own loop gets from ``vitjax.keep_freed_memory()``;
 * ``jax / mimalloc``: what ``python -m vitjax.main`` runs on a CPU host: the ``cmeel-mimalloc``
-  wheel's library preloaded, told to keep freed memory, large blocks included
-  (:func:`vitjax.hostmem.preload_allocator`); ``jax / mimalloc huge pages`` adds transparent huge
-  pages (measured, not the default);
+  wheel's library preloaded, large blocks kept in its arenas, memory free for a second handed back
+  to the kernel lazily (:func:`vitjax.hostmem.preload_allocator`); ``jax / mimalloc kept`` keeps
+  every freed page resident instead (the setting before 2026-12-07), ``jax / mimalloc huge pages``
+  adds transparent huge pages (measured, not the default);
 * ``jax / tcmalloc``: ``LD_PRELOAD`` of tcmalloc (where installed);
 * ``timm / glibc`` and ``timm / tcmalloc``: timm's DeiT/TNT with the same AdamW, the peer.
 
@@ -48,6 +49,8 @@ def variants() -> dict[str, tuple[str, dict[str, str]]]:
     mimalloc = mimalloc_library()
     if mimalloc:  # what vitjax.main runs on a CPU host: the wheel's mimalloc, preloaded and told to keep memory
         out["jax / mimalloc"] = ("jax-train", {"LD_PRELOAD": mimalloc, **MIMALLOC_SETTINGS})
+        kept = {"MIMALLOC_PURGE_DELAY": "-1"}  # every freed page kept resident: the setting before 2026-12-07
+        out["jax / mimalloc kept"] = ("jax-train", {"LD_PRELOAD": mimalloc, **MIMALLOC_SETTINGS, **kept})
         huge = {"MIMALLOC_ALLOW_LARGE_OS_PAGES": "1"}  # measured, not the default: see docs/performance.md
         out["jax / mimalloc huge pages"] = ("jax-train", {"LD_PRELOAD": mimalloc, **MIMALLOC_SETTINGS, **huge})
     if only := os.environ.get("ALLOCATOR_VARIANTS"):  # a comma-separated subset of the labels (--variants)

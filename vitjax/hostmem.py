@@ -114,8 +114,11 @@ def keep_freed_memory() -> bool:
 # An allocator replaces glibc's malloc only when the dynamic loader maps it before everything else
 # (``LD_PRELOAD``); loaded later it serves nobody. So an entry point (``python -m vitjax.main``,
 # ``python -m interop serve``) that finds glibc in charge starts itself again, once, with mimalloc
-# (the ``cmeel-mimalloc`` wheel, a dependency on Linux) preloaded and told to keep freed memory
-# (``MIMALLOC_PURGE_DELAY=-1``) and to serve blocks of any size from its arenas
+# (the ``cmeel-mimalloc`` wheel, a dependency on Linux) preloaded, told to hand memory that stayed
+# free for a second back to the kernel lazily (``MIMALLOC_PURGE_DELAY=1000``,
+# ``MIMALLOC_PURGE_DECOMMITS=0``: ``madvise(MADV_FREE)``, so the pages stay mapped and a block reused
+# before the kernel needs them faults nothing, while under memory pressure the kernel takes them
+# back instead of killing the process) and to serve blocks of any size from its arenas
 # (``MIMALLOC_ARENA_MAX_OBJECT_SIZE``: by default a block over 2 GiB, such as DeiT-small's step
 # buffer at batch 32, is mapped fresh from the system and unmapped when freed, every step; the
 # first arena reserves 16 GiB of address space, not memory, so that such a block fits): the
@@ -125,7 +128,8 @@ def keep_freed_memory() -> bool:
 _REEXEC_MARK = "VITJAX_MALLOC_PRELOADED"  # set in the started-again program: never start a third time
 _SAVED_PRELOAD = "VITJAX_MALLOC_SAVED_LD_PRELOAD"  # the caller's own LD_PRELOAD, given back to children
 MIMALLOC_SETTINGS = {
-    "MIMALLOC_PURGE_DELAY": "-1",
+    "MIMALLOC_PURGE_DELAY": "1000",
+    "MIMALLOC_PURGE_DECOMMITS": "0",
     "MIMALLOC_ARENA_MAX_OBJECT_SIZE": "64GiB",
     "MIMALLOC_ARENA_RESERVE": "16GiB",
 }

@@ -114,6 +114,7 @@ def test_the_preload_plan_puts_mimalloc_first_and_keeps_what_the_user_set():
     assert plan["LD_PRELOAD"] == "/x/libmimalloc.so /opt/libother.so"
     assert plan["MIMALLOC_PURGE_DELAY"] == "100"  # the user's own setting wins
     assert plan["MIMALLOC_ARENA_MAX_OBJECT_SIZE"] == "64GiB"  # a multi-GB step buffer is kept in an arena too
+    assert plan["MIMALLOC_PURGE_DECOMMITS"] == "0"  # memory handed back lazily (MADV_FREE): reclaimable, no faults
     assert base["LD_PRELOAD"] == "/opt/libother.so"  # the caller's mapping is not changed
     # Each way out: the user chose glibc, the program was started again already, an accelerator host.
     assert preload_plan({**base, "VITJAX_MALLOC": "keep"}, library="/x/libmimalloc.so") is None
@@ -162,3 +163,45 @@ def test_mimalloc_as_preloaded_reuses_a_freed_block_without_page_faults():
     _, kept_faults, _ = out.stdout.split()
     _, system_faults, _ = _second_block_faults("system")
     assert system_faults >= 50 and int(kept_faults) <= system_faults // 20, (kept_faults, system_faults)
+
+
+LAZY = """
+import re, resource, time
+from pathlib import Path
+import numpy as np
+def lazy_free():
+    return int(re.search(r"LazyFree:\\s+(\\d+) kB", Path("/proc/self/smaps_rollup").read_text())[1]) << 10
+block = np.ones(256 << 20, np.uint8)
+del block
+for _ in range(30):  # a process that goes on allocating a little while the block stays free
+    time.sleep(0.1)
+    small = np.ones(1 << 20, np.uint8)
+handed_back = lazy_free()
+before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+block = np.ones(256 << 20, np.uint8)
+print(handed_back, resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before, lazy_free())
+"""
+
+
+def _lazy_free(**settings: str) -> tuple[int, int, int]:
+    env = dict(os.environ, LD_PRELOAD=mimalloc_library(), VITJAX_MALLOC="system", **settings)
+    out = subprocess.run([sys.executable, "-c", LAZY], env=env, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    handed_back, faults, after = map(int, out.stdout.split())
+    return handed_back, faults, after
+
+
+@needs_mimalloc
+@pytest.mark.skipif(
+    not os.path.exists("/proc/self/smaps_rollup") or "LazyFree" not in open("/proc/self/smaps_rollup").read(),
+    reason="the kernel does not report LazyFree",
+)
+def test_mimalloc_as_preloaded_hands_memory_idle_for_a_second_back_to_the_kernel_lazily():
+    """Freed memory idle for a second is ``MADV_FREE``'d: the kernel may take it back under
+    pressure (the process is not killed for it), and until it does, reusing it faults nothing.
+    Kept resident (``MIMALLOC_PURGE_DELAY=-1``, the setting before), nothing is handed back."""
+    handed_back, faults, after = _lazy_free(**MIMALLOC_SETTINGS)
+    assert handed_back >= 200 << 20, handed_back  # the 256 MiB block
+    assert faults <= 100 and after <= 64 << 20, (faults, after)  # reused in place: 65,536 pages, no faults
+    kept, _, _ = _lazy_free(**{**MIMALLOC_SETTINGS, "MIMALLOC_PURGE_DELAY": "-1"})
+    assert kept <= 16 << 20, kept
