@@ -29,8 +29,9 @@ workers of one of two kinds:
 With a ``batch_transform`` (``TrainLoader.with_batch_transform``: a recipe without per-image
 PIL steps, e.g. the digits job), element ``s`` reads its examples in one call and augments
 them in one numpy call, each image with its own ``(seed, position)`` generator (the batch's
-generators built at once, :mod:`vitjax.data.seeding`), and the thread workers build whole batches, two ahead: the same batches, without grain's and Python's
-per-image overhead, which dominates for small images.
+generators built at once, :mod:`vitjax.data.seeding`), and the thread workers build whole
+batches, two ahead: the same batches, without grain's and Python's per-image overhead, which
+dominates for small images.
 
 Both give the same batches as ``dataset[s]`` (tested). ``iterate(start, place=f)`` hands out
 ``f(batch)`` instead, computed one batch ahead by a thread of its own: the training loop passes
