@@ -47,7 +47,7 @@ def variants() -> dict[str, tuple[str, dict[str, str]]]:
         "timm / glibc": ("timm-train", {}),
     }
     mimalloc = mimalloc_library()
-    if mimalloc:  # what vitjax.main runs on a CPU host: the wheel's mimalloc, preloaded and told to keep memory
+    if mimalloc:  # what vitjax.main runs on a CPU host: the wheel's mimalloc, preloaded with vitjax's settings
         out["jax / mimalloc"] = ("jax-train", {"LD_PRELOAD": mimalloc, **MIMALLOC_SETTINGS})
         kept = {"MIMALLOC_PURGE_DELAY": "-1"}  # every freed page kept resident: the setting before 2026-12-07
         out["jax / mimalloc kept"] = ("jax-train", {"LD_PRELOAD": mimalloc, **MIMALLOC_SETTINGS, **kept})

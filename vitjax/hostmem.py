@@ -129,6 +129,7 @@ _REEXEC_MARK = "VITJAX_MALLOC_PRELOADED"  # set in the started-again program: ne
 _SAVED_PRELOAD = "VITJAX_MALLOC_SAVED_LD_PRELOAD"  # the caller's own LD_PRELOAD, given back to children
 MIMALLOC_SETTINGS = {
     "MIMALLOC_PURGE_DELAY": "1000",
+    "MIMALLOC_ARENA_PURGE_MULT": "1",  # arenas purge after the same second (mimalloc 3.4's default, pinned)
     "MIMALLOC_PURGE_DECOMMITS": "0",
     "MIMALLOC_ARENA_MAX_OBJECT_SIZE": "64GiB",
     "MIMALLOC_ARENA_RESERVE": "16GiB",

@@ -52,32 +52,47 @@ def parse_variants(text: str) -> list[tuple[str, dict[str, str]]]:
 
 
 class MemoryCgroup:
-    """A memory cgroup of ``limit`` bytes that a child joins before it runs (:meth:`join`)."""
+    """A memory cgroup of ``limit`` bytes that a child joins before it runs (:meth:`join`); removed
+    by :meth:`remove` once the child has ended."""
 
-    def __init__(self, limit: int):
-        name = f"vitjax_memory_limit_{os.getpid()}"
+    def __init__(self, limit: int, name: str):
         v1, v2 = Path("/sys/fs/cgroup/memory"), Path("/sys/fs/cgroup")
+        if v1.is_dir():
+            self.path, limit_file, self.procs, no_swap = (
+                v1 / name,
+                "memory.limit_in_bytes",
+                "tasks",
+                "memory.swappiness",
+            )
+        else:
+            self.path, limit_file, self.procs, no_swap = v2 / name, "memory.max", "cgroup.procs", "memory.swap.max"
         try:
-            if v1.is_dir():
-                self.path, limit_file, self.procs = v1 / name, "memory.limit_in_bytes", "tasks"
-                self.path.mkdir()
-                (self.path / "memory.swappiness").write_text("0")  # no swap: reclaim or be killed
-            else:
-                self.path, limit_file, self.procs = v2 / name, "memory.max", "cgroup.procs"
-                self.path.mkdir()
-                (self.path / "memory.swap.max").write_text("0")
-            (self.path / limit_file).write_text(str(limit))
+            self.path.mkdir()
         except OSError as e:
             raise SystemExit(f"--limit needs a memory cgroup this user may create (root): {e}") from None
+        try:
+            (self.path / limit_file).write_text(str(limit))
+            if (self.path / no_swap).exists():  # no swap: reclaim or be killed
+                (self.path / no_swap).write_text("0")
+        except OSError as e:
+            self.remove()
+            raise SystemExit(
+                f"cannot set a memory limit in {self.path} (is the memory controller enabled?): {e}"
+            ) from None
 
     def join(self) -> None:  # in the child, before exec
         (self.path / self.procs).write_text(str(os.getpid()))
 
     def remove(self) -> None:
-        try:
-            self.path.rmdir()
-        except OSError:
-            pass
+        for _ in range(50):  # the kernel may still be tearing down the ended child
+            try:
+                self.path.rmdir()
+                return
+            except FileNotFoundError:
+                return
+            except OSError:
+                time.sleep(0.1)
+        print(f"warning: could not remove the cgroup {self.path}; remove it with rmdir", file=sys.stderr)
 
 
 def _memory(pid: int) -> tuple[int, int] | None:
@@ -108,11 +123,18 @@ def run_variant(name: str, env: dict[str, str], args, data: Path, work: Path, cg
             command, cwd=ROOT, env={**os.environ, **env}, stdout=out, stderr=subprocess.STDOUT,
             preexec_fn=cgroup.join if cgroup else None,
         )  # fmt: skip
-        while process.poll() is None:
-            memory = _memory(process.pid)
-            if memory:
-                samples.append((time.perf_counter() - start, *memory))
-            time.sleep(0.5)
+        try:
+            while process.poll() is None:
+                if time.perf_counter() - start > args.timeout:
+                    raise TimeoutError(f"{name}: vitjax.main ran past --timeout {args.timeout} s; see {log}")
+                memory = _memory(process.pid)
+                if memory:
+                    samples.append((time.perf_counter() - start, *memory))
+                time.sleep(0.5)
+        finally:  # never leave the run (and its cgroup) behind
+            if process.poll() is None:
+                process.kill()
+                process.wait()
     text = log.read_text()
     rates = [float(m[1]) for m in re.finditer(r"step \d+/\d+ .*?([\d.]+) steps/s", text)]
     steps = [int(m[1]) for m in re.finditer(r"step (\d+)/\d+", text)]
@@ -163,6 +185,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--steps", type=int, default=24)
     p.add_argument("--log-every", type=int, default=2)
     p.add_argument("--variants", default=DEFAULT_VARIANTS)
+    p.add_argument("--timeout", type=float, default=1800, help="seconds a run may take")
     p.add_argument("--out", type=Path, default=OUT)
     args = p.parse_args(argv)
     report = {
@@ -179,21 +202,26 @@ def main(argv: list[str] | None = None) -> int:
         data, work = Path(tmp) / "data", Path(tmp) / "work"
         write_data(data, 200, 4)
         work.mkdir()
-        for name, env in parse_variants(args.variants):
-            cgroup = MemoryCgroup(args.limit) if args.limit else None
+        for number, (name, env) in enumerate(parse_variants(args.variants)):
+            cgroup = MemoryCgroup(args.limit, f"vitjax_memory_limit_{os.getpid()}_{number}") if args.limit else None
             try:
                 report["variants"][name] = run_variant(name, env, args, data, work, cgroup)
             finally:
                 if cgroup:
                     cgroup.remove()
-    args.out.mkdir(parents=True, exist_ok=True)
-    path = args.out / "memory_limit.json"  # one report per limit, the latest of each kept
-    everything = json.loads(path.read_text()) if path.exists() else {}
-    everything[f"limit_{args.limit}"] = report
-    path.write_text(json.dumps(everything, indent=1) + "\n")
-    (args.out / "memory_limit.md").write_text("\n".join(markdown(r) for _, r in sorted(everything.items())))
+            write_report(report, args.out)  # variant by variant: a later failure keeps what was measured
     print(markdown(report))
     return 0
+
+
+def write_report(report: dict, out: Path) -> None:
+    """Into ``out/memory_limit.{json,md}``, one report per limit (the latest of each kept)."""
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / "memory_limit.json"
+    everything = json.loads(path.read_text()) if path.exists() else {}
+    everything[f"limit_{report['limit']}"] = report
+    path.write_text(json.dumps(everything, indent=1) + "\n")
+    (out / "memory_limit.md").write_text("\n".join(markdown(r) for _, r in sorted(everything.items())))
 
 
 if __name__ == "__main__":

@@ -166,15 +166,16 @@ def test_mimalloc_as_preloaded_reuses_a_freed_block_without_page_faults():
 
 
 LAZY = """
-import re, resource, time
+import re, resource, sys, time
 from pathlib import Path
 import numpy as np
 def lazy_free():
     return int(re.search(r"LazyFree:\\s+(\\d+) kB", Path("/proc/self/smaps_rollup").read_text())[1]) << 10
 block = np.ones(256 << 20, np.uint8)
 del block
-for _ in range(30):  # a process that goes on allocating a little while the block stays free
-    time.sleep(0.1)
+deadline = time.monotonic() + float(sys.argv[1])
+while lazy_free() < 200 << 20 and time.monotonic() < deadline:  # a process that goes on
+    time.sleep(0.1)  # allocating a little while the block stays free
     small = np.ones(1 << 20, np.uint8)
 handed_back = lazy_free()
 before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
@@ -183,9 +184,12 @@ print(handed_back, resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before, 
 """
 
 
-def _lazy_free(**settings: str) -> tuple[int, int, int]:
+def _lazy_free(wait: float, **settings: str) -> tuple[int, int, int]:
+    """(LazyFree once the freed block was handed back or ``wait`` s passed, faults allocating it
+    again, LazyFree after)."""
     env = dict(os.environ, LD_PRELOAD=mimalloc_library(), VITJAX_MALLOC="system", **settings)
-    out = subprocess.run([sys.executable, "-c", LAZY], env=env, capture_output=True, text=True, timeout=120)
+    command = [sys.executable, "-c", LAZY, str(wait)]
+    out = subprocess.run(command, env=env, capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr[-2000:]
     handed_back, faults, after = map(int, out.stdout.split())
     return handed_back, faults, after
@@ -200,8 +204,8 @@ def test_mimalloc_as_preloaded_hands_memory_idle_for_a_second_back_to_the_kernel
     """Freed memory idle for a second is ``MADV_FREE``'d: the kernel may take it back under
     pressure (the process is not killed for it), and until it does, reusing it faults nothing.
     Kept resident (``MIMALLOC_PURGE_DELAY=-1``, the setting before), nothing is handed back."""
-    handed_back, faults, after = _lazy_free(**MIMALLOC_SETTINGS)
+    handed_back, faults, after = _lazy_free(15, **MIMALLOC_SETTINGS)
     assert handed_back >= 200 << 20, handed_back  # the 256 MiB block
     assert faults <= 100 and after <= 64 << 20, (faults, after)  # reused in place: 65,536 pages, no faults
-    kept, _, _ = _lazy_free(**{**MIMALLOC_SETTINGS, "MIMALLOC_PURGE_DELAY": "-1"})
+    kept, _, _ = _lazy_free(3, **{**MIMALLOC_SETTINGS, "MIMALLOC_PURGE_DELAY": "-1"})
     assert kept <= 16 << 20, kept

@@ -2,6 +2,8 @@
 
 import argparse
 import os
+import subprocess
+import sys
 
 import pytest
 
@@ -36,3 +38,24 @@ def test_the_table_says_which_run_was_killed_and_which_memory_was_reclaimable():
     assert "memory cgroup of 5.0 GiB" in text
     assert "| vitjax.main | `(as it comes)` | finished | 24 | 0.52 | 8.0 GiB | 3.0 GiB | 5.0 GiB |" in text
     assert "| kept | `MIMALLOC_PURGE_DELAY=-1` | killed (out of memory) | 2 | 0.52 |" in text
+
+
+def test_a_run_in_the_cgroup_is_held_to_its_limit_and_the_cgroup_is_removed():
+    from benchmarks.studies.memory_limit import MemoryCgroup
+
+    try:
+        cgroup = MemoryCgroup(64 * 2**20, f"vitjax_test_{os.getpid()}")
+    except SystemExit as e:
+        pytest.skip(str(e))
+    try:
+        touch = "import sys; b = bytearray(int(sys.argv[1]) << 20); print(len(b))"
+
+        def run(megabytes: int) -> int:
+            command = [sys.executable, "-c", touch, str(megabytes)]
+            return subprocess.run(command, preexec_fn=cgroup.join, capture_output=True, timeout=60).returncode
+
+        assert run(8) == 0
+        assert run(256) == -9  # killed for lack of memory, as a run that outgrows --limit is
+    finally:
+        cgroup.remove()
+    assert not cgroup.path.exists()

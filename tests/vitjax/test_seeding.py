@@ -44,7 +44,21 @@ def test_negative_values_are_refused_as_numpy_refuses_them():
 
 
 def test_no_positions_give_no_generators():
-    assert position_generators(0, []) == []
+    assert position_generators(0, []) == [] and position_generators(0, np.array([], np.int64)) == []
+
+
+def test_numpy_integers_and_arrays_are_taken_and_other_types_go_to_numpys_own_path():
+    positions = np.arange(5, 12)  # an array, as a loader's positions may be
+    for position, ours in zip(positions, position_generators(np.int64(9), positions), strict=True):
+        _same_generator(ours, np.random.default_rng([9, int(position)]))
+    _same_generator(position_generators(True, [3])[0], np.random.default_rng([True, 3]))
+    with pytest.raises(TypeError):
+        position_generators(1, [2.5])  # numpy refuses a float seed word, and so do we
+
+
+def test_the_word_hash_refuses_values_of_more_than_32_bits():
+    with pytest.raises(ValueError, match="2\\*\\*32"):
+        pcg64_seed_words(1, np.array([2**32], np.uint64))
 
 
 def test_the_precomputed_state_serves_only_pcg64s_request():

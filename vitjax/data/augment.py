@@ -46,12 +46,21 @@ def random_resized_crop(
 
 def _uniform(rng: np.random.Generator, low: float, high: float) -> float:
     """A draw uniform on ``[low, high)``: ``rng.uniform(low, high)``'s formula, a quarter of its
-    cost per scalar (no argument parsing), and rounded the same on every platform."""
+    cost per scalar (no argument parsing), and rounded the same on every platform. The caller
+    checks the range once (:func:`_check_range`), as ``uniform`` would on every call."""
     return low + (high - low) * rng.random()
+
+
+def _check_range(name: str, bounds) -> None:
+    low, high = bounds
+    if not (math.isfinite(low) and math.isfinite(high) and 0 < low <= high):
+        raise ValueError(f"{name} {tuple(bounds)}: need finite bounds with 0 < low <= high")
 
 
 def crop_box(width: int, height: int, rng: np.random.Generator, scale=(0.08, 1.0), ratio=(3 / 4, 4 / 3)):
     """:func:`random_resized_crop`'s box ``(left, top, right, bottom)``, drawn from ``rng``."""
+    _check_range("augment.crop_scale", scale)
+    _check_range("crop aspect ratio", ratio)
     area = width * height
     log_ratio = (math.log(ratio[0]), math.log(ratio[1]))
     for _ in range(10):
@@ -240,6 +249,7 @@ def erase_box(
     but the noise."""
     if prob <= 0 or rng.random() >= prob:
         return None
+    _check_range("random erasing area", area)
     log_aspect = (math.log(min_aspect), math.log(1 / min_aspect))
     for _ in range(10):
         target = height * width * _uniform(rng, *area)

@@ -59,6 +59,9 @@ def _mix(x: np.ndarray, y: np.ndarray) -> np.ndarray:
 def pcg64_seed_words(seed: int, positions: np.ndarray) -> np.ndarray:
     """``SeedSequence([seed, p]).generate_state(4, np.uint64)`` for each ``p`` of uint32
     ``positions``, as a ``(len(positions), 4)`` uint64 array; ``0 <= seed < 2**32``."""
+    positions = np.asarray(positions)
+    if not 0 <= seed <= _MASK or positions.size and not (0 <= positions.min() and positions.max() <= _MASK):
+        raise ValueError(f"seed and positions must lie in [0, 2**32) to hash to one word each (seed {seed})")
     count = len(positions)
     entropy = [np.full(count, seed, np.uint32), positions.astype(np.uint32)]
     entropy += [np.zeros(count, np.uint32)] * (_POOL_SIZE - len(entropy))
@@ -90,11 +93,17 @@ class _PrecomputedState(ISeedSequence):
         return self.words
 
 
+def _one_word(value) -> bool:
+    """An integer that ``SeedSequence`` hashes to one uint32 word (anything else, floats and numpy
+    bools included, goes to numpy's own path, which takes or refuses it as it always has)."""
+    return isinstance(value, (int, np.integer)) and not isinstance(value, np.bool_) and 0 <= value <= _MASK
+
+
 def position_generators(seed: int, positions: Sequence[int]) -> list[np.random.Generator]:
     """``[np.random.default_rng([seed, p]) for p in positions]``, the same generators, built
     with one vectorised hash."""
-    in_range = 0 <= seed <= _MASK and all(0 <= p <= _MASK for p in positions)
-    if not in_range or not positions:
+    positions = list(positions)
+    if not positions or not _one_word(seed) or not all(_one_word(p) for p in positions):
         return [np.random.default_rng([seed, p]) for p in positions]
-    words = pcg64_seed_words(seed, np.asarray(positions, np.uint64))
+    words = pcg64_seed_words(int(seed), np.asarray(positions, np.uint64))
     return [np.random.Generator(np.random.PCG64(_PrecomputedState(row))) for row in words]
