@@ -3,9 +3,10 @@ kernel may take back, and the step rate, for each host-allocator setting.
 
 ``python -m benchmarks.studies.memory_limit [--limit 5GiB] [--batch 32] [--steps 24] [--variants ...]``
 
-Each variant is ``name=ENV=value;ENV=value`` (environment given to ``vitjax.main``, whose own
-settings yield to it); the defaults are ``vitjax.main`` as it comes and ``kept``, mimalloc told to
-keep every freed page resident (``MIMALLOC_PURGE_DELAY=-1``, the setting before 2026-12-07). The
+Each variant is ``name=VAR:value+VAR:value``, as ``benchmarks.input_loop`` reads them (environment
+given to ``vitjax.main``, whose own settings yield to it); the defaults are ``vitjax.main`` as it
+comes and ``kept``, mimalloc told to keep every freed page resident (``MIMALLOC_PURGE_DELAY=-1``,
+the setting before 2026-12-07). The
 run trains ``configs/deit_tiny.py`` on a folder of generated 500x375 JPEGs (``benchmarks.timm_loop``'s)
 and samples, every half second, the process's resident memory (``VmRSS``) and the part of it the
 kernel may reclaim without asking (``LazyFree``: pages handed back with ``madvise(MADV_FREE)``).
@@ -27,10 +28,11 @@ import time
 from pathlib import Path
 
 from benchmarks import machine
+from benchmarks.input_loop import parse_variants
 from benchmarks.timm_loop import ROOT, source_state, write_data
 
 OUT = Path(__file__).parent / "results"
-DEFAULT_VARIANTS = "vitjax.main=,kept=MIMALLOC_PURGE_DELAY=-1"
+DEFAULT_VARIANTS = "vitjax.main=,kept=MIMALLOC_PURGE_DELAY:-1"
 _UNITS = {"": 1, "k": 2**10, "m": 2**20, "g": 2**30}
 
 
@@ -40,15 +42,6 @@ def parse_size(text: str) -> int:
     if not match:
         raise argparse.ArgumentTypeError(f"not a size: {text!r} (e.g. 5GiB, 512MiB, 0)")
     return int(float(match[1]) * _UNITS[match[2]])
-
-
-def parse_variants(text: str) -> list[tuple[str, dict[str, str]]]:
-    variants = []
-    for item in filter(None, text.split(",")):
-        name, _, settings = item.partition("=")
-        env = dict(setting.split("=", 1) for setting in filter(None, settings.split(";")))
-        variants.append((name, env))
-    return variants
 
 
 class MemoryCgroup:
@@ -139,8 +132,10 @@ def run_variant(name: str, env: dict[str, str], args, data: Path, work: Path, cg
     rates = [float(m[1]) for m in re.finditer(r"step \d+/\d+ .*?([\d.]+) steps/s", text)]
     steps = [int(m[1]) for m in re.finditer(r"step (\d+)/\d+", text)]
     settled = rates[len(rates) // 2 :]  # the second half: past the compile and the heap's first growth
+    allocator = re.search(r"host memory: (.+)", text)  # as vitjax.main logs it
     return {
         "environment": env,
+        "allocator": allocator[1].strip() if allocator else "not logged",
         "returncode": process.returncode,
         "killed": process.returncode in (-9, 137),
         "steps_done": max(steps, default=0),
@@ -160,8 +155,8 @@ def markdown(report: dict) -> str:
         "",
         f"{report['date']}, CPU: {report['cpu']}, commit {report['commit']}; {limit}. `{report['command']}`",
         "",
-        "| variant | environment | ended | steps | steps/s (settled median) | max RSS | max RSS not reclaimable | max LazyFree |",
-        "|:--|:--|:--|--:|--:|--:|--:|--:|",
+        "| variant | environment | allocator | ended | steps | steps/s (settled median) | max RSS | max RSS not reclaimable | max LazyFree |",
+        "|:--|:--|:--|:--|--:|--:|--:|--:|--:|",
     ]
     for name, r in report["variants"].items():
         ended = (
@@ -172,7 +167,7 @@ def markdown(report: dict) -> str:
         rate = f"{r['steps_per_s_settled']:.2f}" if r["steps_per_s_settled"] else "-"
         settings = " ".join(f"{k}={v}" for k, v in r["environment"].items()) or "(as it comes)"
         lines.append(
-            f"| {name} | `{settings}` | {ended} | {r['steps_done']} | {rate} | {r['max_rss'] / 2**30:.1f} GiB "
+            f"| {name} | `{settings}` | {r['allocator']} | {ended} | {r['steps_done']} | {rate} | {r['max_rss'] / 2**30:.1f} GiB "
             f"| {r['max_rss_not_reclaimable'] / 2**30:.1f} GiB | {r['max_lazy_free'] / 2**30:.1f} GiB |"
         )
     return "\n".join(lines) + "\n"

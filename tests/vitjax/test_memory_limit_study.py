@@ -7,7 +7,8 @@ import sys
 
 import pytest
 
-from benchmarks.studies.memory_limit import DEFAULT_VARIANTS, _memory, markdown, parse_size, parse_variants
+from benchmarks.input_loop import parse_variants
+from benchmarks.studies.memory_limit import DEFAULT_VARIANTS, _memory, markdown, parse_size
 
 
 def test_sizes_are_read_in_binary_units():
@@ -19,7 +20,7 @@ def test_sizes_are_read_in_binary_units():
 
 def test_variants_name_their_environment():
     assert parse_variants(DEFAULT_VARIANTS) == [("vitjax.main", {}), ("kept", {"MIMALLOC_PURGE_DELAY": "-1"})]
-    assert parse_variants("a=X=1;Y=2") == [("a", {"X": "1", "Y": "2"})]
+    assert parse_variants("a=X:1+Y:2") == [("a", {"X": "1", "Y": "2"})]  # benchmarks.input_loop's syntax
 
 
 @pytest.mark.skipif(not os.path.exists("/proc/self/smaps_rollup"), reason="Linux's /proc")
@@ -31,13 +32,13 @@ def test_a_processs_memory_is_its_resident_size_and_what_the_kernel_may_take_bac
 
 def test_the_table_says_which_run_was_killed_and_which_memory_was_reclaimable():
     run = dict(returncode=0, killed=False, steps_done=24, steps_per_s_settled=0.52, max_rss=8 * 2**30)
-    run.update(max_rss_not_reclaimable=3 * 2**30, max_lazy_free=5 * 2**30, environment={})
+    run.update(max_rss_not_reclaimable=3 * 2**30, max_lazy_free=5 * 2**30, environment={}, allocator="mimalloc")
     killed = {**run, "returncode": -9, "killed": True, "steps_done": 2, "environment": {"MIMALLOC_PURGE_DELAY": "-1"}}
     report = dict(date="d", cpu="c", commit="x", command="cmd", limit=5 * 2**30, batch=32, steps=24)
     text = markdown({**report, "variants": {"vitjax.main": run, "kept": killed}})
     assert "memory cgroup of 5.0 GiB" in text
-    assert "| vitjax.main | `(as it comes)` | finished | 24 | 0.52 | 8.0 GiB | 3.0 GiB | 5.0 GiB |" in text
-    assert "| kept | `MIMALLOC_PURGE_DELAY=-1` | killed (out of memory) | 2 | 0.52 |" in text
+    assert "| vitjax.main | `(as it comes)` | mimalloc | finished | 24 | 0.52 | 8.0 GiB | 3.0 GiB | 5.0 GiB |" in text
+    assert "| kept | `MIMALLOC_PURGE_DELAY=-1` | mimalloc | killed (out of memory) | 2 | 0.52 |" in text
 
 
 def test_a_run_in_the_cgroup_is_held_to_its_limit_and_the_cgroup_is_removed():
